@@ -1,0 +1,63 @@
+// Command decross-store serves cross-built Nix store paths as their native
+// counterparts over ssh-ng. See the README for usage.
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"sort"
+	"syscall"
+)
+
+type command struct {
+	run     func(ctx context.Context, args []string, stdout, stderr io.Writer) error
+	summary string
+}
+
+func commands() map[string]command {
+	return map[string]command{
+		"serve":  {runServe, "serve native store paths over ssh-ng"},
+		"keygen": {runKeygen, "generate a Nix signing key pair"},
+		"map":    {runMap, "build a mapping file from native and cross derivations"},
+		"check":  {runCheck, "dry run: what a mapping would serve, and every problem"},
+	}
+}
+
+func usage(w io.Writer) {
+	fmt.Fprintln(w, "usage: decross-store <command> [flags]\n\ncommands:")
+	cmds := commands()
+	names := make([]string, 0, len(cmds))
+	for n := range cmds {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		fmt.Fprintf(w, "  %-8s %s\n", n, cmds[n].summary)
+	}
+}
+
+func main() {
+	if len(os.Args) < 2 {
+		usage(os.Stderr)
+		os.Exit(2)
+	}
+	cmd, ok := commands()[os.Args[1]]
+	if !ok {
+		if os.Args[1] == "-h" || os.Args[1] == "--help" || os.Args[1] == "help" {
+			usage(os.Stdout)
+			return
+		}
+		fmt.Fprintf(os.Stderr, "decross-store: unknown command %q\n", os.Args[1])
+		usage(os.Stderr)
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := cmd.run(ctx, os.Args[2:], os.Stdout, os.Stderr); err != nil {
+		fmt.Fprintf(os.Stderr, "decross-store %s: %v\n", os.Args[1], err)
+		os.Exit(1)
+	}
+}

@@ -1,0 +1,161 @@
+package mapping
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"strings"
+
+	"github.com/nix-community/go-nix/pkg/storepath"
+)
+
+// Entry pairs one native store path with the cross-built path it is served from.
+type Entry struct {
+	Native  string `json:"native"`
+	Cross   string `json:"cross"`
+	Deriver string `json:"deriver,omitempty"` // native .drv that would produce Native
+	Output  string `json:"output,omitempty"`  // output name of Native in Deriver
+}
+
+type file struct {
+	Paths []Entry `json:"paths"`
+}
+
+// Mapping is a validated set of entries, indexed both ways.
+type Mapping struct {
+	entries  []Entry
+	byNative map[string]int
+	byCross  map[string]int
+}
+
+// New validates entries: every path a store path, every native and every
+// cross path at most once, and native different from cross.
+func New(entries []Entry) (*Mapping, error) {
+	m := &Mapping{
+		entries:  append([]Entry(nil), entries...),
+		byNative: make(map[string]int, len(entries)),
+		byCross:  make(map[string]int, len(entries)),
+	}
+	for i, e := range m.entries {
+		if err := checkStorePath(e.Native); err != nil {
+			return nil, fmt.Errorf("mapping entry %d (native %q): %w", i, e.Native, err)
+		}
+		if err := checkStorePath(e.Cross); err != nil {
+			return nil, fmt.Errorf("mapping entry %d (cross %q): %w", i, e.Cross, err)
+		}
+		if e.Deriver != "" {
+			if err := checkStorePath(e.Deriver); err != nil {
+				return nil, fmt.Errorf("mapping entry %d (deriver %q): %w", i, e.Deriver, err)
+			}
+			if !strings.HasSuffix(e.Deriver, ".drv") {
+				return nil, fmt.Errorf("mapping entry %d: deriver %q is not a .drv path", i, e.Deriver)
+			}
+		}
+		if e.Native == e.Cross {
+			return nil, fmt.Errorf("mapping entry %d: native and cross are the same path %s (paths that are equal on both sides need no entry)", i, e.Native)
+		}
+		if j, dup := m.byNative[e.Native]; dup {
+			return nil, fmt.Errorf("mapping entry %d: native path %s is already mapped by entry %d (to %s)", i, e.Native, j, m.entries[j].Cross)
+		}
+		if j, dup := m.byCross[e.Cross]; dup {
+			return nil, fmt.Errorf("mapping entry %d: cross path %s is already used by entry %d (for %s)", i, e.Cross, j, m.entries[j].Native)
+		}
+		m.byNative[e.Native] = i
+		m.byCross[e.Cross] = i
+	}
+	return m, nil
+}
+
+func checkStorePath(p string) error {
+	if _, err := storepath.FromAbsolutePath(p); err != nil {
+		return fmt.Errorf("not a store path: %w", err)
+	}
+	return nil
+}
+
+// Parse reads a mapping file. Unknown fields are rejected so that a typo
+// ("natve") is reported rather than silently ignored.
+func Parse(r io.Reader) (*Mapping, error) {
+	dec := json.NewDecoder(r)
+	dec.DisallowUnknownFields()
+	var f file
+	if err := dec.Decode(&f); err != nil {
+		return nil, fmt.Errorf("parse mapping: %w", err)
+	}
+	if dec.More() {
+		return nil, fmt.Errorf("parse mapping: trailing data after the JSON object")
+	}
+	if f.Paths == nil {
+		return nil, fmt.Errorf(`parse mapping: no "paths" list`)
+	}
+	return New(f.Paths)
+}
+
+// Load reads and validates the mapping file at path.
+func Load(path string) (*Mapping, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("load mapping: %w", err)
+	}
+	defer f.Close()
+	m, err := Parse(f)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return m, nil
+}
+
+// Write writes m in the file format, entries sorted by native path.
+func (m *Mapping) Write(w io.Writer) error {
+	entries := m.Entries()
+	var buf bytes.Buffer
+	buf.WriteString("{\"paths\": [")
+	for i, e := range entries {
+		if i > 0 {
+			buf.WriteString(",")
+		}
+		buf.WriteString("\n  ")
+		b, err := json.Marshal(e)
+		if err != nil {
+			return fmt.Errorf("write mapping: %w", err)
+		}
+		buf.Write(b)
+	}
+	if len(entries) > 0 {
+		buf.WriteString("\n")
+	}
+	buf.WriteString("]}\n")
+	_, err := w.Write(buf.Bytes())
+	return err
+}
+
+// Entries returns the entries sorted by native path.
+func (m *Mapping) Entries() []Entry {
+	out := append([]Entry(nil), m.entries...)
+	sort.Slice(out, func(i, j int) bool { return out[i].Native < out[j].Native })
+	return out
+}
+
+// Len is the number of entries.
+func (m *Mapping) Len() int { return len(m.entries) }
+
+// ByNative returns the entry serving native.
+func (m *Mapping) ByNative(native string) (Entry, bool) {
+	i, ok := m.byNative[native]
+	if !ok {
+		return Entry{}, false
+	}
+	return m.entries[i], true
+}
+
+// ByCross returns the entry whose cross path is cross.
+func (m *Mapping) ByCross(cross string) (Entry, bool) {
+	i, ok := m.byCross[cross]
+	if !ok {
+		return Entry{}, false
+	}
+	return m.entries[i], true
+}

@@ -1,0 +1,78 @@
+package mapping
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+)
+
+const (
+	nHello = "/nix/store/00000000000000000000000000000001-hello-2.12"
+	cHello = "/nix/store/00000000000000000000000000000002-hello-aarch64-unknown-linux-gnu-2.12"
+	nGlibc = "/nix/store/00000000000000000000000000000003-glibc-2.36"
+	cGlibc = "/nix/store/00000000000000000000000000000004-glibc-aarch64-unknown-linux-gnu-2.36"
+	drv    = "/nix/store/00000000000000000000000000000005-hello-2.12.drv"
+)
+
+func TestParseValid(t *testing.T) {
+	in := `{"paths": [
+	  {"native": "` + nHello + `", "cross": "` + cHello + `", "deriver": "` + drv + `", "output": "out"},
+	  {"native": "` + nGlibc + `", "cross": "` + cGlibc + `"}]}`
+	m, err := Parse(strings.NewReader(in))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e, ok := m.ByNative(nHello); !ok || e.Cross != cHello || e.Deriver != drv || e.Output != "out" {
+		t.Errorf("ByNative(hello) = %+v, %v", e, ok)
+	}
+	if e, ok := m.ByCross(cGlibc); !ok || e.Native != nGlibc {
+		t.Errorf("ByCross(glibc) = %+v, %v", e, ok)
+	}
+	if _, ok := m.ByNative(cHello); ok {
+		t.Error("cross path found as native")
+	}
+	var out bytes.Buffer
+	if err := m.Write(&out); err != nil {
+		t.Fatal(err)
+	}
+	want := `{"paths": [
+  {"native":"` + nHello + `","cross":"` + cHello + `","deriver":"` + drv + `","output":"out"},
+  {"native":"` + nGlibc + `","cross":"` + cGlibc + `"}
+]}
+`
+	if out.String() != want {
+		t.Errorf("Write =\n%s\nwant\n%s", out.String(), want)
+	}
+	m2, err := Parse(&out)
+	if err != nil {
+		t.Fatalf("written file does not load: %v", err)
+	}
+	if m2.Len() != 2 {
+		t.Errorf("reloaded %d entries", m2.Len())
+	}
+}
+
+func TestParseInvalid(t *testing.T) {
+	tests := []struct {
+		name, in, wantErr string
+	}{
+		{"not json", `{`, "parse mapping"},
+		{"no paths", `{}`, `no "paths"`},
+		{"unknown field", `{"paths": [{"natve": "` + nHello + `", "cross": "` + cHello + `"}]}`, "unknown field"},
+		{"native not a store path", `{"paths": [{"native": "/tmp/hello", "cross": "` + cHello + `"}]}`, `native "/tmp/hello"`},
+		{"cross not a store path", `{"paths": [{"native": "` + nHello + `", "cross": "/nix/store/short-x"}]}`, `cross "/nix/store/short-x"`},
+		{"same path", `{"paths": [{"native": "` + nHello + `", "cross": "` + nHello + `"}]}`, "same path"},
+		{"native twice", `{"paths": [{"native": "` + nHello + `", "cross": "` + cHello + `"}, {"native": "` + nHello + `", "cross": "` + cGlibc + `"}]}`, "native path " + nHello + " is already mapped by entry 0"},
+		{"cross twice", `{"paths": [{"native": "` + nHello + `", "cross": "` + cHello + `"}, {"native": "` + nGlibc + `", "cross": "` + cHello + `"}]}`, "cross path " + cHello + " is already used by entry 0"},
+		{"bad deriver", `{"paths": [{"native": "` + nHello + `", "cross": "` + cHello + `", "deriver": "` + nGlibc + `"}]}`, "not a .drv"},
+		{"trailing", `{"paths": []} {}`, "trailing"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Parse(strings.NewReader(tt.in))
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Fatalf("err = %v, want one containing %q", err, tt.wantErr)
+			}
+		})
+	}
+}
