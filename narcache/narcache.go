@@ -1,0 +1,384 @@
+package narcache
+
+import (
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/klauspost/compress/zstd"
+	"github.com/nix-community/go-nix/pkg/storepath"
+
+	"github.com/decross-store/decross-store/pathinfo"
+)
+
+// formatVersion changes whenever the on-disk layout changes; entries of
+// another version are ignored and rebuilt.
+const formatVersion = 1
+
+// maxMetadataSize bounds the metadata file we are willing to parse.
+const maxMetadataSize = 16 << 20
+
+// ErrDamaged reports an entry whose NAR does not match its metadata.
+var ErrDamaged = errors.New("cache entry damaged")
+
+// Entry is the metadata of one cached NAR.
+type Entry struct {
+	Version          int              `json:"version"`
+	Key              string           `json:"key"`
+	Path             string           `json:"path"`
+	NarHash          pathinfo.NarHash `json:"-"`
+	NarHashString    string           `json:"narHash"`
+	NarSize          uint64           `json:"narSize"`
+	References       []string         `json:"references"`
+	Deriver          string           `json:"deriver,omitempty"`
+	CA               string           `json:"ca,omitempty"`
+	RegistrationTime int64            `json:"registrationTime"`
+}
+
+// PathInfo returns the entry as unsigned path info.
+func (e *Entry) PathInfo() *pathinfo.PathInfo {
+	return &pathinfo.PathInfo{
+		Path:             e.Path,
+		Deriver:          e.Deriver,
+		NarHash:          e.NarHash,
+		NarSize:          e.NarSize,
+		References:       append([]string(nil), e.References...),
+		RegistrationTime: e.RegistrationTime,
+		CA:               e.CA,
+	}
+}
+
+// Cache is a directory of entries. It is safe for concurrent use; callers
+// must not write the same path concurrently (the store serialises that).
+type Cache struct {
+	dir string
+
+	mu       sync.Mutex
+	verified map[string]fileID // by path: identity of the NAR file last verified
+}
+
+type fileID struct {
+	ino   uint64
+	size  int64
+	mtime time.Time
+}
+
+// Open opens (creating if needed) the cache directory.
+func Open(dir string) (*Cache, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("open cache: %w", err)
+	}
+	return &Cache{dir: dir, verified: make(map[string]fileID)}, nil
+}
+
+func (c *Cache) files(path string) (nar, meta string, err error) {
+	if _, err := storepath.FromAbsolutePath(path); err != nil {
+		return "", "", fmt.Errorf("cache file name for %q: %w", path, err)
+	}
+	hashPart := path[len(storepath.StoreDir)+1:][:32]
+	base := filepath.Join(c.dir, hashPart)
+	return base + ".nar.zst", base + ".json", nil
+}
+
+// Lookup returns the entry for path if it exists with the given key. A
+// missing, foreign-keyed or unreadable entry is a miss (nil, nil); only I/O
+// errors other than "not found" are returned.
+func (c *Cache) Lookup(path, key string) (*Entry, error) {
+	_, metaFile, err := c.files(path)
+	if err != nil {
+		return nil, err
+	}
+	f, err := os.Open(metaFile)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("cache lookup %s: %w", path, err)
+	}
+	defer f.Close()
+	var e Entry
+	if err := json.NewDecoder(io.LimitReader(f, maxMetadataSize)).Decode(&e); err != nil {
+		// Unparseable metadata is damage, not a reason to fail the request.
+		return nil, nil
+	}
+	if e.Version != formatVersion || e.Key != key || e.Path != path {
+		return nil, nil
+	}
+	h, err := pathinfo.ParseNarHash(e.NarHashString)
+	if err != nil {
+		return nil, nil
+	}
+	e.NarHash = h
+	return &e, nil
+}
+
+// Writer receives one NAR for the cache. Commit makes it visible; Abort
+// (safe after Commit) discards it.
+type Writer struct {
+	cache    *Cache
+	path     string
+	tmp      *os.File
+	zw       *zstd.Encoder
+	hash     hash.Hash
+	size     uint64
+	done     bool
+	narFile  string
+	metaFile string
+}
+
+// Create starts a new entry for path.
+func (c *Cache) Create(path string) (*Writer, error) {
+	narFile, metaFile, err := c.files(path)
+	if err != nil {
+		return nil, err
+	}
+	tmp, err := os.CreateTemp(c.dir, ".tmp-*.nar.zst")
+	if err != nil {
+		return nil, fmt.Errorf("cache create %s: %w", path, err)
+	}
+	// Fastest level: the cache write is on the critical path of a cold
+	// request, and NARs of binaries compress well even at this level.
+	zw, err := zstd.NewWriter(tmp, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1), zstd.WithWindowSize(1<<20))
+	if err != nil {
+		tmp.Close()
+		os.Remove(tmp.Name())
+		return nil, fmt.Errorf("cache create %s: %w", path, err)
+	}
+	return &Writer{cache: c, path: path, tmp: tmp, zw: zw, hash: sha256.New(), narFile: narFile, metaFile: metaFile}, nil
+}
+
+func (w *Writer) Write(p []byte) (int, error) {
+	w.hash.Write(p)
+	w.size += uint64(len(p))
+	return w.zw.Write(p)
+}
+
+// Size and Sum report what has been written so far.
+func (w *Writer) Size() uint64 { return w.size }
+
+// Sum returns the SHA-256 of the bytes written so far.
+func (w *Writer) Sum() pathinfo.NarHash {
+	var h pathinfo.NarHash
+	copy(h[:], w.hash.Sum(nil))
+	return h
+}
+
+// Commit finishes the entry. meta supplies everything except NarHash and
+// NarSize, which come from the bytes written; Version and Path are set here.
+func (w *Writer) Commit(meta Entry) (*Entry, error) {
+	if w.done {
+		return nil, fmt.Errorf("cache commit %s: writer already finished", w.path)
+	}
+	w.done = true
+	fail := func(err error) (*Entry, error) {
+		w.tmp.Close()
+		os.Remove(w.tmp.Name())
+		return nil, fmt.Errorf("cache commit %s: %w", w.path, err)
+	}
+	if err := w.zw.Close(); err != nil {
+		return fail(err)
+	}
+	if err := w.tmp.Sync(); err != nil {
+		return fail(err)
+	}
+	if err := w.tmp.Close(); err != nil {
+		return fail(err)
+	}
+	meta.Version = formatVersion
+	meta.Path = w.path
+	meta.NarHash = w.Sum()
+	meta.NarHashString = meta.NarHash.String()
+	meta.NarSize = w.size
+	if meta.References == nil {
+		meta.References = []string{}
+	}
+	js, err := json.MarshalIndent(&meta, "", "  ")
+	if err != nil {
+		return fail(err)
+	}
+	// The metadata of a previous entry must not survive next to the new
+	// NAR, even for a moment: remove it first.
+	if err := os.Remove(w.metaFile); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fail(err)
+	}
+	if err := os.Rename(w.tmp.Name(), w.narFile); err != nil {
+		return fail(err)
+	}
+	if err := writeFileAtomic(w.metaFile, append(js, '\n')); err != nil {
+		return nil, fmt.Errorf("cache commit %s: %w", w.path, err)
+	}
+	if err := syncDir(w.cache.dir); err != nil {
+		return nil, fmt.Errorf("cache commit %s: %w", w.path, err)
+	}
+	// Freshly written from the bytes we hashed: no need to re-verify.
+	if id, err := identity(w.narFile); err == nil {
+		w.cache.mu.Lock()
+		w.cache.verified[w.path] = id
+		w.cache.mu.Unlock()
+	}
+	return &meta, nil
+}
+
+// Abort discards an uncommitted entry.
+func (w *Writer) Abort() {
+	if w.done {
+		return
+	}
+	w.done = true
+	w.zw.Close()
+	w.tmp.Close()
+	os.Remove(w.tmp.Name())
+}
+
+func writeFileAtomic(name string, data []byte) error {
+	tmp, err := os.CreateTemp(filepath.Dir(name), ".tmp-*.json")
+	if err != nil {
+		return err
+	}
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		os.Remove(tmp.Name())
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		os.Remove(tmp.Name())
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		os.Remove(tmp.Name())
+		return err
+	}
+	return os.Rename(tmp.Name(), name)
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+func identity(name string) (fileID, error) {
+	fi, err := os.Stat(name)
+	if err != nil {
+		return fileID{}, err
+	}
+	id := fileID{size: fi.Size(), mtime: fi.ModTime()}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		id.ino = st.Ino
+	}
+	return id, nil
+}
+
+// Remove deletes the entry for path.
+func (c *Cache) Remove(path string) error {
+	narFile, metaFile, err := c.files(path)
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	delete(c.verified, path)
+	c.mu.Unlock()
+	for _, f := range []string{metaFile, narFile} {
+		if err := os.Remove(f); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("cache remove %s: %w", path, err)
+		}
+	}
+	return nil
+}
+
+// Open returns a reader of e's NAR. Unless this process has already
+// verified the same file, the whole NAR is first checked against e; on a
+// mismatch the entry is removed and the error wraps ErrDamaged.
+func (c *Cache) Open(e *Entry) (io.ReadCloser, error) {
+	narFile, _, err := c.files(e.Path)
+	if err != nil {
+		return nil, err
+	}
+	id, err := identity(narFile)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("cache open %s: NAR file missing: %w", e.Path, ErrDamaged)
+		}
+		return nil, fmt.Errorf("cache open %s: %w", e.Path, err)
+	}
+	c.mu.Lock()
+	known, ok := c.verified[e.Path]
+	c.mu.Unlock()
+	if !ok || known != id {
+		if err := c.verify(narFile, e); err != nil {
+			if rmErr := c.Remove(e.Path); rmErr != nil {
+				err = errors.Join(err, rmErr)
+			}
+			return nil, fmt.Errorf("cache open %s: %w", e.Path, err)
+		}
+		c.mu.Lock()
+		c.verified[e.Path] = id
+		c.mu.Unlock()
+	}
+	return openZstd(narFile)
+}
+
+func (c *Cache) verify(narFile string, e *Entry) error {
+	r, err := openZstd(narFile)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	h := sha256.New()
+	n, err := io.Copy(h, r)
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrDamaged, err)
+	}
+	var got pathinfo.NarHash
+	copy(got[:], h.Sum(nil))
+	if uint64(n) != e.NarSize || got != e.NarHash {
+		return fmt.Errorf("%w: NAR has %d bytes and hash %s, metadata says %d bytes and %s", ErrDamaged, n, got, e.NarSize, e.NarHash)
+	}
+	return nil
+}
+
+type zstdFile struct {
+	f  *os.File
+	zr *zstd.Decoder
+}
+
+func openZstd(name string) (*zstdFile, error) {
+	f, err := os.Open(name)
+	if err != nil {
+		return nil, err
+	}
+	// Single-goroutine, bounded-window decoding keeps memory flat no matter
+	// how large the NAR is.
+	zr, err := zstd.NewReader(f, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true), zstd.WithDecoderMaxWindow(64<<20))
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("%w: %v", ErrDamaged, err)
+	}
+	return &zstdFile{f: f, zr: zr}, nil
+}
+
+func (z *zstdFile) Read(p []byte) (int, error) {
+	n, err := z.zr.Read(p)
+	if err != nil && err != io.EOF {
+		err = fmt.Errorf("%w: %v", ErrDamaged, err)
+	}
+	return n, err
+}
+
+func (z *zstdFile) Close() error {
+	z.zr.Close()
+	return z.f.Close()
+}

@@ -1,0 +1,154 @@
+package narcache
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+const testPath = "/nix/store/0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a-hello-2.12"
+
+func put(t *testing.T, c *Cache, key string, data []byte) *Entry {
+	t.Helper()
+	w, err := c.Create(testPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Write(data); err != nil {
+		t.Fatal(err)
+	}
+	e, err := w.Commit(Entry{Key: key, References: []string{testPath}, RegistrationTime: 42})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+func readAll(t *testing.T, c *Cache, e *Entry) ([]byte, error) {
+	t.Helper()
+	r, err := c.Open(e)
+	if err != nil {
+		return nil, err
+	}
+	defer r.Close()
+	return io.ReadAll(r)
+}
+
+func TestRoundTrip(t *testing.T) {
+	dir := t.TempDir()
+	c, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := bytes.Repeat([]byte("nix-archive-1 some bytes "), 100000)
+	e := put(t, c, "k1", data)
+	if e.NarSize != uint64(len(data)) || e.NarHash != sha256.Sum256(data) {
+		t.Fatalf("entry size/hash = %d/%s", e.NarSize, e.NarHash)
+	}
+
+	// A new Cache on the same directory (a restarted server) sees the entry
+	// and verifies it before serving.
+	c2, _ := Open(dir)
+	got, err := c2.Lookup(testPath, "k1")
+	if err != nil || got == nil {
+		t.Fatalf("Lookup = %v, %v", got, err)
+	}
+	if got.NarHash != e.NarHash || got.NarSize != e.NarSize || got.RegistrationTime != 42 || len(got.References) != 1 {
+		t.Fatalf("Lookup entry = %+v, want %+v", got, e)
+	}
+	b, err := readAll(t, c2, got)
+	if err != nil || !bytes.Equal(b, data) {
+		t.Fatalf("Open read %d bytes, err %v", len(b), err)
+	}
+	if miss, err := c2.Lookup(testPath, "other-key"); miss != nil || err != nil {
+		t.Fatalf("Lookup with another key = %v, %v; want miss", miss, err)
+	}
+	if pi := got.PathInfo(); pi.Path != testPath || pi.NarHash != e.NarHash {
+		t.Fatalf("PathInfo = %+v", pi)
+	}
+}
+
+func TestDamagedNARIsNotServed(t *testing.T) {
+	dir := t.TempDir()
+	c, _ := Open(dir)
+	data := bytes.Repeat([]byte{1, 2, 3, 4, 5, 6, 7, 8}, 4096)
+	put(t, c, "k", data)
+
+	// Replace the NAR with a valid zstd stream of other bytes: only the
+	// hash check can catch this.
+	other, _ := Open(t.TempDir())
+	w, _ := other.Create(testPath)
+	w.Write(bytes.Repeat([]byte{9}, len(data)))
+	if _, err := w.Commit(Entry{Key: "x"}); err != nil {
+		t.Fatal(err)
+	}
+	hashPart := testPath[11:43]
+	forged, _ := os.ReadFile(filepath.Join(other.dir, hashPart+".nar.zst"))
+	if err := os.WriteFile(filepath.Join(dir, hashPart+".nar.zst"), forged, 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	c2, _ := Open(dir)
+	e, err := c2.Lookup(testPath, "k")
+	if err != nil || e == nil {
+		t.Fatalf("Lookup = %v, %v", e, err)
+	}
+	if _, err := c2.Open(e); !errors.Is(err, ErrDamaged) {
+		t.Fatalf("Open of damaged entry: err = %v, want ErrDamaged", err)
+	}
+	if e, _ := c2.Lookup(testPath, "k"); e != nil {
+		t.Fatal("damaged entry still present after failed Open")
+	}
+}
+
+func TestTruncatedNARIsDamaged(t *testing.T) {
+	dir := t.TempDir()
+	c, _ := Open(dir)
+	e := put(t, c, "k", bytes.Repeat([]byte("abcdefgh"), 10000))
+	nar := filepath.Join(dir, testPath[11:43]+".nar.zst")
+	b, _ := os.ReadFile(nar)
+	os.WriteFile(nar, b[:len(b)/2], 0o644)
+	if _, err := c.Open(e); !errors.Is(err, ErrDamaged) {
+		t.Fatalf("Open of truncated entry: err = %v, want ErrDamaged", err)
+	}
+}
+
+func TestGarbageMetadataIsAMiss(t *testing.T) {
+	dir := t.TempDir()
+	c, _ := Open(dir)
+	put(t, c, "k", []byte("x"))
+	os.WriteFile(filepath.Join(dir, testPath[11:43]+".json"), []byte("{not json"), 0o644)
+	if e, err := c.Lookup(testPath, "k"); e != nil || err != nil {
+		t.Fatalf("Lookup = %v, %v; want miss", e, err)
+	}
+}
+
+func TestAbortLeavesNothing(t *testing.T) {
+	dir := t.TempDir()
+	c, _ := Open(dir)
+	w, err := c.Create(testPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Write([]byte("partial"))
+	w.Abort()
+	w.Abort()
+	ents, _ := os.ReadDir(dir)
+	if len(ents) != 0 {
+		t.Fatalf("directory not empty after Abort: %v", ents)
+	}
+	if e, _ := c.Lookup(testPath, "k"); e != nil {
+		t.Fatal("aborted entry visible")
+	}
+}
+
+func TestRejectsNonStorePath(t *testing.T) {
+	c, _ := Open(t.TempDir())
+	if _, err := c.Create("/tmp/../etc/passwd"); err == nil {
+		t.Fatal("Create accepted a non-store path")
+	}
+}
