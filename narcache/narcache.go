@@ -382,3 +382,6 @@ func (z *zstdFile) Close() error {
 	z.zr.Close()
 	return z.f.Close()
 }
+
+// Dir is the cache directory.
+func (c *Cache) Dir() string { return c.dir }

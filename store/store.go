@@ -1,0 +1,520 @@
+package store
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"log/slog"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/nix-community/go-nix/pkg/narinfo/signature"
+	"github.com/nix-community/go-nix/pkg/storepath"
+	"golang.org/x/sync/singleflight"
+
+	"github.com/decross-store/decross-store/mapping"
+	"github.com/decross-store/decross-store/narcache"
+	"github.com/decross-store/decross-store/pathinfo"
+	"github.com/decross-store/decross-store/rewrite"
+)
+
+// Upstream is where cross-built paths are read from, typically the local
+// nix-daemon. QueryPathInfo returns (nil, nil) for a path that is not valid.
+type Upstream interface {
+	QueryPathInfo(ctx context.Context, path string) (*pathinfo.PathInfo, error)
+	NarFromPath(ctx context.Context, path string) (io.ReadCloser, error)
+}
+
+// Config is what a Store is made of.
+type Config struct {
+	Mapping    *mapping.Mapping
+	Upstream   Upstream
+	Cache      *narcache.Cache
+	SigningKey signature.SecretKey
+	Logger     *slog.Logger     // nil discards
+	Now        func() time.Time // registration time of new entries; nil = time.Now
+	Rewrite    rewrite.Options  // zero value = the rewriter's defaults
+}
+
+// Store serves native paths. It is safe for concurrent use.
+type Store struct {
+	cfg      Config
+	log      *slog.Logger
+	rewriter *rewrite.Rewriter
+	// tooLong holds mapped native paths longer than their cross path: they
+	// cannot be rewritten in place and are reported, not served.
+	tooLong  map[string]bool
+	byHash   map[string]string // native hash part -> native path
+	cacheKey string            // part of every cache key: rewriter settings
+
+	upstreamInfo sync.Map // path -> *pathinfo.PathInfo (valid paths only)
+	infoFlight   singleflight.Group
+	closureErr   sync.Map // cross or CA path -> error (nil stored as errNone)
+	prepFlight   singleflight.Group
+	prepared     sync.Map // served path -> *prepared
+
+	caMu       sync.Mutex
+	caIndex    map[string]bool // content-addressed paths found in mapped closures
+	caComplete bool            // every mapped closure has been walked
+}
+
+type prepared struct {
+	entry *narcache.Entry
+	info  *pathinfo.PathInfo // signed
+}
+
+var errNone = errors.New("no error")
+
+// New validates the configuration and builds the rewriter for the mapping.
+func New(cfg Config) (*Store, error) {
+	if cfg.Mapping == nil || cfg.Upstream == nil || cfg.Cache == nil {
+		return nil, errors.New("new store: mapping, upstream and cache are required")
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	s := &Store{
+		cfg:     cfg,
+		log:     cfg.Logger,
+		tooLong: make(map[string]bool),
+		byHash:  make(map[string]string),
+		caIndex: make(map[string]bool),
+	}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	var repls []rewrite.Replacement
+	var forbidden []string
+	for _, e := range cfg.Mapping.Entries() {
+		s.byHash[hashPart(e.Native)] = e.Native
+		forbidden = append(forbidden, hashPart(e.Cross))
+		if len(e.Native) > len(e.Cross) {
+			s.tooLong[e.Native] = true
+			continue
+		}
+		repls = append(repls, rewrite.Replacement{From: e.Cross, To: e.Native})
+	}
+	opts := cfg.Rewrite
+	opts.Forbidden = append(append([]string(nil), opts.Forbidden...), forbidden...)
+	rw, err := rewrite.New(repls, opts)
+	if err != nil {
+		return nil, fmt.Errorf("new store: %w", err)
+	}
+	s.rewriter = rw
+	textMax := opts.TextMax
+	if textMax == 0 {
+		textMax = rewrite.DefaultTextMax
+	}
+	// Bump rewriteVersion whenever the rewriter's output for the same input
+	// changes, so caches from older releases are rebuilt.
+	const rewriteVersion = 1
+	s.cacheKey = fmt.Sprintf("rewrite v%d textMax=%d", rewriteVersion, textMax)
+	return s, nil
+}
+
+func hashPart(p string) string { return p[len(storepath.StoreDir)+1:][:32] }
+
+// upstreamPathInfo is QueryPathInfo on the upstream, memoised: path info of
+// a valid path never changes while it stays valid.
+func (s *Store) upstreamPathInfo(ctx context.Context, p string) (*pathinfo.PathInfo, error) {
+	if v, ok := s.upstreamInfo.Load(p); ok {
+		return v.(*pathinfo.PathInfo), nil
+	}
+	v, err, _ := s.infoFlight.Do(p, func() (any, error) {
+		info, err := s.cfg.Upstream.QueryPathInfo(ctx, p)
+		if err != nil {
+			return nil, fmt.Errorf("upstream query path info %s: %w", p, err)
+		}
+		if info != nil {
+			s.upstreamInfo.Store(p, info)
+		}
+		return info, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	info, _ := v.(*pathinfo.PathInfo)
+	return info, nil
+}
+
+// source is what a served path is made from.
+type source struct {
+	served string
+	from   string        // upstream path: the cross path, or served itself for CA paths
+	entry  mapping.Entry // zero for CA paths
+	info   *pathinfo.PathInfo
+}
+
+func (src *source) isCA() bool { return src.entry.Cross == "" }
+
+// resolve finds what served is made from, or nil when this store does not
+// serve it.
+func (s *Store) resolve(ctx context.Context, served string) (*source, error) {
+	if e, ok := s.cfg.Mapping.ByNative(served); ok {
+		if s.tooLong[served] {
+			return nil, fmt.Errorf("cannot serve %s: it is longer than its cross path %s, so binaries cannot be rewritten in place", served, e.Cross)
+		}
+		info, err := s.upstreamPathInfo(ctx, e.Cross)
+		if err != nil {
+			return nil, err
+		}
+		if info == nil {
+			return nil, fmt.Errorf("cannot serve %s: its cross path %s is not valid in the upstream store (not built, or garbage-collected)", served, e.Cross)
+		}
+		if err := s.checkClosure(ctx, e.Cross); err != nil {
+			return nil, fmt.Errorf("cannot serve %s (cross %s): %w", served, e.Cross, err)
+		}
+		return &source{served: served, from: e.Cross, entry: e, info: info}, nil
+	}
+	if _, ok := s.cfg.Mapping.ByCross(served); ok {
+		// Cross paths are what we hide, never what we serve.
+		return nil, nil
+	}
+	ok, err := s.isServedCA(ctx, served)
+	if err != nil || !ok {
+		return nil, err
+	}
+	info, err := s.upstreamPathInfo(ctx, served)
+	if err != nil || info == nil {
+		return nil, err
+	}
+	if err := s.checkClosure(ctx, served); err != nil {
+		return nil, fmt.Errorf("cannot serve %s: %w", served, err)
+	}
+	return &source{served: served, from: served, info: info}, nil
+}
+
+// checkClosure walks the upstream closure of root (a mapped cross path or
+// a content-addressed path) and reports the first path that makes it
+// unservable. Results are memoised per root.
+func (s *Store) checkClosure(ctx context.Context, root string) error {
+	if v, ok := s.closureErr.Load(root); ok {
+		if v.(error) == errNone {
+			return nil
+		}
+		return v.(error)
+	}
+	err := s.walkClosure(ctx, root, nil)
+	if ctx.Err() != nil {
+		return err // don't memoise a cancelled walk
+	}
+	if err == nil {
+		s.closureErr.Store(root, errNone)
+	} else {
+		s.closureErr.Store(root, err)
+	}
+	return err
+}
+
+// walkClosure checks every path of root's closure, recording the
+// content-addressed ones in found (when non-nil).
+func (s *Store) walkClosure(ctx context.Context, root string, found map[string]bool) error {
+	seen := map[string]bool{root: true}
+	queue := []string{root}
+	for len(queue) > 0 {
+		p := queue[0]
+		queue = queue[1:]
+		info, err := s.upstreamPathInfo(ctx, p)
+		if err != nil {
+			return err
+		}
+		if info == nil {
+			return fmt.Errorf("its closure references %s, which is not valid in the upstream store", p)
+		}
+		_, mapped := s.cfg.Mapping.ByCross(p)
+		ca := info.CA != "" && !mapped
+		switch {
+		case mapped:
+			if e, _ := s.cfg.Mapping.ByCross(p); s.tooLong[e.Native] {
+				return fmt.Errorf("its closure references %s, whose native path %s is longer than it", p, e.Native)
+			}
+		case ca:
+			if found != nil {
+				found[p] = true
+			}
+			for _, r := range info.References {
+				if r == p {
+					continue
+				}
+				if ri, err := s.upstreamPathInfo(ctx, r); err != nil {
+					return err
+				} else if ri == nil || ri.CA == "" {
+					return fmt.Errorf("its closure holds the content-addressed path %s, which references the non-content-addressed path %s and so cannot be served unchanged", p, r)
+				}
+			}
+		case p == root:
+			return fmt.Errorf("%s is neither in the mapping nor content-addressed", p)
+		default:
+			return fmt.Errorf("its closure references %s, which is input-addressed and not in the mapping", p)
+		}
+		for _, r := range info.References {
+			if !seen[r] {
+				seen[r] = true
+				queue = append(queue, r)
+			}
+		}
+	}
+	return nil
+}
+
+// isServedCA reports whether p is a content-addressed path in the closure
+// of some mapped cross path. The index is filled by walking every mapped
+// closure, once, the first time a path outside it is asked for.
+func (s *Store) isServedCA(ctx context.Context, p string) (bool, error) {
+	s.caMu.Lock()
+	defer s.caMu.Unlock()
+	if s.caIndex[p] || s.caComplete {
+		return s.caIndex[p], nil
+	}
+	for _, e := range s.cfg.Mapping.Entries() {
+		// Problems in a closure only make that native path unservable; the
+		// content-addressed paths found in it are still good on their own.
+		if err := s.walkClosure(ctx, e.Cross, s.caIndex); err != nil && ctx.Err() != nil {
+			return false, err
+		}
+	}
+	s.caComplete = true
+	return s.caIndex[p], nil
+}
+
+// prepare makes sure served is in the cache and returns its entry and
+// signed path info, or nil when this store does not serve it.
+func (s *Store) prepare(ctx context.Context, served string) (*prepared, error) {
+	if v, ok := s.prepared.Load(served); ok {
+		return v.(*prepared), nil
+	}
+	v, err, _ := s.prepFlight.Do(served, func() (any, error) {
+		if v, ok := s.prepared.Load(served); ok {
+			return v, nil
+		}
+		// Requests share this work; one client going away must not fail
+		// it for the others.
+		ctx := context.WithoutCancel(ctx)
+		src, err := s.resolve(ctx, served)
+		if err != nil || src == nil {
+			return (*prepared)(nil), err
+		}
+		p, err := s.build(ctx, src)
+		if err != nil {
+			return nil, err
+		}
+		s.prepared.Store(served, p)
+		return p, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return v.(*prepared), nil
+}
+
+// mappedReferences translates the upstream references of src into the
+// references of the served path.
+func (s *Store) mappedReferences(src *source) []string {
+	refs := make([]string, 0, len(src.info.References))
+	for _, r := range src.info.References {
+		if e, ok := s.cfg.Mapping.ByCross(r); ok {
+			refs = append(refs, e.Native)
+		} else {
+			refs = append(refs, r) // content-addressed: same on both sides
+		}
+	}
+	sort.Strings(refs)
+	return refs
+}
+
+// key identifies everything the cached bytes and metadata depend on.
+func (s *Store) key(src *source, refs []string) string {
+	h := sha256.New()
+	fmt.Fprintf(h, "decross-store cache key 1\n%s\n%s\nfrom %s %s %d\nderiver %s\n", s.cacheKey, src.served, src.from, src.info.NarHash, src.info.NarSize, src.entry.Deriver)
+	for i, r := range src.info.References {
+		fmt.Fprintf(h, "ref %s -> %s\n", r, refs[i])
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+func (s *Store) build(ctx context.Context, src *source) (*prepared, error) {
+	refs := s.mappedReferences(src)
+	// key pairs upstream references with their translations in upstream
+	// order, so compute it on an unsorted translation.
+	unsorted := make([]string, len(src.info.References))
+	for i, r := range src.info.References {
+		unsorted[i] = r
+		if e, ok := s.cfg.Mapping.ByCross(r); ok {
+			unsorted[i] = e.Native
+		}
+	}
+	key := s.key(src, unsorted)
+	entry, err := s.cfg.Cache.Lookup(src.served, key)
+	if err != nil {
+		return nil, err
+	}
+	if entry == nil {
+		start := time.Now()
+		entry, err = s.rewriteInto(ctx, src, key, refs)
+		if err != nil {
+			return nil, err
+		}
+		s.log.Info("rewrote path", "path", src.served, "from", src.from, "narSize", entry.NarSize, "duration", time.Since(start).Round(time.Millisecond))
+	}
+	info := entry.PathInfo()
+	if src.isCA() {
+		info.Sigs = append(info.Sigs, src.info.Sigs...)
+	}
+	sig, err := info.Sign(s.cfg.SigningKey)
+	if err != nil {
+		return nil, err
+	}
+	info.Sigs = append(info.Sigs, sig)
+	return &prepared{entry: entry, info: info}, nil
+}
+
+// rewriteInto streams the upstream NAR of src through the rewriter into a
+// new cache entry, checking the upstream hash on the way.
+func (s *Store) rewriteInto(ctx context.Context, src *source, key string, refs []string) (*narcache.Entry, error) {
+	rc, err := s.cfg.Upstream.NarFromPath(ctx, src.from)
+	if err != nil {
+		return nil, fmt.Errorf("read upstream NAR of %s: %w", src.from, err)
+	}
+	defer rc.Close()
+	w, err := s.cfg.Cache.Create(src.served)
+	if err != nil {
+		return nil, err
+	}
+	defer w.Abort()
+
+	// The upstream path info tells how long the NAR is; reading no further
+	// keeps us from waiting on a connection that has nothing more to say.
+	in := &hashingReader{r: io.LimitReader(rc, int64(src.info.NarSize)), h: sha256.New()}
+	if err := s.rewriter.RewriteNAR(w, in); err != nil {
+		return nil, fmt.Errorf("rewrite %s (from %s): %w", src.served, src.from, err)
+	}
+	if in.n != src.info.NarSize {
+		return nil, fmt.Errorf("upstream NAR of %s has %d bytes, its path info says %d", src.from, in.n, src.info.NarSize)
+	}
+	var got pathinfo.NarHash
+	copy(got[:], in.h.Sum(nil))
+	if got != src.info.NarHash {
+		return nil, fmt.Errorf("upstream NAR of %s does not match its narHash: got %s, want %s", src.from, got, src.info.NarHash)
+	}
+	meta := narcache.Entry{
+		Key:              key,
+		References:       refs,
+		Deriver:          src.entry.Deriver,
+		RegistrationTime: s.cfg.Now().Unix(),
+	}
+	if src.isCA() {
+		if w.Sum() != src.info.NarHash {
+			return nil, fmt.Errorf("content-addressed path %s contains mapped cross paths; serving it changed would break its content address", src.served)
+		}
+		meta.CA = src.info.CA
+		meta.Deriver = src.info.Deriver
+	}
+	return w.Commit(meta)
+}
+
+type hashingReader struct {
+	r io.Reader
+	h hash.Hash
+	n uint64
+}
+
+func (hr *hashingReader) Read(p []byte) (int, error) {
+	n, err := hr.r.Read(p)
+	hr.h.Write(p[:n])
+	hr.n += uint64(n)
+	return n, err
+}
+
+// QueryPathInfo returns the signed path info of a served path, nil when
+// the path is not served.
+func (s *Store) QueryPathInfo(ctx context.Context, p string) (*pathinfo.PathInfo, error) {
+	prep, err := s.prepare(ctx, p)
+	if err != nil || prep == nil {
+		return nil, err
+	}
+	return prep.info.Clone(), nil
+}
+
+// QueryPathFromHashPart finds a served path by its hash part.
+func (s *Store) QueryPathFromHashPart(ctx context.Context, h string) (string, error) {
+	if p, ok := s.byHash[h]; ok {
+		return p, nil
+	}
+	if _, err := s.isServedCA(ctx, ""); err != nil {
+		return "", err
+	}
+	s.caMu.Lock()
+	defer s.caMu.Unlock()
+	for p := range s.caIndex {
+		if hashPart(p) == h {
+			return p, nil
+		}
+	}
+	return "", nil
+}
+
+// NarFromPath returns the rewritten NAR of a served path, verified against
+// its path info before any byte is returned.
+func (s *Store) NarFromPath(ctx context.Context, p string) (io.ReadCloser, error) {
+	for attempt := 0; ; attempt++ {
+		prep, err := s.prepare(ctx, p)
+		if err != nil {
+			return nil, err
+		}
+		if prep == nil {
+			return nil, fmt.Errorf("path %s is not valid in this store", p)
+		}
+		rc, err := s.cfg.Cache.Open(prep.entry)
+		if err == nil {
+			return rc, nil
+		}
+		if !errors.Is(err, narcache.ErrDamaged) || attempt > 0 {
+			return nil, err
+		}
+		s.log.Warn("cache entry damaged, rebuilding", "path", p, "error", err)
+		s.prepared.Delete(p)
+	}
+}
+
+// ValidPaths lists every path this store serves: the mapped native paths
+// whose closures are servable, and the content-addressed paths in them.
+func (s *Store) ValidPaths(ctx context.Context) ([]string, error) {
+	if _, err := s.isServedCA(ctx, ""); err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, e := range s.cfg.Mapping.Entries() {
+		if _, err := s.resolve(ctx, e.Native); err == nil {
+			out = append(out, e.Native)
+		} else if ctx.Err() != nil {
+			return nil, err
+		}
+	}
+	s.caMu.Lock()
+	for p := range s.caIndex {
+		out = append(out, p)
+	}
+	s.caMu.Unlock()
+	sort.Strings(out)
+	return out, nil
+}
+
+// Problems lists, for every mapped path, why it cannot be served (an empty
+// map when everything can). It reads metadata only; no NAR is rewritten.
+func (s *Store) Problems(ctx context.Context) map[string]error {
+	out := make(map[string]error)
+	for _, e := range s.cfg.Mapping.Entries() {
+		if _, err := s.resolve(ctx, e.Native); err != nil {
+			out[e.Native] = err
+		}
+	}
+	return out
+}
+
+// MappedPaths is the number of native paths in the mapping.
+func (s *Store) MappedPaths() int { return s.cfg.Mapping.Len() }

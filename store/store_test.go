@@ -1,0 +1,396 @@
+package store
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nix-community/go-nix/pkg/nar"
+	"github.com/nix-community/go-nix/pkg/narinfo/signature"
+
+	"github.com/decross-store/decross-store/mapping"
+	"github.com/decross-store/decross-store/narcache"
+	"github.com/decross-store/decross-store/pathinfo"
+)
+
+const (
+	crossHello  = "/nix/store/c0000000000000000000000000000001-hello-aarch64-unknown-linux-gnu-2.12"
+	nativeHello = "/nix/store/n0000000000000000000000000000001-hello-2.12"
+	crossGlibc  = "/nix/store/c0000000000000000000000000000002-glibc-aarch64-unknown-linux-gnu-2.36"
+	nativeGlibc = "/nix/store/n0000000000000000000000000000002-glibc-2.36"
+	srcPath     = "/nix/store/s0000000000000000000000000000003-hello.c"
+	bashX86     = "/nix/store/b0000000000000000000000000000004-bash-5.2"
+	crossLeaky  = "/nix/store/c0000000000000000000000000000005-leaky-1.0"
+	nativeLeaky = "/nix/store/n0000000000000000000000000000005-leaky-1.0"
+)
+
+type file struct {
+	path, contents, target string
+	exec                   bool
+}
+
+// makeNAR serialises a tree; files must be in NAR order.
+func makeNAR(t testing.TB, files ...file) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	w, err := nar.NewWriter(&buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range files {
+		h := &nar.Header{Path: f.path}
+		switch {
+		case f.target != "":
+			h.Type, h.LinkTarget = nar.TypeSymlink, f.target
+		case f.contents == "" && strings.HasSuffix(f.path, "/") || f.path == "/" && f.contents == "":
+			h.Type = nar.TypeDirectory
+			h.Path = strings.TrimSuffix(f.path, "/")
+			if h.Path == "" {
+				h.Path = "/"
+			}
+		default:
+			h.Type, h.Size, h.Executable = nar.TypeRegular, int64(len(f.contents)), f.exec
+		}
+		if err := w.WriteHeader(h); err != nil {
+			t.Fatal(err)
+		}
+		if h.Type == nar.TypeRegular {
+			io.WriteString(w, f.contents)
+		}
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+type fakeUpstream struct {
+	mu       sync.Mutex
+	infos    map[string]*pathinfo.PathInfo
+	nars     map[string][]byte
+	narReads atomic.Int64
+	delay    time.Duration
+}
+
+func (u *fakeUpstream) add(path, ca string, narBytes []byte, refs ...string) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	sort.Strings(refs)
+	u.infos[path] = &pathinfo.PathInfo{Path: path, NarHash: sha256.Sum256(narBytes), NarSize: uint64(len(narBytes)), References: refs, CA: ca}
+	u.nars[path] = narBytes
+}
+
+func (u *fakeUpstream) QueryPathInfo(ctx context.Context, p string) (*pathinfo.PathInfo, error) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if i, ok := u.infos[p]; ok {
+		return i.Clone(), nil
+	}
+	return nil, nil
+}
+
+func (u *fakeUpstream) NarFromPath(ctx context.Context, p string) (io.ReadCloser, error) {
+	u.narReads.Add(1)
+	time.Sleep(u.delay)
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	b, ok := u.nars[p]
+	if !ok {
+		return nil, fmt.Errorf("path %s is not valid", p)
+	}
+	return io.NopCloser(bytes.NewReader(b)), nil
+}
+
+type fixture struct {
+	up       *fakeUpstream
+	key      signature.SecretKey
+	pub      signature.PublicKey
+	cacheDir string
+	mapping  *mapping.Mapping
+}
+
+func newFixture(t *testing.T) *fixture {
+	up := &fakeUpstream{infos: map[string]*pathinfo.PathInfo{}, nars: map[string][]byte{}}
+	up.add(srcPath, "fixed:r:sha256:1b8m03r63zqhnjf7l5wnldhh7c134ap5vpj0850ymkq1iyzicy5s", makeNAR(t, file{path: "/", contents: "int main(){}\n"}))
+	up.add(crossGlibc, "", makeNAR(t,
+		file{path: "/"},
+		file{path: "/lib/"},
+		file{path: "/lib/ld-linux-aarch64.so.1", contents: "\x7fELF\x00 I am " + crossGlibc + "/lib/ld-linux-aarch64.so.1\x00", exec: true},
+	), crossGlibc)
+	up.add(crossHello, "", makeNAR(t,
+		file{path: "/"},
+		file{path: "/bin/"},
+		file{path: "/bin/hello", contents: "\x7fELF\x00interp=" + crossGlibc + "/lib/ld-linux-aarch64.so.1\x00self=" + crossHello + "/share\x00", exec: true},
+		file{path: "/bin/hi", target: crossHello + "/bin/hello"},
+		file{path: "/share/"},
+		file{path: "/share/src", contents: "built from " + srcPath + "\n"},
+	), crossHello, crossGlibc, srcPath)
+	up.add(bashX86, "", makeNAR(t, file{path: "/", contents: "\x7fELF x86"}))
+	up.add(crossLeaky, "", makeNAR(t, file{path: "/", contents: "#!" + bashX86 + "/bin/sh\n", exec: true}), bashX86)
+
+	sk, pk, err := signature.GenerateKeypair("test-1", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := mapping.New([]mapping.Entry{
+		{Native: nativeHello, Cross: crossHello, Deriver: "/nix/store/d0000000000000000000000000000001-hello-2.12.drv", Output: "out"},
+		{Native: nativeGlibc, Cross: crossGlibc},
+		{Native: nativeLeaky, Cross: crossLeaky},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &fixture{up: up, key: sk, pub: pk, cacheDir: t.TempDir(), mapping: m}
+}
+
+func (f *fixture) store(t *testing.T) *Store {
+	t.Helper()
+	c, err := narcache.Open(f.cacheDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := New(Config{Mapping: f.mapping, Upstream: f.up, Cache: c, SigningKey: f.key, Now: func() time.Time { return time.Unix(1700000000, 0) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func readNAR(t *testing.T, s *Store, p string) []byte {
+	t.Helper()
+	rc, err := s.NarFromPath(context.Background(), p)
+	if err != nil {
+		t.Fatalf("NarFromPath(%s): %v", p, err)
+	}
+	defer rc.Close()
+	b, err := io.ReadAll(rc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func pad(native, cross string) string {
+	return "/nix/store/" + strings.Repeat("/", len(cross)-len(native)) + native[len("/nix/store/"):]
+}
+
+func TestServesRewrittenNativePath(t *testing.T) {
+	f := newFixture(t)
+	s := f.store(t)
+	ctx := context.Background()
+
+	info, err := s.QueryPathInfo(ctx, nativeHello)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := makeNAR(t,
+		file{path: "/"},
+		file{path: "/bin/"},
+		file{path: "/bin/hello", contents: "\x7fELF\x00interp=" + pad(nativeGlibc, crossGlibc) + "/lib/ld-linux-aarch64.so.1\x00self=" + pad(nativeHello, crossHello) + "/share\x00", exec: true},
+		file{path: "/bin/hi", target: nativeHello + "/bin/hello"},
+		file{path: "/share/"},
+		file{path: "/share/src", contents: "built from " + srcPath + "\n"},
+	)
+	if got := readNAR(t, s, nativeHello); !bytes.Equal(got, want) {
+		t.Fatalf("NAR =\n%q\nwant\n%q", got, want)
+	}
+	if info.NarHash != sha256.Sum256(want) || info.NarSize != uint64(len(want)) {
+		t.Errorf("narHash/narSize = %s/%d, want those of the rewritten NAR", info.NarHash, info.NarSize)
+	}
+	wantRefs := []string{nativeHello, nativeGlibc, srcPath}
+	sort.Strings(wantRefs)
+	if fmt.Sprint(info.References) != fmt.Sprint(wantRefs) {
+		t.Errorf("references = %v, want %v", info.References, wantRefs)
+	}
+	if info.Deriver != "/nix/store/d0000000000000000000000000000001-hello-2.12.drv" || info.CA != "" || info.Ultimate || info.RegistrationTime != 1700000000 {
+		t.Errorf("info = %+v", info)
+	}
+	if len(info.Sigs) != 1 {
+		t.Fatalf("sigs = %v, want one", info.Sigs)
+	}
+	sig, err := signature.ParseSignature(info.Sigs[0])
+	if err != nil || !f.pub.Verify(info.Fingerprint(), sig) {
+		t.Fatalf("signature %q does not verify (%v)", info.Sigs[0], err)
+	}
+
+	// The cross path itself is hidden; unknown paths are not valid.
+	for _, p := range []string{crossHello, "/nix/store/z0000000000000000000000000000009-nope"} {
+		if info, err := s.QueryPathInfo(ctx, p); info != nil || err != nil {
+			t.Errorf("QueryPathInfo(%s) = %v, %v; want not valid", p, info, err)
+		}
+	}
+}
+
+func TestServesContentAddressedPathUnchanged(t *testing.T) {
+	f := newFixture(t)
+	s := f.store(t)
+	info, err := s.QueryPathInfo(context.Background(), srcPath)
+	if err != nil || info == nil {
+		t.Fatalf("QueryPathInfo(source) = %v, %v", info, err)
+	}
+	if info.CA == "" || info.NarHash != f.up.infos[srcPath].NarHash {
+		t.Errorf("CA path info = %+v", info)
+	}
+	if got := readNAR(t, s, srcPath); !bytes.Equal(got, f.up.nars[srcPath]) {
+		t.Error("CA path NAR changed")
+	}
+	if p, _ := s.QueryPathFromHashPart(context.Background(), hashPart(srcPath)); p != srcPath {
+		t.Errorf("QueryPathFromHashPart(source) = %q", p)
+	}
+	if p, _ := s.QueryPathFromHashPart(context.Background(), hashPart(nativeHello)); p != nativeHello {
+		t.Errorf("QueryPathFromHashPart(hello) = %q", p)
+	}
+	if p, _ := s.QueryPathFromHashPart(context.Background(), hashPart(crossHello)); p != "" {
+		t.Errorf("QueryPathFromHashPart(cross hello) = %q, want none", p)
+	}
+}
+
+func TestUnmappedReferenceIsNotServed(t *testing.T) {
+	f := newFixture(t)
+	s := f.store(t)
+	_, err := s.QueryPathInfo(context.Background(), nativeLeaky)
+	if err == nil {
+		t.Fatal("leaky path served")
+	}
+	for _, want := range []string{nativeLeaky, crossLeaky, bashX86, "not in the mapping"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not name %q", err, want)
+		}
+	}
+	if _, err := s.NarFromPath(context.Background(), nativeLeaky); err == nil {
+		t.Error("NarFromPath of leaky path succeeded")
+	}
+	valid, err := s.ValidPaths(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{nativeGlibc, nativeHello, srcPath}
+	sort.Strings(want)
+	if fmt.Sprint(valid) != fmt.Sprint(want) {
+		t.Errorf("ValidPaths = %v, want %v", valid, want)
+	}
+	if probs := s.Problems(context.Background()); len(probs) != 1 || probs[nativeLeaky] == nil {
+		t.Errorf("Problems = %v", probs)
+	}
+}
+
+func TestNativeLongerThanCross(t *testing.T) {
+	f := newFixture(t)
+	long := "/nix/store/n0000000000000000000000000000002-glibc-aarch64-unknown-linux-gnu-2.36-extra"
+	m, err := mapping.New([]mapping.Entry{{Native: nativeHello, Cross: crossHello}, {Native: long, Cross: crossGlibc}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.mapping = m
+	s := f.store(t)
+	for _, p := range []string{long, nativeHello} {
+		_, err := s.QueryPathInfo(context.Background(), p)
+		if err == nil || !strings.Contains(err.Error(), "longer") || !strings.Contains(err.Error(), long) {
+			t.Errorf("QueryPathInfo(%s) err = %v, want one about %s being longer", p, err, long)
+		}
+	}
+}
+
+func TestUpstreamHashMismatchIsNotServed(t *testing.T) {
+	f := newFixture(t)
+	f.up.infos[crossGlibc].NarHash[0] ^= 1
+	s := f.store(t)
+	_, err := s.QueryPathInfo(context.Background(), nativeGlibc)
+	if err == nil || !strings.Contains(err.Error(), "does not match its narHash") {
+		t.Fatalf("err = %v, want a hash mismatch", err)
+	}
+	ents, _ := os.ReadDir(f.cacheDir)
+	if len(ents) != 0 {
+		t.Errorf("cache holds %v after a failed rewrite", ents)
+	}
+}
+
+func TestConcurrentRequestsShareOneRewrite(t *testing.T) {
+	f := newFixture(t)
+	f.up.delay = 50 * time.Millisecond
+	s := f.store(t)
+	var wg sync.WaitGroup
+	hashes := make([]pathinfo.NarHash, 16)
+	for i := range hashes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			info, err := s.QueryPathInfo(context.Background(), nativeGlibc)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			hashes[i] = info.NarHash
+		}()
+	}
+	wg.Wait()
+	if n := f.up.narReads.Load(); n != 1 {
+		t.Errorf("upstream NAR read %d times, want 1", n)
+	}
+	for _, h := range hashes[1:] {
+		if h != hashes[0] {
+			t.Fatal("concurrent requests saw different hashes")
+		}
+	}
+}
+
+func TestRestartServesFromCache(t *testing.T) {
+	f := newFixture(t)
+	first := readNAR(t, f.store(t), nativeHello)
+	reads := f.up.narReads.Load()
+	s2 := f.store(t)
+	if got := readNAR(t, s2, nativeHello); !bytes.Equal(got, first) {
+		t.Fatal("NAR from cache differs")
+	}
+	if f.up.narReads.Load() != reads {
+		t.Error("restarted store read the upstream NAR again")
+	}
+}
+
+func TestDamagedCacheIsRebuilt(t *testing.T) {
+	f := newFixture(t)
+	want := readNAR(t, f.store(t), nativeHello)
+	// Corrupt the cached NAR behind a new store's back.
+	narFile := filepath.Join(f.cacheDir, hashPart(nativeHello)+".nar.zst")
+	other, _ := narcache.Open(t.TempDir())
+	w, _ := other.Create(nativeHello)
+	w.Write(bytes.Repeat([]byte{'x'}, len(want)))
+	w.Commit(narcache.Entry{})
+	b, _ := os.ReadFile(filepath.Join(other.Dir(), hashPart(nativeHello)+".nar.zst"))
+	if err := os.WriteFile(narFile, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	reads := f.up.narReads.Load()
+	s2 := f.store(t)
+	if got := readNAR(t, s2, nativeHello); !bytes.Equal(got, want) {
+		t.Fatal("damaged cache entry served")
+	}
+	if f.up.narReads.Load() != reads+1 {
+		t.Error("damaged entry was not rebuilt from upstream")
+	}
+}
+
+func TestCancelledClientDoesNotFailSharedWork(t *testing.T) {
+	f := newFixture(t)
+	f.up.delay = 30 * time.Millisecond
+	s := f.store(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := s.QueryPathInfo(ctx, nativeGlibc); err != nil && !errors.Is(err, context.Canceled) {
+		t.Fatalf("unexpected error %v", err)
+	}
+	if info, err := s.QueryPathInfo(context.Background(), nativeGlibc); err != nil || info == nil {
+		t.Fatalf("after a cancelled request: %v, %v", info, err)
+	}
+}
