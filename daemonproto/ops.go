@@ -1,0 +1,797 @@
+package daemonproto
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"slices"
+
+	"github.com/decross-store/decross-store/pathinfo"
+	"github.com/nix-community/go-nix/pkg/nixbase32"
+)
+
+func (c *serverConn) dispatch(ctx context.Context, op uint64) error {
+	switch op {
+	case opIsValidPath:
+		return c.isValidPath(ctx)
+	case opQueryPathInfo:
+		return c.queryPathInfo(ctx)
+	case opNarFromPath:
+		return c.narFromPath(ctx)
+	case opQueryValidPaths:
+		return c.queryValidPaths(ctx)
+	case opQueryPathFromHashPart:
+		return c.queryPathFromHashPart(ctx)
+	case opQueryMissing:
+		return c.queryMissing(ctx)
+	case opBuildPaths:
+		return c.buildPaths(ctx)
+	case opBuildPathsWithResults:
+		return c.buildPathsWithResults(ctx)
+	case opSetOptions:
+		return c.setOptions()
+	case opEnsurePath:
+		return c.ensurePath(ctx)
+	case opQueryDeriver, opQueryPathHash, opQueryReferences:
+		return c.queryInfoField(ctx, op)
+	case opQueryAllValidPaths:
+		return c.queryAllValidPaths(ctx)
+	case opHasSubstitutes:
+		return c.pathThen(func() { c.w.boolean(false) })
+	case opQueryReferrers, opQueryValidDerivers, opQueryDerivationOutputs,
+		opQueryDerivationOutputNames, opQueryDerivationOutputMap,
+		opQuerySubstitutablePathInfo:
+		// This store serves no derivations and has no substituters, so all
+		// of these are an empty list (or "not found", encoded alike).
+		return c.pathThen(func() { c.w.u64(0) })
+	case opAddTempRoot:
+		return c.pathThen(func() { c.w.u64(1) })
+	case opAddIndirectRoot:
+		// A symlink somewhere on the client's machine, not a store path.
+		if err := c.skipStr("indirect root"); err != nil {
+			return err
+		}
+		c.last()
+		c.w.u64(1)
+		return nil
+	case opSyncWithGC, opOptimiseStore:
+		// Nothing is ever collected here, and there are no local files to
+		// deduplicate, so both succeed without doing anything.
+		c.last()
+		c.w.u64(1)
+		return nil
+	case opFindRoots:
+		c.last()
+		c.w.u64(0)
+		return nil
+	case opQuerySubstitutablePaths:
+		if _, err := c.readStorePaths(); err != nil {
+			return err
+		}
+		c.last()
+		c.w.u64(0)
+		return nil
+	case opQuerySubstitutablePathInfos:
+		return c.querySubstitutablePathInfos()
+	case opQueryRealisation:
+		if err := c.r.skipStr("drv output id", maxShortLen); err != nil {
+			return fmt.Errorf("read drv output id: %w", err)
+		}
+		c.last()
+		c.w.u64(0) // empty set, in both the <1.31 and the JSON layout
+		return nil
+
+	case opAddToStore:
+		return c.addToStore()
+	case opAddTextToStore:
+		return c.addTextToStore()
+	case opAddToStoreNar:
+		return c.addToStoreNar()
+	case opAddMultipleToStore:
+		return c.addMultipleToStore()
+	case opBuildDerivation:
+		return c.buildDerivation()
+	case opAddSignatures:
+		if err := c.skipStr("store path"); err != nil {
+			return err
+		}
+		if err := c.skipStrs("signatures"); err != nil {
+			return err
+		}
+		return c.refuse("AddSignatures")
+	case opCollectGarbage:
+		return c.collectGarbage()
+	case opAddBuildLog:
+		if err := c.skipStr("derivation name"); err != nil {
+			return err
+		}
+		if err := c.skipFramed(); err != nil {
+			return err
+		}
+		return c.refuse("AddBuildLog")
+	case opRegisterDrvOutput:
+		if !c.atLeast(31) {
+			if err := c.skipStr("drv output id"); err != nil {
+				return err
+			}
+			if err := c.skipStr("output path"); err != nil {
+				return err
+			}
+		} else if err := c.skipStr("realisation"); err != nil {
+			return err
+		}
+		return c.refuse("RegisterDrvOutput")
+	case opVerifyStore:
+		// Verifying would mean re-hashing every NAR this store can build;
+		// refuse rather than claim a check that never happened.
+		if err := c.skipInts(2); err != nil {
+			return err
+		}
+		return c.refuse("VerifyStore")
+	case opAddPermRoot:
+		if !c.atLeast(36) {
+			break
+		}
+		if err := c.skipStr("store path"); err != nil {
+			return err
+		}
+		if err := c.skipStr("gc root"); err != nil {
+			return err
+		}
+		return c.refuse("AddPermRoot")
+	}
+	// The arguments of an unknown op cannot be skipped.
+	return malformed("invalid operation %d", op)
+}
+
+// pathThen reads one store path and sends a fixed reply.
+func (c *serverConn) pathThen(reply func()) error {
+	if _, err := c.readStorePath(); err != nil {
+		return err
+	}
+	c.last()
+	reply()
+	return nil
+}
+
+func (c *serverConn) queryInfo(ctx context.Context, p string) (*pathinfo.PathInfo, error) {
+	info, err := c.srv.Store.QueryPathInfo(ctx, p)
+	if err != nil {
+		return nil, fmt.Errorf("query path info %s: %w", p, err)
+	}
+	return info, nil
+}
+
+func (c *serverConn) isValidPath(ctx context.Context) error {
+	p, err := c.readStorePath()
+	if err != nil {
+		return err
+	}
+	info, err := c.queryInfo(ctx, p)
+	if err != nil {
+		return c.opFailed("IsValidPath", err)
+	}
+	c.last()
+	c.w.boolean(info != nil)
+	return nil
+}
+
+func (c *serverConn) queryPathInfo(ctx context.Context) error {
+	p, err := c.readStorePath()
+	if err != nil {
+		return err
+	}
+	info, err := c.queryInfo(ctx, p)
+	if err != nil {
+		return c.opFailed("QueryPathInfo", err)
+	}
+	if info == nil {
+		if !c.atLeast(17) {
+			// Before the valid flag existed, clients expected this error text.
+			return c.opFailed("QueryPathInfo", fmt.Errorf("path '%s' is not valid", p))
+		}
+		c.last()
+		c.w.boolean(false)
+		return nil
+	}
+	c.last()
+	if c.atLeast(17) {
+		c.w.boolean(true)
+	}
+	c.writePathInfo(info)
+	return nil
+}
+
+// writePathInfo sends the part of a ValidPathInfo that follows the path.
+func (c *serverConn) writePathInfo(info *pathinfo.PathInfo) {
+	c.w.str(info.Deriver)
+	c.w.str(info.NarHash.Hex())
+	refs := slices.Clone(info.References)
+	slices.Sort(refs)
+	c.w.strs(refs)
+	c.w.u64(uint64(info.RegistrationTime))
+	c.w.u64(info.NarSize)
+	if c.atLeast(16) {
+		c.w.boolean(info.Ultimate)
+		c.w.strs(info.Sigs)
+		c.w.str(info.CA)
+	}
+}
+
+func (c *serverConn) narFromPath(ctx context.Context) error {
+	p, err := c.readStorePath()
+	if err != nil {
+		return err
+	}
+	rc, err := c.srv.Store.NarFromPath(ctx, p)
+	if err != nil {
+		return c.opFailed("NarFromPath", fmt.Errorf("nar from path %s: %w", p, err))
+	}
+	defer rc.Close()
+	c.last()
+	// Once LAST is out the client expects exactly one NAR; a failure now
+	// can only be signalled by hanging up.
+	if _, err := c.w.w.ReadFrom(rc); err != nil {
+		return fmt.Errorf("send nar of %s: %w", p, err)
+	}
+	return nil
+}
+
+func (c *serverConn) queryValidPaths(ctx context.Context) error {
+	paths, err := c.readStorePaths()
+	if err != nil {
+		return err
+	}
+	if c.atLeast(27) {
+		if _, err := c.r.u64(); err != nil { // substitute: there are no substituters
+			return fmt.Errorf("read substitute flag: %w", err)
+		}
+	}
+	var valid []string
+	for _, p := range paths {
+		info, err := c.queryInfo(ctx, p)
+		if err != nil {
+			return c.opFailed("QueryValidPaths", err)
+		}
+		if info != nil {
+			valid = append(valid, p)
+		}
+	}
+	slices.Sort(valid)
+	c.last()
+	c.w.strs(slices.Compact(valid))
+	return nil
+}
+
+func (c *serverConn) queryPathFromHashPart(ctx context.Context) error {
+	h, err := c.readStr("hash part", maxStorePathLen)
+	if err != nil {
+		return err
+	}
+	var p string
+	// Anything but a 32-character nixbase32 hash cannot name a path.
+	if len(h) == 32 && nixbase32.ValidateString(h) == nil {
+		p, err = c.srv.Store.QueryPathFromHashPart(ctx, h)
+		if err != nil {
+			return c.opFailed("QueryPathFromHashPart", fmt.Errorf("query path from hash part %s: %w", h, err))
+		}
+	}
+	c.last()
+	c.w.str(p)
+	return nil
+}
+
+func (c *serverConn) queryAllValidPaths(ctx context.Context) error {
+	paths, err := c.srv.Store.ValidPaths(ctx)
+	if err != nil {
+		return c.opFailed("QueryAllValidPaths", fmt.Errorf("list valid paths: %w", err))
+	}
+	paths = slices.Clone(paths)
+	slices.Sort(paths)
+	c.last()
+	c.w.strs(slices.Compact(paths))
+	return nil
+}
+
+func (c *serverConn) ensurePath(ctx context.Context) error {
+	p, err := c.readStorePath()
+	if err != nil {
+		return err
+	}
+	info, err := c.queryInfo(ctx, p)
+	if err != nil {
+		return c.opFailed("EnsurePath", err)
+	}
+	if info == nil {
+		return c.opFailed("EnsurePath", fmt.Errorf("path '%s' does not exist and cannot be created", p))
+	}
+	c.last()
+	c.w.u64(1)
+	return nil
+}
+
+// queryInfoField answers the old single-field queries from the path info.
+func (c *serverConn) queryInfoField(ctx context.Context, op uint64) error {
+	p, err := c.readStorePath()
+	if err != nil {
+		return err
+	}
+	info, err := c.queryInfo(ctx, p)
+	if err == nil && info == nil {
+		err = fmt.Errorf("path '%s' is not valid", p)
+	}
+	if err != nil {
+		return c.opFailed("QueryPathInfo", err)
+	}
+	c.last()
+	switch op {
+	case opQueryDeriver:
+		c.w.str(info.Deriver)
+	case opQueryPathHash:
+		c.w.str(info.NarHash.Hex())
+	case opQueryReferences:
+		refs := slices.Clone(info.References)
+		slices.Sort(refs)
+		c.w.strs(refs)
+	}
+	return nil
+}
+
+func (c *serverConn) querySubstitutablePathInfos() error {
+	if c.atLeast(22) {
+		n, err := c.r.count("path to content-address map", c.lim.list)
+		if err != nil {
+			return fmt.Errorf("read paths: %w", err)
+		}
+		for i := uint64(0); i < n; i++ {
+			if _, err := c.readStorePath(); err != nil {
+				return err
+			}
+			if err := c.r.skipStr("content address", maxShortLen); err != nil {
+				return fmt.Errorf("read content address: %w", err)
+			}
+		}
+	} else if _, err := c.readStorePaths(); err != nil {
+		return err
+	}
+	c.last()
+	c.w.u64(0)
+	return nil
+}
+
+// readDerived reads the derived paths of BuildPaths, BuildPathsWithResults
+// and QueryMissing. Before 1.30 a bare .drv path meant "build it".
+func (c *serverConn) readDerived() ([]derivedPath, error) {
+	ds, err := c.readDerivedPaths()
+	if err != nil {
+		return nil, err
+	}
+	if !c.atLeast(30) {
+		for i := range ds {
+			if len(ds[i].path) > 4 && ds[i].path[len(ds[i].path)-4:] == ".drv" {
+				ds[i].drv = true
+			}
+		}
+	}
+	return ds, nil
+}
+
+// validOpaque reports whether d is an opaque path valid in the store.
+func (c *serverConn) validOpaque(ctx context.Context, d derivedPath) (bool, error) {
+	if d.drv {
+		return false, nil
+	}
+	info, err := c.queryInfo(ctx, d.path)
+	return info != nil, err
+}
+
+func (c *serverConn) queryMissing(ctx context.Context) error {
+	ds, err := c.readDerived()
+	if err != nil {
+		return err
+	}
+	var unknown []string
+	for _, d := range ds {
+		ok, err := c.validOpaque(ctx, d)
+		if err != nil {
+			return c.opFailed("QueryMissing", err)
+		}
+		if !ok {
+			unknown = append(unknown, d.path)
+		}
+	}
+	slices.Sort(unknown)
+	c.last()
+	c.w.u64(0) // willBuild
+	c.w.u64(0) // willSubstitute
+	c.w.strs(slices.Compact(unknown))
+	c.w.u64(0) // downloadSize
+	c.w.u64(0) // narSize
+	return nil
+}
+
+func unbuildable(d derivedPath) error {
+	if d.drv {
+		return fmt.Errorf("cannot build '%s': decross-store serves no derivations", d.raw)
+	}
+	return fmt.Errorf("path '%s' is required, but there is no substituter that can build it", d.path)
+}
+
+func (c *serverConn) buildPaths(ctx context.Context) error {
+	ds, err := c.readDerived()
+	if err != nil {
+		return err
+	}
+	if c.atLeast(15) {
+		if _, err := c.r.u64(); err != nil { // build mode
+			return fmt.Errorf("read build mode: %w", err)
+		}
+	}
+	for _, d := range ds {
+		ok, err := c.validOpaque(ctx, d)
+		if err != nil {
+			return c.opFailed("BuildPaths", err)
+		}
+		if !ok {
+			return c.opFailed("BuildPaths", unbuildable(d))
+		}
+	}
+	c.last()
+	c.w.u64(1)
+	return nil
+}
+
+func (c *serverConn) buildPathsWithResults(ctx context.Context) error {
+	ds, err := c.readDerived()
+	if err != nil {
+		return err
+	}
+	if _, err := c.r.u64(); err != nil { // build mode
+		return fmt.Errorf("read build mode: %w", err)
+	}
+	type result struct {
+		status uint64
+		msg    string
+	}
+	results := make([]result, len(ds))
+	for i, d := range ds {
+		ok, err := c.validOpaque(ctx, d)
+		if err != nil {
+			return c.opFailed("BuildPathsWithResults", err)
+		}
+		if ok {
+			results[i] = result{status: buildStatusAlreadyValid}
+		} else {
+			results[i] = result{buildStatusNoSubstituters, unbuildable(d).Error()}
+		}
+	}
+	c.last()
+	c.w.u64(uint64(len(ds)))
+	for i, d := range ds {
+		c.w.str(d.raw)
+		c.writeBuildResult(results[i].status, results[i].msg)
+	}
+	return nil
+}
+
+// writeBuildResult sends a BuildResult with nothing built: no times, no
+// outputs. Its layout grows at 1.28, 1.29 and 1.37.
+func (c *serverConn) writeBuildResult(status uint64, msg string) {
+	c.w.u64(status)
+	c.w.str(msg)
+	if c.atLeast(29) {
+		c.w.u64(0) // timesBuilt
+		c.w.u64(0) // isNonDeterministic
+		c.w.u64(0) // startTime
+		c.w.u64(0) // stopTime
+	}
+	if c.atLeast(37) {
+		c.w.u64(0) // cpuUser: none
+		c.w.u64(0) // cpuSystem: none
+	}
+	if c.atLeast(28) {
+		c.w.u64(0) // builtOutputs
+	}
+}
+
+func (c *serverConn) setOptions() error {
+	if err := c.skipInts(12); err != nil {
+		return err
+	}
+	if c.atLeast(12) {
+		n, err := c.r.count("option overrides", c.lim.list)
+		if err != nil {
+			return fmt.Errorf("read option overrides: %w", err)
+		}
+		for i := uint64(0); i < n; i++ {
+			if err := c.skipStr("option name"); err != nil {
+				return err
+			}
+			if err := c.skipStr("option value"); err != nil {
+				return err
+			}
+		}
+	}
+	c.last()
+	return nil
+}
+
+// skipNAR consumes one NAR by parsing it, the only way to find its end.
+func (c *serverConn) skipNAR() error {
+	if err := c.r.expect("nix-archive-1"); err != nil {
+		return err
+	}
+	return c.skipNARNode(0)
+}
+
+// maxNARDepth bounds directory nesting; PATH_MAX allows about 2048 levels.
+const maxNARDepth = 4096
+
+func (c *serverConn) skipNARNode(depth int) error {
+	if depth > maxNARDepth {
+		return malformed("nar: directories nested too deeply")
+	}
+	if err := c.r.expect("("); err != nil {
+		return err
+	}
+	if err := c.r.expect("type"); err != nil {
+		return err
+	}
+	typ, err := c.r.token()
+	if err != nil {
+		return err
+	}
+	switch typ {
+	case "regular":
+		tok, err := c.r.token()
+		if err != nil {
+			return err
+		}
+		if tok == "executable" {
+			if err := c.r.expect(""); err != nil {
+				return err
+			}
+			if tok, err = c.r.token(); err != nil {
+				return err
+			}
+		}
+		if tok != "contents" {
+			return malformed("nar: unexpected token %q, want contents", tok)
+		}
+		if err := c.r.skipStr("nar file contents", c.lim.drain); err != nil {
+			return err
+		}
+	case "symlink":
+		if err := c.r.expect("target"); err != nil {
+			return err
+		}
+		if err := c.r.skipStr("nar symlink target", 4096); err != nil {
+			return err
+		}
+	case "directory":
+		for {
+			tok, err := c.r.token()
+			if err != nil {
+				return err
+			}
+			if tok == ")" {
+				return nil
+			}
+			if tok != "entry" {
+				return malformed("nar: unexpected token %q in directory", tok)
+			}
+			for _, t := range []string{"(", "name"} {
+				if err := c.r.expect(t); err != nil {
+					return err
+				}
+			}
+			if err := c.r.skipStr("nar entry name", 255); err != nil {
+				return err
+			}
+			if err := c.r.expect("node"); err != nil {
+				return err
+			}
+			if err := c.skipNARNode(depth + 1); err != nil {
+				return err
+			}
+			if err := c.r.expect(")"); err != nil {
+				return err
+			}
+		}
+	default:
+		return malformed("nar: unknown node type %q", typ)
+	}
+	return c.r.expect(")")
+}
+
+func (c *serverConn) addToStore() error {
+	if c.atLeast(25) {
+		for _, what := range []string{"name", "content-address method"} {
+			if err := c.skipStr(what); err != nil {
+				return err
+			}
+		}
+		if err := c.skipStrs("references"); err != nil {
+			return err
+		}
+		if err := c.skipInts(1); err != nil { // repair
+			return err
+		}
+		if err := c.skipFramed(); err != nil {
+			return err
+		}
+		return c.refuse("AddToStore")
+	}
+	if err := c.skipStr("name"); err != nil {
+		return err
+	}
+	if err := c.skipInts(2); err != nil { // fixed, recursive
+		return err
+	}
+	if err := c.skipStr("hash algorithm"); err != nil {
+		return err
+	}
+	// Even flat files travel as a NAR here.
+	if err := c.skipNAR(); err != nil {
+		return err
+	}
+	return c.refuse("AddToStore")
+}
+
+func (c *serverConn) addTextToStore() error {
+	if err := c.skipStr("name"); err != nil {
+		return err
+	}
+	if err := c.skipLarge("text"); err != nil {
+		return err
+	}
+	if err := c.skipStrs("references"); err != nil {
+		return err
+	}
+	return c.refuse("AddTextToStore")
+}
+
+// skipPathInfo consumes a ValidPathInfo without its path, as AddToStoreNar
+// and AddMultipleToStore send it.
+func skipPathInfo(c *serverConn) error {
+	for _, what := range []string{"deriver", "nar hash"} {
+		if err := c.skipStr(what); err != nil {
+			return err
+		}
+	}
+	if err := c.skipStrs("references"); err != nil {
+		return err
+	}
+	if err := c.skipInts(3); err != nil { // registrationTime, narSize, ultimate
+		return err
+	}
+	if err := c.skipStrs("signatures"); err != nil {
+		return err
+	}
+	return c.skipStr("content address")
+}
+
+func (c *serverConn) addToStoreNar() error {
+	if err := c.skipStr("store path"); err != nil {
+		return err
+	}
+	if err := skipPathInfo(c); err != nil {
+		return err
+	}
+	if err := c.skipInts(2); err != nil { // repair, dontCheckSigs
+		return err
+	}
+	switch {
+	case c.atLeast(23):
+		if err := c.skipFramed(); err != nil {
+			return err
+		}
+	case c.atLeast(21):
+		// The NAR would come only when pulled with STDERR_READ; not pulling
+		// it and failing leaves the client in sync.
+	default:
+		if err := c.skipNAR(); err != nil {
+			return err
+		}
+	}
+	return c.refuse("AddToStoreNar")
+}
+
+func (c *serverConn) addMultipleToStore() error {
+	if err := c.skipInts(2); err != nil { // repair, dontCheckSigs
+		return err
+	}
+	fr := &framedReader{r: &c.r, maxFrame: c.lim.drain}
+	var count [8]byte
+	n, err := io.ReadFull(fr, count[:])
+	if err != nil && !(n == 0 && err == io.EOF) {
+		return malformed("read AddMultipleToStore count: %v", err)
+	}
+	var rest int64
+	if err == nil {
+		// Whatever follows a count of zero would be garbage; refuse it.
+		rest, err = io.Copy(io.Discard, fr)
+		if err != nil {
+			return fmt.Errorf("read framed upload: %w", err)
+		}
+	}
+	if n == 8 && count == [8]byte{} && rest == 0 {
+		// "nix copy --to" sends this when every path is already present.
+		c.last()
+		return nil
+	}
+	return c.refuse("AddMultipleToStore")
+}
+
+func (c *serverConn) buildDerivation() error {
+	if err := c.skipStr("derivation path"); err != nil {
+		return err
+	}
+	n, err := c.r.count("derivation outputs", c.lim.list)
+	if err != nil {
+		return fmt.Errorf("read derivation outputs: %w", err)
+	}
+	for i := uint64(0); i < n; i++ {
+		for _, what := range []string{"output name", "output path", "hash algorithm", "hash"} {
+			if err := c.skipStr(what); err != nil {
+				return err
+			}
+		}
+	}
+	if err := c.skipStrs("input sources"); err != nil {
+		return err
+	}
+	for _, what := range []string{"platform", "builder"} {
+		if err := c.skipStr(what); err != nil {
+			return err
+		}
+	}
+	if err := c.skipStrs("arguments"); err != nil {
+		return err
+	}
+	n, err = c.r.count("environment", c.lim.list)
+	if err != nil {
+		return fmt.Errorf("read environment: %w", err)
+	}
+	for i := uint64(0); i < n; i++ {
+		if err := c.skipStr("variable name"); err != nil {
+			return err
+		}
+		// Environment values may carry whole files (passAsFile, structured
+		// attrs), so they get the large cap.
+		if err := c.skipLarge("variable value"); err != nil {
+			return err
+		}
+	}
+	if err := c.skipInts(1); err != nil { // build mode
+		return err
+	}
+	return c.refuse("BuildDerivation")
+}
+
+func (c *serverConn) collectGarbage() error {
+	if err := c.skipInts(1); err != nil { // action
+		return err
+	}
+	if c.hasFeature(featureDeleteDeadSpecificReferrers) {
+		tag, err := c.r.u64()
+		if err != nil {
+			return fmt.Errorf("read gc paths: %w", err)
+		}
+		if tag == 0 {
+			if err := c.skipStrs("paths to delete"); err != nil {
+				return err
+			}
+			if err := c.skipInts(1); err != nil { // deleteReferrers
+				return err
+			}
+		}
+	} else if err := c.skipStrs("paths to delete"); err != nil {
+		return err
+	}
+	// ignoreLiveness, maxFreed, three obsolete fields.
+	if err := c.skipInts(5); err != nil {
+		return err
+	}
+	return c.refuse("CollectGarbage")
+}

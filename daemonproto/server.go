@@ -1,0 +1,259 @@
+package daemonproto
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"slices"
+
+	"github.com/decross-store/decross-store/pathinfo"
+)
+
+// Store is what the server answers from. Implementations are safe for
+// concurrent use.
+type Store interface {
+	// QueryPathInfo returns (nil, nil) when path is not valid in this store.
+	QueryPathInfo(ctx context.Context, path string) (*pathinfo.PathInfo, error)
+	// QueryPathFromHashPart returns "" when no valid path has that hash part.
+	QueryPathFromHashPart(ctx context.Context, hashPart string) (string, error)
+	// NarFromPath prepares the NAR of a valid path. Every check that can fail
+	// happens before it returns; the server sends STDERR_LAST only after it
+	// succeeded, then copies the reader raw. Unknown path → error.
+	NarFromPath(ctx context.Context, path string) (io.ReadCloser, error)
+	// ValidPaths lists every valid path (QueryAllValidPaths).
+	ValidPaths(ctx context.Context) ([]string, error)
+}
+
+// Server answers worker-protocol connections from a Store. The zero value
+// of each limit selects its default.
+type Server struct {
+	Store  Store
+	Logger *slog.Logger // nil discards logs
+	// NixVersion is sent to clients at protocol 1.33 and later; Nix shows
+	// it in "nix store ping" and nowhere else. Default "decross-store".
+	NixVersion string
+
+	// MaxStringLen caps a string the server keeps (default 1 MiB).
+	MaxStringLen int
+	// MaxListLen caps the entry count of a list or map (default 1<<20).
+	MaxListLen int
+	// MaxRequestBytes caps the strings kept from one request in total
+	// (default 64 MiB), so long lists of long strings cannot pile up.
+	MaxRequestBytes int
+	// MaxDrainLen caps a string or frame the server discards unread, such
+	// as the text of AddTextToStore (default 1 GiB).
+	MaxDrainLen int64
+}
+
+const (
+	defaultMaxStringLen    = 1 << 20
+	defaultMaxListLen      = 1 << 20
+	defaultMaxRequestBytes = 64 << 20
+	defaultMaxDrainLen     = 1 << 30
+	defaultNixVersion      = "decross-store"
+
+	// A store path is /nix/store/ + 32 hash chars + '-' + a name of at most
+	// 211 characters; anything much longer is not a path.
+	maxStorePathLen = 400
+	// Output names, hash algorithms, CA strings and the like.
+	maxShortLen = 4096
+
+	ioBufferSize = 64 << 10
+)
+
+type limits struct {
+	str, list, request, drain uint64
+}
+
+func (s *Server) limits() limits {
+	l := limits{defaultMaxStringLen, defaultMaxListLen, defaultMaxRequestBytes, defaultMaxDrainLen}
+	if s.MaxStringLen > 0 {
+		l.str = uint64(s.MaxStringLen)
+	}
+	if s.MaxListLen > 0 {
+		l.list = uint64(s.MaxListLen)
+	}
+	if s.MaxRequestBytes > 0 {
+		l.request = uint64(s.MaxRequestBytes)
+	}
+	if s.MaxDrainLen > 0 {
+		l.drain = uint64(s.MaxDrainLen)
+	}
+	return l
+}
+
+// ServeConn runs the handshake and then answers requests until the client
+// closes the connection between two requests (nil), the connection fails,
+// or the client sends something that cannot be parsed (after one error
+// message to the client). If rw is also an io.Closer it is closed when ctx
+// is cancelled, which unblocks a pending read.
+func (s *Server) ServeConn(ctx context.Context, rw io.ReadWriter) error {
+	if s.Store == nil {
+		return errors.New("serve conn: no store configured")
+	}
+	if c, ok := rw.(io.Closer); ok {
+		stop := context.AfterFunc(ctx, func() { _ = c.Close() })
+		defer stop()
+	}
+	log := s.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	c := &serverConn{
+		srv: s,
+		log: log,
+		lim: s.limits(),
+		r:   wireReader{r: bufio.NewReaderSize(rw, ioBufferSize)},
+		w:   wireWriter{w: bufio.NewWriterSize(rw, ioBufferSize)},
+	}
+	if err := c.handshake(); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		return fmt.Errorf("handshake: %w", err)
+	}
+	log.Debug("client connected", "protocol", fmt.Sprintf("1.%d", minor(c.ver)))
+	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		op, err := c.r.first()
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return fmt.Errorf("read opcode: %w", err)
+		}
+		c.budget = c.lim.request
+		if err := c.dispatch(ctx, op); err != nil {
+			if IsMalformed(err) {
+				// The rest of the request cannot be located, so the stream is
+				// lost: tell the client why, then hang up.
+				c.sendError(err.Error())
+				_ = c.w.flush()
+			}
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return fmt.Errorf("op %d: %w", op, err)
+		}
+		if err := c.w.flush(); err != nil {
+			return fmt.Errorf("op %d: write reply: %w", op, err)
+		}
+	}
+}
+
+type serverConn struct {
+	srv      *Server
+	log      *slog.Logger
+	lim      limits
+	r        wireReader
+	w        wireWriter
+	ver      uint64 // min(client, server)
+	features []string
+	budget   uint64 // bytes of strings the current request may still keep
+}
+
+func (c *serverConn) atLeast(m uint64) bool { return minor(c.ver) >= m }
+
+func (c *serverConn) handshake() error {
+	magic, err := c.r.first()
+	if err != nil {
+		return err
+	}
+	if magic != workerMagic1 {
+		return malformed("protocol mismatch: bad client magic %#x", magic)
+	}
+	// Clients up to Nix 2.22 wait for this before sending their version.
+	c.w.u64(workerMagic2)
+	c.w.u64(serverVersion)
+	if err := c.w.flush(); err != nil {
+		return err
+	}
+	cv, err := c.r.u64()
+	if err != nil {
+		return err
+	}
+	if major(cv) != 1 || cv < minPeerVersion {
+		return malformed("unsupported client protocol version %d.%d", major(cv), minor(cv))
+	}
+	c.ver = min(cv, serverVersion)
+	if c.atLeast(38) {
+		// Offering no features keeps every layout at plain 1.38; the
+		// negotiated set is the intersection, so it is empty too.
+		if err := c.r.skipStrs("client features", c.lim.list, maxShortLen); err != nil {
+			return err
+		}
+		c.w.strs(nil)
+		if err := c.w.flush(); err != nil {
+			return err
+		}
+	}
+	if c.atLeast(14) {
+		affinity, err := c.r.u64()
+		if err != nil {
+			return err
+		}
+		if affinity != 0 {
+			if _, err := c.r.u64(); err != nil {
+				return err
+			}
+		}
+	}
+	if c.atLeast(11) {
+		if _, err := c.r.u64(); err != nil { // reserveSpace
+			return err
+		}
+	}
+	if c.atLeast(33) {
+		v := c.srv.NixVersion
+		if v == "" {
+			v = defaultNixVersion
+		}
+		c.w.str(v)
+	}
+	if c.atLeast(35) {
+		c.w.u64(2) // not trusted: privileged settings are ignored
+	}
+	c.w.u64(stderrLast)
+	return c.w.flush()
+}
+
+func (c *serverConn) hasFeature(f string) bool { return slices.Contains(c.features, f) }
+
+// sendError reports a failed op. Before 1.26 the error is a bare message
+// and an exit status.
+func (c *serverConn) sendError(msg string) {
+	c.w.u64(stderrError)
+	if c.atLeast(26) {
+		c.w.str("Error")
+		c.w.u64(0) // level: error
+		c.w.str("Error")
+		c.w.str(msg)
+		c.w.u64(0) // no position
+		c.w.u64(0) // no traces
+		return
+	}
+	c.w.str(msg)
+	c.w.u64(1)
+}
+
+func (c *serverConn) last() { c.w.u64(stderrLast) }
+
+// opFailed reports an op-level error after the request was read in full;
+// the connection stays in sync.
+func (c *serverConn) opFailed(op string, err error) error {
+	c.log.Debug("op failed", "op", op, "err", err)
+	c.sendError(err.Error())
+	return nil
+}
+
+// refuse answers a write op once its request has been consumed.
+func (c *serverConn) refuse(op string) error {
+	c.log.Debug("refused write", "op", op)
+	c.sendError("decross-store is a read-only store: " + op + " refused")
+	return nil
+}
