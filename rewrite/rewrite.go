@@ -1,0 +1,465 @@
+package rewrite
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"path"
+	"strings"
+	"sync"
+
+	"github.com/nix-community/go-nix/pkg/nar"
+	"github.com/nix-community/go-nix/pkg/nixbase32"
+	"github.com/nix-community/go-nix/pkg/storepath"
+)
+
+const (
+	storePrefix = storepath.StoreDir + "/"
+	hashLen     = 32
+
+	// DefaultTextMax is the TextMax used when Options.TextMax is zero.
+	DefaultTextMax = 64 << 10
+	// MaxTextMax caps Options.TextMax: text files are buffered whole.
+	MaxTextMax = 16 << 20
+
+	// chunkSize is how much of a large file is scanned per step. Large
+	// enough to amortise per-call costs, small enough to stay in L2.
+	chunkSize = 256 << 10
+	// writeBufSize batches go-nix's many tiny token writes.
+	writeBufSize = 64 << 10
+)
+
+// Replacement maps one cross-built store path to the native path it stands
+// in for. Both are absolute store paths without anything after the name.
+type Replacement struct {
+	From string // cross path, e.g. /nix/store/<hash>-hello-aarch64-unknown-linux-gnu-2.12
+	To   string // native path, e.g. /nix/store/<hash>-hello-2.12
+}
+
+// Options tune the rewriter; the zero value is the documented default.
+type Options struct {
+	// TextMax is the largest regular file that is rewritten exactly
+	// (shrinking) when it contains no NUL byte. Zero means DefaultTextMax,
+	// a negative value pads every file. At most MaxTextMax.
+	TextMax int64
+	// Forbidden lists extra hash parts that must not remain in the output,
+	// each either a bare 32-character hash part or a store path. The hash
+	// parts of all Replacement.From are always forbidden.
+	Forbidden []string
+}
+
+// LeftoverError reports a forbidden hash part found in the rewritten NAR.
+type LeftoverError struct {
+	File     string // path inside the NAR, e.g. "/bin/hello"; "" for the root
+	HashPart string
+}
+
+func (e *LeftoverError) Error() string {
+	file := e.File
+	if file == "" {
+		file = "<root>"
+	}
+	return fmt.Sprintf("forbidden hash part %s remains in %s after rewriting", e.HashPart, file)
+}
+
+// Rewriter rewrites NARs for a fixed replacement set. It is immutable after
+// New and safe for concurrent use; each RewriteNAR call has its own state.
+type Rewriter struct {
+	byHash    map[string]int // From hash part -> index into from/to/padded
+	from      []string
+	to        []string
+	padded    []string // To padded with '/' to len(From)
+	maxFrom   int
+	forbidden map[string]struct{}
+	textMax   int64
+	chunk     int // bytes of a large file scanned per step; tests shrink it
+
+	states sync.Pool // *callState, to keep steady-state rewriting allocation-free
+}
+
+// New validates the replacements and builds a Rewriter.
+func New(repls []Replacement, opts Options) (*Rewriter, error) {
+	r := &Rewriter{
+		byHash:    make(map[string]int, len(repls)),
+		forbidden: make(map[string]struct{}, len(repls)+len(opts.Forbidden)),
+		textMax:   opts.TextMax,
+		chunk:     chunkSize,
+	}
+	switch {
+	case r.textMax == 0:
+		r.textMax = DefaultTextMax
+	case r.textMax < 0:
+		r.textMax = -1
+	case r.textMax > MaxTextMax:
+		return nil, fmt.Errorf("text max %d exceeds the limit of %d bytes", opts.TextMax, MaxTextMax)
+	}
+
+	for _, rp := range repls {
+		if err := storepath.Validate(rp.From); err != nil || !strings.HasPrefix(rp.From, storePrefix) || len(rp.From) <= len(storePrefix)+hashLen+1 {
+			return nil, fmt.Errorf("replacement %s -> %s: invalid cross store path: %v", rp.From, rp.To, err)
+		}
+		if err := storepath.Validate(rp.To); err != nil || !strings.HasPrefix(rp.To, storePrefix) || len(rp.To) <= len(storePrefix)+hashLen+1 {
+			return nil, fmt.Errorf("replacement %s -> %s: invalid native store path: %v", rp.From, rp.To, err)
+		}
+		if len(rp.To) > len(rp.From) {
+			return nil, fmt.Errorf("replacement %s -> %s: native path is %d bytes longer than the cross path it replaces",
+				rp.From, rp.To, len(rp.To)-len(rp.From))
+		}
+		h := hashPart(rp.From)
+		if prev, ok := r.byHash[h]; ok {
+			return nil, fmt.Errorf("replacement %s -> %s: hash part %s already used by %s", rp.From, rp.To, h, r.from[prev])
+		}
+		r.byHash[h] = len(r.from)
+		r.from = append(r.from, rp.From)
+		r.to = append(r.to, rp.To)
+		pad := len(rp.From) - len(rp.To)
+		r.padded = append(r.padded, storePrefix+strings.Repeat("/", pad)+rp.To[len(storePrefix):])
+		r.maxFrom = max(r.maxFrom, len(rp.From))
+		r.forbidden[h] = struct{}{}
+	}
+	for _, f := range opts.Forbidden {
+		h, err := parseForbidden(f)
+		if err != nil {
+			return nil, err
+		}
+		r.forbidden[h] = struct{}{}
+	}
+	for i, to := range r.to {
+		if _, ok := r.forbidden[hashPart(to)]; ok {
+			return nil, fmt.Errorf("replacement %s -> %s: native hash part %s is forbidden in the output", r.from[i], to, hashPart(to))
+		}
+	}
+
+	r.states.New = func() any {
+		return &callState{
+			chunk: make([]byte, r.chunk+r.carry()),
+			bw:    bufio.NewWriterSize(nil, writeBufSize),
+		}
+	}
+	return r, nil
+}
+
+func hashPart(p string) string { return p[len(storePrefix) : len(storePrefix)+hashLen] }
+
+func parseForbidden(f string) (string, error) {
+	if len(f) == hashLen {
+		if err := nixbase32.ValidateString(f); err != nil {
+			return "", fmt.Errorf("forbidden hash part %q: %w", f, err)
+		}
+		return f, nil
+	}
+	if err := storepath.Validate(f); err != nil || !strings.HasPrefix(f, storePrefix) {
+		return "", fmt.Errorf("forbidden entry %q is neither a hash part nor a store path: %v", f, err)
+	}
+	return hashPart(f), nil
+}
+
+// carry is how many trailing bytes of a chunk may start a match that is not
+// complete yet and must wait for the next chunk.
+func (r *Rewriter) carry() int { return max(r.maxFrom-1, 0) }
+
+// callState is the per-call scratch space, pooled across calls.
+type callState struct {
+	chunk []byte
+	text  []byte
+	out   []byte
+	bw    *bufio.Writer
+	scan  leftoverScanner
+}
+
+// guardReader sits between go-nix's parser and the caller's reader. It lets
+// RewriteNAR cut the parser goroutine off when it returns early, so nothing
+// reads src afterwards, and it notices a premature end of src, which go-nix
+// lets through in two places: an end at a token boundary comes back as a
+// clean io.EOF, and errors reading a token's padding are dropped.
+type guardReader struct {
+	r         io.Reader
+	stopped   bool
+	truncated bool
+}
+
+var errStopped = errors.New("rewrite aborted")
+
+func (g *guardReader) Read(p []byte) (int, error) {
+	if g.stopped {
+		return 0, errStopped
+	}
+	n, err := g.r.Read(p)
+	if err == io.EOF {
+		// The parser asks for exactly the bytes it needs next, so on a
+		// complete NAR src may end only together with a full read.
+		if n < len(p) {
+			g.truncated = true
+			return n, io.ErrUnexpectedEOF
+		}
+		err = nil
+	}
+	return n, err
+}
+
+// RewriteNAR reads one NAR from src and writes its rewritten form to dst.
+// It reads exactly the NAR's bytes from src, nothing after it. On error dst
+// holds a partial NAR that must be discarded.
+func (r *Rewriter) RewriteNAR(dst io.Writer, src io.Reader) (err error) {
+	st := r.states.Get().(*callState)
+	st.scan.set = r.forbidden
+	st.bw.Reset(dst)
+	defer func() {
+		st.bw.Reset(nil)
+		r.states.Put(st)
+	}()
+
+	g := &guardReader{r: src}
+	nr, err := nar.NewReader(g)
+	if err != nil {
+		return fmt.Errorf("read nar: %w", err)
+	}
+	readerDone := false
+	defer func() {
+		if readerDone {
+			return
+		}
+		// go-nix's Reader.Close lets its parser goroutine keep reading the
+		// rest of the stream. Instead, fail its reads and let it run into
+		// the error, which ends the goroutine.
+		g.stopped = true
+		for {
+			if _, err := nr.Next(); err != nil {
+				return
+			}
+		}
+	}()
+
+	nw, err := nar.NewWriter(st.bw)
+	if err != nil {
+		return fmt.Errorf("write nar: %w", err)
+	}
+	writerDone := false
+	defer func() {
+		if !writerDone {
+			_ = nw.Close() // only ends the writer goroutine; output is discarded
+		}
+	}()
+
+	prev := ""
+	for {
+		hdr, err := nr.Next()
+		if err == io.EOF {
+			readerDone = true
+			if g.truncated {
+				return fmt.Errorf("read nar: %w", io.ErrUnexpectedEOF)
+			}
+			break
+		}
+		if err != nil {
+			readerDone = true
+			return fmt.Errorf("read nar: %w", err)
+		}
+		if prev != "" && hdr.Path == prev {
+			// go-nix builds paths with path.Join, so an empty, "." or ".."
+			// name or a duplicate name shows up as a repeated path.
+			return fmt.Errorf("read nar: entry %q: duplicate or invalid name", hdr.Path)
+		}
+		prev = hdr.Path
+		if err := r.rewriteEntry(st, nr, nw, hdr); err != nil {
+			return err
+		}
+	}
+
+	writerDone = true
+	if err := nw.Close(); err != nil {
+		return fmt.Errorf("write nar: %w", err)
+	}
+	if err := st.bw.Flush(); err != nil {
+		return fmt.Errorf("write nar: %w", err)
+	}
+	return nil
+}
+
+func narFile(p string) string {
+	if p == "/" {
+		return ""
+	}
+	return p
+}
+
+func (r *Rewriter) rewriteEntry(st *callState, nr *nar.Reader, nw *nar.Writer, hdr *nar.Header) error {
+	file := narFile(hdr.Path)
+	if file != "" {
+		if h, ok := findForbidden(r.forbidden, []byte(path.Base(file))); ok {
+			return &LeftoverError{File: file, HashPart: h}
+		}
+	}
+	switch hdr.Type {
+	case nar.TypeDirectory:
+		if err := nw.WriteHeader(hdr); err != nil {
+			return fmt.Errorf("write nar: %s: %w", hdr.Path, err)
+		}
+	case nar.TypeSymlink:
+		target := r.replaceExact(nil, []byte(hdr.LinkTarget))
+		if h, ok := findForbidden(r.forbidden, target); ok {
+			return &LeftoverError{File: file, HashPart: h}
+		}
+		out := &nar.Header{Path: hdr.Path, Type: nar.TypeSymlink, LinkTarget: string(target)}
+		if err := nw.WriteHeader(out); err != nil {
+			return fmt.Errorf("write nar: %s: %w", hdr.Path, err)
+		}
+	case nar.TypeRegular:
+		if hdr.Size <= r.textMax {
+			return r.rewriteSmall(st, nr, nw, hdr)
+		}
+		return r.rewriteLarge(st, nr, nw, hdr)
+	default:
+		return fmt.Errorf("read nar: %s: unknown node type %q", hdr.Path, hdr.Type)
+	}
+	return nil
+}
+
+// rewriteSmall buffers a file of at most textMax bytes: exact when it is
+// text, padded in place when it holds a NUL.
+func (r *Rewriter) rewriteSmall(st *callState, nr *nar.Reader, nw *nar.Writer, hdr *nar.Header) error {
+	file := narFile(hdr.Path)
+	if int64(cap(st.text)) < hdr.Size {
+		st.text = make([]byte, hdr.Size)
+	}
+	in := st.text[:hdr.Size]
+	if _, err := io.ReadFull(nr, in); err != nil {
+		return fmt.Errorf("read nar: %s: %w", hdr.Path, unexpected(err))
+	}
+	var out []byte
+	if bytes.IndexByte(in, 0) >= 0 {
+		r.replacePadded(in, true)
+		out = in
+	} else {
+		st.out = r.replaceExact(st.out[:0], in)
+		out = st.out
+	}
+	if h, ok := findForbidden(r.forbidden, out); ok {
+		return &LeftoverError{File: file, HashPart: h}
+	}
+	o := &nar.Header{Path: hdr.Path, Type: nar.TypeRegular, Size: int64(len(out)), Executable: hdr.Executable}
+	if err := nw.WriteHeader(o); err != nil {
+		return fmt.Errorf("write nar: %s: %w", hdr.Path, err)
+	}
+	if _, err := nw.Write(out); err != nil {
+		return fmt.Errorf("write nar: %s: %w", hdr.Path, err)
+	}
+	return nil
+}
+
+// rewriteLarge streams a file through the chunk buffer, padding in place.
+func (r *Rewriter) rewriteLarge(st *callState, nr *nar.Reader, nw *nar.Writer, hdr *nar.Header) error {
+	file := narFile(hdr.Path)
+	o := &nar.Header{Path: hdr.Path, Type: nar.TypeRegular, Size: hdr.Size, Executable: hdr.Executable}
+	if err := nw.WriteHeader(o); err != nil {
+		return fmt.Errorf("write nar: %s: %w", hdr.Path, err)
+	}
+	st.scan.reset()
+	buf := st.chunk
+	n := 0 // bytes held in buf
+	remaining := hdr.Size
+	for {
+		want := min(int64(len(buf)-n), remaining)
+		if want > 0 {
+			m, err := io.ReadFull(nr, buf[n:n+int(want)])
+			if err != nil {
+				return fmt.Errorf("read nar: %s: %w", hdr.Path, unexpected(err))
+			}
+			n += m
+			remaining -= int64(m)
+		}
+		final := remaining == 0
+		done := r.replacePadded(buf[:n], final)
+		if h, ok := st.scan.write(buf[:done]); ok {
+			return &LeftoverError{File: file, HashPart: h}
+		}
+		if _, err := nw.Write(buf[:done]); err != nil {
+			return fmt.Errorf("write nar: %s: %w", hdr.Path, err)
+		}
+		n = copy(buf, buf[done:n])
+		if final && n == 0 {
+			return nil
+		}
+	}
+}
+
+func unexpected(err error) error {
+	if err == io.EOF {
+		return io.ErrUnexpectedEOF
+	}
+	return err
+}
+
+// match reports which From b starts with, if any. b starts at a "/nix/store/".
+func (r *Rewriter) match(b []byte) (int, bool) {
+	if len(b) < len(storePrefix)+hashLen {
+		return 0, false
+	}
+	i, ok := r.byHash[string(b[len(storePrefix):len(storePrefix)+hashLen])]
+	if !ok {
+		return 0, false
+	}
+	f := r.from[i]
+	if len(b) < len(f) || string(b[:len(f)]) != f {
+		return 0, false
+	}
+	return i, true
+}
+
+// replacePadded rewrites, in place and keeping lengths, every From that
+// starts in b and is complete. Unless final, a match may still be cut off at
+// the end of b, so only starts before len(b)-carry are decided. It returns
+// how many leading bytes of b are final.
+func (r *Rewriter) replacePadded(b []byte, final bool) int {
+	limit := len(b)
+	if !final {
+		limit = max(len(b)-r.carry(), 0)
+	}
+	if len(r.from) == 0 {
+		return limit
+	}
+	done := limit
+	for i := 0; i < limit; {
+		k := bytes.Index(b[i:], []byte(storePrefix))
+		if k < 0 {
+			break
+		}
+		p := i + k
+		if p >= limit {
+			break
+		}
+		idx, ok := r.match(b[p:])
+		if !ok {
+			i = p + 1
+			continue
+		}
+		copy(b[p:], r.padded[idx])
+		i = p + len(r.padded[idx])
+		done = max(done, i)
+	}
+	return done
+}
+
+// replaceExact appends src to dst with every From replaced by its To.
+func (r *Rewriter) replaceExact(dst, src []byte) []byte {
+	if len(r.from) == 0 {
+		return append(dst, src...)
+	}
+	for {
+		k := bytes.Index(src, []byte(storePrefix))
+		if k < 0 {
+			return append(dst, src...)
+		}
+		idx, ok := r.match(src[k:])
+		if !ok {
+			dst = append(dst, src[:k+1]...)
+			src = src[k+1:]
+			continue
+		}
+		dst = append(dst, src[:k]...)
+		dst = append(dst, r.to[idx]...)
+		src = src[k+len(r.from[idx]):]
+	}
+}
