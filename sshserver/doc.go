@@ -1,0 +1,13 @@
+// Package sshserver is the SSH front end of decross-store.
+//
+// Nix reaches an ssh-ng:// store by running `nix-daemon --stdio` on the
+// remote host over SSH and speaking the worker protocol on the command's
+// stdin and stdout. This package accepts exactly that: public-key
+// authenticated connections, session channels, and an exec request for
+// nix-daemon --stdio, which it hands to a Handler. Everything an ordinary
+// sshd would also offer (shells, ptys, subsystems, forwarding) is refused,
+// so the server never runs a program on behalf of a client.
+//
+// The lifecycle follows net/http: Serve blocks until the listener fails or
+// the server is stopped, Shutdown drains active sessions, Close cuts them.
+package sshserver

@@ -1,0 +1,518 @@
+package sshserver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"runtime/debug"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+)
+
+// Handler serves one `nix-daemon --stdio` session: rw is the channel's stdin
+// and stdout. ctx is cancelled when the client goes away or the server is
+// closed. A non-nil error is reported to the client on stderr with exit
+// status 1.
+type Handler func(ctx context.Context, rw io.ReadWriter) error
+
+// ErrServerClosed is returned by Serve and ListenAndServe after Shutdown or
+// Close.
+var ErrServerClosed = errors.New("sshserver: server closed")
+
+const (
+	defaultHandshakeTimeout   = 30 * time.Second
+	defaultMaxConnections     = 64
+	defaultMaxSessionsPerConn = 4
+
+	fingerprintExt = "decross-store-key"
+	serverVersion  = "SSH-2.0-decross-store"
+)
+
+// Server accepts SSH connections and runs Handler for every accepted
+// `nix-daemon --stdio` exec request. Set the exported fields before calling
+// Serve and do not change them afterwards.
+type Server struct {
+	HostKey        ssh.Signer
+	AuthorizedKeys []ssh.PublicKey // public-key auth only
+	Handler        Handler
+	Logger         *slog.Logger // nil = discard
+
+	// HandshakeTimeout bounds the SSH handshake including authentication,
+	// and the wait for an exec request on a new session, so clients that
+	// stall cannot hold slots. Zero means 30s.
+	HandshakeTimeout time.Duration
+	// MaxConnections caps open connections, including those still in the
+	// handshake; connections beyond it are closed on accept. Zero means 64.
+	MaxConnections int
+	// MaxSessionsPerConn caps concurrently open session channels on one
+	// connection. Nix uses one per connection. Zero means 4.
+	MaxSessionsPerConn int
+
+	mu         sync.Mutex
+	inShutdown bool
+	listeners  map[*net.Listener]struct{}
+	conns      map[*conn]struct{}
+	ctx        context.Context // parent of every session context
+	cancel     context.CancelFunc
+}
+
+// conn is the server's record of one TCP connection, guarded by Server.mu.
+type conn struct {
+	nc       net.Conn
+	sessions int
+	closed   bool
+}
+
+// ListenAndServe listens on the TCP address addr (":22" if empty) and calls
+// Serve.
+func (s *Server) ListenAndServe(addr string) error {
+	if s.shuttingDown() {
+		return ErrServerClosed
+	}
+	if addr == "" {
+		addr = ":22"
+	}
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("sshserver: listen: %w", err)
+	}
+	return s.Serve(l)
+}
+
+// Serve accepts connections on l until l fails or the server is shut down,
+// in which case it returns ErrServerClosed. Serve closes l on return.
+func (s *Server) Serve(l net.Listener) error {
+	defer l.Close()
+	if s.HostKey == nil {
+		return errors.New("sshserver: Server.HostKey is nil")
+	}
+	if s.Handler == nil {
+		return errors.New("sshserver: Server.Handler is nil")
+	}
+	log := s.logger()
+	if len(s.AuthorizedKeys) == 0 {
+		log.Warn("no authorized keys configured; every client will be refused")
+	}
+	cfg := s.sshConfig(log)
+
+	ctx, ok := s.trackListener(&l, true)
+	if !ok {
+		return ErrServerClosed
+	}
+	defer s.trackListener(&l, false)
+	log.Info("listening", "addr", l.Addr().String())
+
+	var delay time.Duration
+	for {
+		nc, err := l.Accept()
+		if err != nil {
+			if s.shuttingDown() {
+				return ErrServerClosed
+			}
+			if retryableAccept(err) {
+				// Back off like net/http so fd exhaustion does not spin.
+				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+				log.Warn("accept failed; retrying", "err", err, "delay", delay)
+				select {
+				case <-time.After(delay):
+				case <-ctx.Done():
+				}
+				continue
+			}
+			return fmt.Errorf("sshserver: accept: %w", err)
+		}
+		delay = 0
+		c, why := s.trackConn(nc)
+		if c == nil {
+			log.Warn("connection refused", "remote", nc.RemoteAddr().String(), "reason", why)
+			nc.Close()
+			continue
+		}
+		go s.serveConn(ctx, cfg, c)
+	}
+}
+
+func retryableAccept(err error) bool {
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return true
+	}
+	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) ||
+		errors.Is(err, syscall.ECONNABORTED) || errors.Is(err, syscall.ENOBUFS)
+}
+
+// Shutdown stops accepting connections, closes idle ones, and waits for
+// active sessions to end. If ctx ends first it cancels the remaining
+// sessions, closes their connections, and returns ctx.Err().
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.inShutdown = true
+	err := s.closeListenersLocked()
+	s.mu.Unlock()
+
+	// Polling, as net/http does: sessions end rarely and a busy shutdown
+	// is not worth a notification path through every session.
+	const maxPoll = 200 * time.Millisecond
+	poll := time.Millisecond
+	t := time.NewTimer(poll)
+	defer t.Stop()
+	for {
+		if s.closeIdleConns() {
+			s.mu.Lock()
+			if s.cancel != nil {
+				s.cancel()
+			}
+			s.mu.Unlock()
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			s.closeAll()
+			return ctx.Err()
+		case <-t.C:
+			poll = min(2*poll, maxPoll)
+			t.Reset(poll)
+		}
+	}
+}
+
+// Close stops accepting connections, cancels every session's context and
+// closes every connection at once.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	s.inShutdown = true
+	err := s.closeListenersLocked()
+	s.mu.Unlock()
+	s.closeAll()
+	return err
+}
+
+func (s *Server) closeAll() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cancel != nil {
+		s.cancel()
+	}
+	for c := range s.conns {
+		c.nc.Close()
+		c.closed = true
+	}
+}
+
+func (s *Server) closeListenersLocked() error {
+	var err error
+	for l := range s.listeners {
+		if cerr := (*l).Close(); cerr != nil && err == nil {
+			err = fmt.Errorf("sshserver: close listener: %w", cerr)
+		}
+	}
+	clear(s.listeners)
+	return err
+}
+
+// closeIdleConns closes connections without sessions and reports whether
+// no connection has one.
+func (s *Server) closeIdleConns() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	quiet := true
+	for c := range s.conns {
+		if c.sessions > 0 {
+			quiet = false
+			continue
+		}
+		if !c.closed {
+			c.nc.Close()
+			c.closed = true
+		}
+	}
+	return quiet
+}
+
+func (s *Server) shuttingDown() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.inShutdown
+}
+
+func (s *Server) trackListener(l *net.Listener, add bool) (context.Context, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !add {
+		delete(s.listeners, l)
+		return nil, true
+	}
+	if s.inShutdown {
+		return nil, false
+	}
+	if s.listeners == nil {
+		s.listeners = make(map[*net.Listener]struct{})
+	}
+	if s.ctx == nil {
+		s.ctx, s.cancel = context.WithCancel(context.Background())
+	}
+	s.listeners[l] = struct{}{}
+	return s.ctx, true
+}
+
+func (s *Server) trackConn(nc net.Conn) (*conn, string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.inShutdown {
+		return nil, "server shutting down"
+	}
+	limit := s.MaxConnections
+	if limit <= 0 {
+		limit = defaultMaxConnections
+	}
+	if len(s.conns) >= limit {
+		return nil, fmt.Sprintf("connection limit %d reached", limit)
+	}
+	if s.conns == nil {
+		s.conns = make(map[*conn]struct{})
+	}
+	c := &conn{nc: nc}
+	s.conns[c] = struct{}{}
+	return c, ""
+}
+
+func (s *Server) untrackConn(c *conn) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c.nc.Close()
+	c.closed = true
+	delete(s.conns, c)
+}
+
+// startSession claims a session slot on c; a closing server or connection
+// takes no new sessions.
+func (s *Server) startSession(c *conn) (bool, string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.inShutdown || c.closed {
+		return false, "server shutting down"
+	}
+	limit := s.MaxSessionsPerConn
+	if limit <= 0 {
+		limit = defaultMaxSessionsPerConn
+	}
+	if c.sessions >= limit {
+		return false, fmt.Sprintf("session limit %d reached", limit)
+	}
+	c.sessions++
+	return true, ""
+}
+
+func (s *Server) endSession(c *conn) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c.sessions--
+}
+
+func (s *Server) logger() *slog.Logger {
+	if s.Logger == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return s.Logger
+}
+
+func (s *Server) handshakeTimeout() time.Duration {
+	if s.HandshakeTimeout <= 0 {
+		return defaultHandshakeTimeout
+	}
+	return s.HandshakeTimeout
+}
+
+// sshConfig builds the per-Serve SSH configuration. The key set is copied
+// so that the callback never reads the caller's slice concurrently.
+func (s *Server) sshConfig(log *slog.Logger) *ssh.ServerConfig {
+	allowed := make(map[string]struct{}, len(s.AuthorizedKeys))
+	for _, k := range s.AuthorizedKeys {
+		allowed[string(k.Marshal())] = struct{}{}
+	}
+	cfg := &ssh.ServerConfig{
+		// Only PublicKeyCallback is set, so password and
+		// keyboard-interactive are never offered and always fail.
+		PublicKeyCallback: func(md ssh.ConnMetadata, key ssh.PublicKey) (*ssh.Permissions, error) {
+			if _, ok := allowed[string(key.Marshal())]; !ok {
+				log.Info("public key refused", "remote", md.RemoteAddr().String(), "user", md.User(), "key", fingerprint(key))
+				return nil, errors.New("public key not authorized")
+			}
+			return &ssh.Permissions{Extensions: map[string]string{fingerprintExt: fingerprint(key)}}, nil
+		},
+		AuthLogCallback: func(md ssh.ConnMetadata, method string, err error) {
+			// Clients always probe "none" first; it carries no information.
+			if err == nil || method == "none" || method == "publickey" {
+				return
+			}
+			log.Info("authentication refused", "remote", md.RemoteAddr().String(), "user", md.User(), "method", method)
+		},
+		ServerVersion: serverVersion,
+	}
+	cfg.AddHostKey(s.HostKey)
+	return cfg
+}
+
+func (s *Server) serveConn(base context.Context, cfg *ssh.ServerConfig, c *conn) {
+	defer s.untrackConn(c)
+	start := time.Now()
+	log := s.logger().With("remote", c.nc.RemoteAddr().String())
+	log.Info("connection opened")
+
+	_ = c.nc.SetDeadline(start.Add(s.handshakeTimeout()))
+	sc, chans, reqs, err := ssh.NewServerConn(c.nc, cfg)
+	if err != nil {
+		log.Info("connection closed during handshake", "err", err, "duration", time.Since(start))
+		return
+	}
+	defer sc.Close()
+	_ = c.nc.SetDeadline(time.Time{})
+	log = log.With("user", sc.User(), "key", sc.Permissions.Extensions[fingerprintExt])
+	log.Info("authenticated", "client", clip(string(sc.ClientVersion())))
+
+	ctx, cancel := context.WithCancel(base)
+	defer cancel()
+	// Global requests are tcpip-forward and friends: all refused.
+	go ssh.DiscardRequests(reqs)
+
+	for nch := range chans {
+		if t := nch.ChannelType(); t != "session" {
+			log.Info("channel refused", "type", clip(t))
+			_ = nch.Reject(ssh.Prohibited, fmt.Sprintf("channel type %q is not supported", clip(t)))
+			continue
+		}
+		if ok, why := s.startSession(c); !ok {
+			log.Info("session refused", "reason", why)
+			_ = nch.Reject(ssh.ResourceShortage, why)
+			continue
+		}
+		ch, creqs, err := nch.Accept()
+		if err != nil {
+			s.endSession(c)
+			log.Info("accept channel failed", "err", err)
+			continue
+		}
+		go func() {
+			defer s.endSession(c)
+			s.serveSession(ctx, log, ch, creqs)
+		}()
+	}
+	// The connection is gone; sessions still running must stop too.
+	cancel()
+	log.Info("connection closed", "duration", time.Since(start))
+}
+
+// serveSession waits for the exec request on a session channel, refusing
+// every other request, and runs the handler for an accepted command.
+func (s *Server) serveSession(ctx context.Context, log *slog.Logger, ch ssh.Channel, reqs <-chan *ssh.Request) {
+	defer ch.Close()
+	timer := time.NewTimer(s.handshakeTimeout())
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-timer.C:
+			log.Info("session closed: no exec request in time")
+			return
+		case req, ok := <-reqs:
+			if !ok {
+				return
+			}
+			switch req.Type {
+			case "exec":
+				var p struct{ Command string }
+				if err := ssh.Unmarshal(req.Payload, &p); err != nil {
+					log.Info("malformed exec request", "err", err)
+					_ = req.Reply(false, nil)
+					continue
+				}
+				s.exec(ctx, log, ch, req, p.Command, reqs)
+				return
+			case "shell":
+				// Without this line the user only sees "shell request failed".
+				_, _ = io.WriteString(ch.Stderr(), "decross-store: interactive shells are not available; this host serves a Nix store over ssh-ng://\n")
+				log.Info("request refused", "type", req.Type)
+				_ = req.Reply(false, nil)
+			default:
+				// pty-req, subsystem, x11-req, auth-agent-req@openssh.com,
+				// env, signal, ...: nothing here needs them.
+				log.Debug("request refused", "type", clip(req.Type))
+				if req.WantReply {
+					_ = req.Reply(false, nil)
+				}
+			}
+		}
+	}
+}
+
+func (s *Server) exec(ctx context.Context, log *slog.Logger, ch ssh.Channel, req *ssh.Request, cmdline string, reqs <-chan *ssh.Request) {
+	log = log.With("command", clip(cmdline))
+	cmd, perr := parseCommand(cmdline)
+
+	// The request is accepted even for a refused command so the client
+	// gets the explanation on stderr and an exit status, like a shell
+	// reporting "command not found".
+	_ = req.Reply(true, nil)
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		// Unread requests would stall the whole connection. The channel
+		// closes when the client closes the session, which counts as a
+		// disconnect for the handler.
+		for r := range reqs {
+			if r.WantReply {
+				_ = r.Reply(false, nil)
+			}
+		}
+		cancel()
+	}()
+
+	if perr != nil {
+		log.Info("exec refused", "err", perr)
+		_, _ = fmt.Fprintf(ch.Stderr(), "decross-store: %v\n", perr)
+		finish(ch, 127)
+		return
+	}
+	log.Info("exec", "store", clip(cmd.store), "process_ops", cmd.processOps)
+	start := time.Now()
+	err := s.runHandler(sctx, log, ch)
+	log.Info("session ended", "duration", time.Since(start), "err", err)
+	status := uint32(0)
+	if err != nil {
+		status = 1
+		_, _ = fmt.Fprintf(ch.Stderr(), "decross-store: %v\n", err)
+	}
+	finish(ch, status)
+}
+
+// sessionIO hides the ssh.Channel so handlers cannot close it or write to
+// stderr behind the server's back.
+type sessionIO struct {
+	io.Reader
+	io.Writer
+}
+
+func (s *Server) runHandler(ctx context.Context, log *slog.Logger, ch ssh.Channel) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			log.Error("handler panic", "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+			err = errors.New("internal server error")
+		}
+	}()
+	return s.Handler(ctx, sessionIO{ch, ch})
+}
+
+// finish ends a session the way OpenSSH's sshd does: EOF, exit-status,
+// then close.
+func finish(ch ssh.Channel, status uint32) {
+	_ = ch.CloseWrite()
+	_, _ = ch.SendRequest("exit-status", false, ssh.Marshal(struct{ Status uint32 }{status}))
+	_ = ch.Close()
+}
