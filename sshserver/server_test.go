@@ -20,10 +20,20 @@ import (
 
 func newSigner(t testing.TB) ssh.Signer {
 	t.Helper()
+	return signerOf(t, newEd25519(t))
+}
+
+func newEd25519(t testing.TB) ed25519.PrivateKey {
+	t.Helper()
 	_, priv, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return priv
+}
+
+func signerOf(t testing.TB, priv ed25519.PrivateKey) ssh.Signer {
+	t.Helper()
 	s, err := ssh.NewSignerFromKey(priv)
 	if err != nil {
 		t.Fatal(err)
@@ -63,6 +73,7 @@ type testEnv struct {
 	srv    *Server
 	addr   string
 	client ssh.Signer // an authorized client key
+	priv   ed25519.PrivateKey
 	served chan error // Serve's result
 }
 
@@ -70,7 +81,8 @@ type testEnv struct {
 // configure may adjust the server before Serve.
 func startServer(t testing.TB, h Handler, configure func(*Server)) *testEnv {
 	t.Helper()
-	client := newSigner(t)
+	priv := newEd25519(t)
+	client := signerOf(t, priv)
 	srv := &Server{
 		HostKey:        newSigner(t),
 		AuthorizedKeys: []ssh.PublicKey{client.PublicKey()},
@@ -84,7 +96,7 @@ func startServer(t testing.TB, h Handler, configure func(*Server)) *testEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	env := &testEnv{srv: srv, addr: l.Addr().String(), client: client, served: make(chan error, 1)}
+	env := &testEnv{srv: srv, addr: l.Addr().String(), client: client, priv: priv, served: make(chan error, 1)}
 	go func() { env.served <- srv.Serve(l) }()
 	t.Cleanup(func() {
 		srv.Close()

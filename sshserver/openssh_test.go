@@ -1,0 +1,164 @@
+package sshserver
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"encoding/pem"
+	"errors"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+)
+
+// writeKey stores priv in OpenSSH format for external clients.
+func writeKey(t *testing.T, priv ed25519.PrivateKey) string {
+	t.Helper()
+	block, err := ssh.MarshalPrivateKey(priv, "test client")
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "id_ed25519")
+	if err := os.WriteFile(path, pem.EncodeToMemory(block), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func (e *testEnv) port(t *testing.T) string {
+	t.Helper()
+	_, port, err := net.SplitHostPort(e.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return port
+}
+
+// TestOpenSSHClient drives the server with the system's ssh binary, the
+// program Nix itself runs for ssh-ng:// stores.
+func TestOpenSSHClient(t *testing.T) {
+	sshBin, err := exec.LookPath("ssh")
+	if err != nil {
+		t.Skip("OpenSSH client not installed")
+	}
+	env := startServer(t, reverseHandler, nil)
+	key := writeKey(t, env.priv)
+	common := []string{
+		"-F", "/dev/null", // ignore the user's configuration
+		"-p", env.port(t), "-i", key,
+		"-o", "IdentitiesOnly=yes",
+		"-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+		"-o", "BatchMode=yes", "-o", "LogLevel=ERROR",
+	}
+	input := strings.Repeat("nar bytes ", 50000)
+
+	tests := []struct {
+		name       string
+		args       []string // after the common options
+		stdin      string
+		wantStdout string
+		wantStderr string
+		wantStatus int
+	}{
+		{
+			name:       "plain",
+			args:       append(append([]string{}, common...), "nix@127.0.0.1", "nix-daemon --stdio"),
+			stdin:      input,
+			wantStdout: reversed(input),
+		},
+		{
+			// Nix 2.8 runs: ssh HOST -x -a [opts] 'CMD --stdio --store '\''X'\'''
+			name:       "as nix 2.8 invokes it",
+			args:       append(append([]string{"nix@127.0.0.1", "-x", "-a"}, common...), "/nix/var/nix/profiles/default/bin/nix-daemon --stdio --store '/tmp/some store'"),
+			stdin:      "protocol",
+			wantStdout: "locotorp",
+		},
+		{
+			// Nix 2.20+ passes argv words after "--"; ssh joins them.
+			name:       "argv words after --",
+			args:       append(append([]string{"-x", "-a"}, common...), "nix@127.0.0.1", "--", "nix-daemon", "--stdio", "--process-ops"),
+			stdin:      "ops",
+			wantStdout: "spo",
+		},
+		{
+			name:       "legacy nix-store --serve",
+			args:       append(append([]string{}, common...), "nix@127.0.0.1", "nix-store --serve --write"),
+			wantStderr: "decross-store: nix-store --serve (the legacy ssh:// store protocol) is not supported; use an ssh-ng:// store URL\n",
+			wantStatus: 127,
+		},
+		{
+			name:       "other command",
+			args:       append(append([]string{}, common...), "nix@127.0.0.1", "id"),
+			wantStderr: `decross-store: command "id" is not supported; this server only runs nix-daemon --stdio (use an ssh-ng:// store URL)` + "\n",
+			wantStatus: 127,
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			cmd := exec.CommandContext(ctx, sshBin, tt.args...)
+			cmd.Stdin = strings.NewReader(tt.stdin)
+			var out, errb bytes.Buffer
+			cmd.Stdout, cmd.Stderr = &out, &errb
+			err := cmd.Run()
+			status := 0
+			var ee *exec.ExitError
+			if errors.As(err, &ee) {
+				status = ee.ExitCode()
+			} else if err != nil {
+				t.Fatal(err)
+			}
+			if status != tt.wantStatus {
+				t.Fatalf("exit status %d, want %d; stderr %q", status, tt.wantStatus, errb.String())
+			}
+			if out.String() != tt.wantStdout {
+				t.Errorf("stdout: got %d bytes, want %d", out.Len(), len(tt.wantStdout))
+			}
+			if errb.String() != tt.wantStderr {
+				t.Errorf("stderr %q, want %q", errb.String(), tt.wantStderr)
+			}
+		})
+	}
+
+	t.Run("shell refused", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, sshBin, append(append([]string{"-T"}, common...), "nix@127.0.0.1")...)
+		cmd.Stdin = strings.NewReader("id\n")
+		outb, err := cmd.CombinedOutput()
+		if err == nil {
+			t.Fatalf("shell session succeeded: %q", outb)
+		}
+		if !strings.Contains(string(outb), "interactive shells are not available") {
+			t.Errorf("output %q does not explain the refusal", outb)
+		}
+	})
+
+	t.Run("unknown key", func(t *testing.T) {
+		other := writeKey(t, newEd25519(t))
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		args := append([]string{}, common...)
+		for i := range args {
+			if args[i] == key {
+				args[i] = other
+			}
+		}
+		cmd := exec.CommandContext(ctx, sshBin, append(args, "nix@127.0.0.1", "nix-daemon --stdio")...)
+		cmd.Stdin = strings.NewReader("")
+		outb, err := cmd.CombinedOutput()
+		if err == nil {
+			t.Fatal("unknown key accepted")
+		}
+		if !strings.Contains(string(outb), "Permission denied (publickey)") {
+			t.Errorf("output %q", outb)
+		}
+	})
+}
