@@ -136,8 +136,11 @@ func TestOpenSSHClient(t *testing.T) {
 		if err == nil {
 			t.Fatalf("shell session succeeded: %q", outb)
 		}
-		if !strings.Contains(string(outb), "interactive shells are not available") {
-			t.Errorf("output %q does not explain the refusal", outb)
+		// The explanation on stderr races with ssh tearing the channel
+		// down after the failure reply, so either text is acceptable.
+		if !strings.Contains(string(outb), "interactive shells are not available") &&
+			!strings.Contains(string(outb), "shell request failed") {
+			t.Errorf("output %q does not report the refusal", outb)
 		}
 	})
 
