@@ -410,4 +410,3 @@ func lastThen(n uint64) func(d *dec) {
 		d.expect("reply", n)
 	}
 }
-
