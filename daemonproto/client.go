@@ -10,6 +10,7 @@ import (
 	"sync"
 
 	"github.com/decross-store/decross-store/pathinfo"
+	"github.com/nix-community/go-nix/pkg/nixbase32"
 )
 
 // Caps on what the client accepts from a daemon.
@@ -303,6 +304,9 @@ func (c *Client) finish(ctx context.Context, stop func() bool, err error) error 
 
 // QueryPathInfo returns (nil, nil) when path is not valid on the daemon.
 func (c *Client) QueryPathInfo(ctx context.Context, path string) (*pathinfo.PathInfo, error) {
+	if err := checkStorePath(path); err != nil {
+		return nil, fmt.Errorf("query path info: %w", err)
+	}
 	stop, err := c.call(ctx, opQueryPathInfo, path)
 	if err != nil {
 		return nil, fmt.Errorf("query path info %s: %w", path, err)
@@ -372,6 +376,10 @@ func (c *Client) readStrs(what string, max uint64) ([]string, error) {
 
 // QueryPathFromHashPart returns "" when no valid path has that hash part.
 func (c *Client) QueryPathFromHashPart(ctx context.Context, hashPart string) (string, error) {
+	// The daemon would splice anything else into a path.
+	if len(hashPart) != 32 || nixbase32.ValidateString(hashPart) != nil {
+		return "", nil
+	}
 	stop, err := c.call(ctx, opQueryPathFromHashPart, hashPart)
 	if err != nil {
 		return "", fmt.Errorf("query path from hash part %s: %w", hashPart, err)
@@ -385,6 +393,9 @@ func (c *Client) QueryPathFromHashPart(ctx context.Context, hashPart string) (st
 
 // IsValidPath reports whether path is valid on the daemon.
 func (c *Client) IsValidPath(ctx context.Context, path string) (bool, error) {
+	if err := checkStorePath(path); err != nil {
+		return false, fmt.Errorf("is valid path: %w", err)
+	}
 	stop, err := c.call(ctx, opIsValidPath, path)
 	if err != nil {
 		return false, fmt.Errorf("is valid path %s: %w", path, err)
@@ -400,7 +411,18 @@ func (c *Client) IsValidPath(ctx context.Context, path string) (bool, error) {
 // NAR stream (the caller parses it to know where it ends); closing it closes
 // the connection. The Client is unusable afterwards. A *DaemonError before
 // the NAR starts leaves the Client usable.
+//
+// It asks IsValidPath first: once a Nix daemon has started sending a NAR it
+// cannot report a failure except by corrupting the stream (2.8 does exactly
+// that for a missing path).
 func (c *Client) NarFromPath(ctx context.Context, path string) (io.ReadCloser, error) {
+	ok, err := c.IsValidPath(ctx, path)
+	if err != nil {
+		return nil, fmt.Errorf("nar from path: %w", err)
+	}
+	if !ok {
+		return nil, &DaemonError{Message: fmt.Sprintf("path '%s' is not valid", path)}
+	}
 	stop, err := c.call(ctx, opNarFromPath, path)
 	if err != nil {
 		return nil, fmt.Errorf("nar from path %s: %w", path, err)

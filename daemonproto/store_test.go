@@ -132,9 +132,9 @@ func fixtureStore() *memStore {
 		NarHash: h,
 		NarSize: 71288,
 		References: []string{
-			"/nix/store/dz74wzka8397lnd18h4v5lvvi544dsv4-hello-aarch64-unknown-linux-gnu-2.12",
-			"/nix/store/4nlgxhb09sdr51nc9hdm8az5b08vzkgx-glibc-aarch64-unknown-linux-gnu-2.35-163",
 			"/nix/store/3m5g8y6pc3mm4s2h7i0bb9q4bd0iv3s5-hello.c",
+			"/nix/store/4nlgxhb09sdr51nc9hdm8az5b08vzkgx-glibc-aarch64-unknown-linux-gnu-2.35-163",
+			"/nix/store/dz74wzka8397lnd18h4v5lvvi544dsv4-hello-aarch64-unknown-linux-gnu-2.12",
 		},
 		RegistrationTime: 0x6b05dc90,
 		Ultimate:         true,

@@ -1,0 +1,254 @@
+package daemonproto
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"os/exec"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+)
+
+// cmdConn joins a subprocess's stdin and stdout into one connection.
+type cmdConn struct {
+	io.Reader
+	io.WriteCloser
+	cmd *exec.Cmd
+}
+
+func (c *cmdConn) Close() error {
+	err := c.WriteCloser.Close()
+	_ = c.cmd.Wait()
+	return err
+}
+
+// startDaemon runs `nix-daemon --stdio` and connects a Client to it.
+func startDaemon(t *testing.T) *Client {
+	t.Helper()
+	cmd := exec.Command("nix-daemon", "--stdio")
+	cmd.Env = append(cmd.Environ(), "NIX_CONFIG="+nixConfig)
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	c, err := NewClient(ctx, &cmdConn{Reader: out, WriteCloser: in, cmd: cmd})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+// TestClientRealDaemon reads from the real Nix 2.8 daemon and compares with
+// what the nix commands report.
+func TestClientRealDaemon(t *testing.T) {
+	requireNix(t)
+	p := addToNixStore(t, "decross-client.txt", "read by the daemonproto client\n")
+	want := pathInfoJSON(t, nil, p).toPathInfo(t)
+	dump := mustNix(t, nil, "nix-store", "--dump", p)
+	ctx := t.Context()
+	c := startDaemon(t)
+	if v := c.DaemonVersion(); v != "2.8.0" {
+		t.Errorf("daemon version %q", v)
+	}
+
+	got, err := c.QueryPathInfo(ctx, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.References == nil {
+		got.References = []string{}
+	}
+	if want.References == nil {
+		want.References = []string{}
+	}
+	if !reflect.DeepEqual(*got, want) {
+		t.Errorf("QueryPathInfo\n%+v\nwant (nix path-info --json)\n%+v", *got, want)
+	}
+	if info, err := c.QueryPathInfo(ctx, missingPath); info != nil || err != nil {
+		t.Errorf("QueryPathInfo(missing) = %v, %v", info, err)
+	}
+	if ok, err := c.IsValidPath(ctx, p); !ok || err != nil {
+		t.Errorf("IsValidPath = %v, %v", ok, err)
+	}
+	if ok, err := c.IsValidPath(ctx, missingPath); ok || err != nil {
+		t.Errorf("IsValidPath(missing) = %v, %v", ok, err)
+	}
+	hashPart := strings.TrimPrefix(p, storePrefix)[:32]
+	if got, err := c.QueryPathFromHashPart(ctx, hashPart); got != p || err != nil {
+		t.Errorf("QueryPathFromHashPart = %q, %v", got, err)
+	}
+	if got, err := c.QueryPathFromHashPart(ctx, "00000000000000000000000000000000"); got != "" || err != nil {
+		t.Errorf("QueryPathFromHashPart(miss) = %q, %v", got, err)
+	}
+	if _, err := c.QueryPathInfo(ctx, "/tmp/foo"); err == nil {
+		t.Error("QueryPathInfo accepted a path outside the store")
+	}
+	var de *DaemonError
+	if _, err := c.NarFromPath(ctx, missingPath); !errors.As(err, &de) {
+		t.Errorf("NarFromPath(missing) = %v, want a daemon error", err)
+	}
+	rc, err := c.NarFromPath(ctx, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nar := make([]byte, len(dump))
+	if _, err := io.ReadFull(rc, nar); err != nil {
+		t.Fatal(err)
+	}
+	if string(nar) != dump {
+		t.Errorf("NarFromPath differs from nix-store --dump")
+	}
+	if err := rc.Close(); err != nil {
+		t.Error(err)
+	}
+	if _, err := c.IsValidPath(ctx, p); err == nil {
+		t.Error("client still usable after handing over its connection")
+	}
+}
+
+// TestClientOwnServer runs the client against this package's server, which
+// negotiates 1.38 with a feature exchange.
+func TestClientOwnServer(t *testing.T) {
+	a, b := net.Pipe()
+	srv := &Server{Store: fixtureStore(), NixVersion: "decross-store 0.1"}
+	done := make(chan error, 1)
+	go func() { done <- srv.ServeConn(t.Context(), b) }()
+	ctx := t.Context()
+	c, err := NewClient(ctx, a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.DaemonVersion() != "decross-store 0.1" {
+		t.Errorf("version %q", c.DaemonVersion())
+	}
+	want := fixtureStore().Paths[helloPath].Info
+	got, err := c.QueryPathInfo(ctx, helloPath)
+	if err != nil || !reflect.DeepEqual(got.References, want.References) || got.NarHash != want.NarHash ||
+		got.Deriver != want.Deriver || got.NarSize != want.NarSize || !got.Ultimate {
+		t.Errorf("QueryPathInfo = %+v, %v", got, err)
+	}
+	var de *DaemonError
+	if _, err := c.QueryPathInfo(ctx, failingPath); !errors.As(err, &de) || !strings.Contains(de.Message, "injected") {
+		t.Errorf("QueryPathInfo(failing) = %v", err)
+	}
+	// A daemon error leaves the connection usable.
+	rc, err := c.NarFromPath(ctx, greetingPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nar := make([]byte, len(greetingNAR))
+	if _, err := io.ReadFull(rc, nar); err != nil || !bytes.Equal(nar, greetingNAR) {
+		t.Errorf("NAR %q, %v", nar, err)
+	}
+	_ = rc.Close()
+	if err := <-done; err != nil {
+		t.Errorf("server: %v", err)
+	}
+}
+
+// replyConn plays canned daemon bytes and records what the client writes.
+type replyConn struct {
+	io.Reader
+	sent bytes.Buffer
+}
+
+func (c *replyConn) Write(p []byte) (int, error) { return c.sent.Write(p) }
+
+func (*replyConn) Close() error { return nil }
+
+// daemonHello is a daemon's handshake reply at protocol 1.m.
+func daemonHello(m uint64) *enc {
+	e := (&enc{}).u64(workerMagic2, v(m))
+	if m >= 38 {
+		e.strs()
+	}
+	if m >= 33 {
+		e.str("2.99")
+	}
+	if m >= 35 {
+		e.u64(1)
+	}
+	return e.u64(stderrLast)
+}
+
+func TestClientReplies(t *testing.T) {
+	structured := func(e *enc, msg string, traces ...string) *enc {
+		e.u64(stderrError).str("Error").u64(0).str("Error", msg).u64(0, uint64(len(traces)))
+		for _, tr := range traces {
+			e.u64(0).str(tr)
+		}
+		return e
+	}
+	tests := []struct {
+		name       string
+		reply      *enc
+		valid      bool
+		daemonErr  string // expected *DaemonError message
+		brokenConn bool   // any other error
+	}{
+		{"valid after logs", daemonHello(34).u64(stderrNext).str("log\n").
+			u64(stderrStartActivity, 1, 3, 102).str("realising").u64(2, 0, 5, 1).str("x").u64(0).
+			u64(stderrResult, 1, 105, 1, 0, 7).u64(stderrStopActivity, 1).
+			u64(stderrLast, 1), true, "", false},
+		{"valid at 1.38", daemonHello(38).u64(stderrLast, 1), true, "", false},
+		{"old error", daemonHello(21).u64(stderrError).str("\x1b[31;1merror:\x1b[0m boom").u64(1), false, "error: boom", false},
+		{"structured error", structured(daemonHello(34), "path '\x1b[35;1m/nix/store/x\x1b[0m' broke", "trace"), false, "path '/nix/store/x' broke", false},
+		{"unknown message", daemonHello(34).u64(0x1234), false, "", true},
+		{"read request", daemonHello(34).u64(stderrRead, 8), false, "", true},
+		{"error with position", daemonHello(34).u64(stderrError).str("Error").u64(0).str("Error", "m").u64(1), false, "", true},
+		{"huge log line", daemonHello(34).u64(stderrNext, 1<<60), false, "", true},
+		{"truncated", daemonHello(34).u64(stderrLast), false, "", true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			conn := &replyConn{Reader: bytes.NewReader(tt.reply.Bytes())}
+			c, err := NewClient(t.Context(), conn)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ok, err := c.IsValidPath(t.Context(), greetingPath)
+			var de *DaemonError
+			switch {
+			case tt.daemonErr != "":
+				if !errors.As(err, &de) || de.Message != tt.daemonErr {
+					t.Fatalf("err %v, want daemon error %q", err, tt.daemonErr)
+				}
+				if c.broken != nil {
+					t.Fatalf("daemon error marked the connection broken")
+				}
+			case tt.brokenConn:
+				if err == nil || errors.As(err, &de) || c.broken == nil {
+					t.Fatalf("err %v, want a broken connection", err)
+				}
+			case err != nil || ok != tt.valid:
+				t.Fatalf("IsValidPath = %v, %v", ok, err)
+			}
+		})
+	}
+}
+
+func TestClientHandshakeReject(t *testing.T) {
+	for name, reply := range map[string]*enc{
+		"bad magic":   (&enc{}).u64(1, v(34)),
+		"too old":     (&enc{}).u64(workerMagic2, v(20)),
+		"error reply": (&enc{}).u64(workerMagic2, v(34)).str("2.8.0").u64(stderrError).str("Error").u64(0).str("Error", "no").u64(0, 0),
+	} {
+		if _, err := NewClient(t.Context(), &replyConn{Reader: bytes.NewReader(reply.Bytes())}); err == nil {
+			t.Errorf("%s: handshake succeeded", name)
+		}
+	}
+}
