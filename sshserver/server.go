@@ -16,9 +16,10 @@ import (
 )
 
 // Handler serves one `nix-daemon --stdio` session: rw is the channel's stdin
-// and stdout. ctx is cancelled when the client goes away or the server is
-// closed. A non-nil error is reported to the client on stderr with exit
-// status 1.
+// and stdout. ctx is cancelled when the client closes the session or the
+// connection, on Close, and when Shutdown gives up waiting. A non-nil error
+// is reported to the client on stderr with exit status 1; stdout only ever
+// carries what the handler writes.
 type Handler func(ctx context.Context, rw io.ReadWriter) error
 
 // ErrServerClosed is returned by Serve and ListenAndServe after Shutdown or
@@ -148,8 +149,9 @@ func retryableAccept(err error) bool {
 }
 
 // Shutdown stops accepting connections, closes idle ones, and waits for
-// active sessions to end. If ctx ends first it cancels the remaining
-// sessions, closes their connections, and returns ctx.Err().
+// active sessions to end; handler contexts stay live meanwhile, so work in
+// flight (a NAR transfer, say) completes. If ctx ends first it cancels the
+// remaining sessions, closes their connections, and returns ctx.Err().
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	s.inShutdown = true
