@@ -1,0 +1,24 @@
+// Package pairing builds the native-to-cross mapping from two derivation
+// graphs, and checks what a mapping would serve.
+//
+// The graphs are the closures of a native derivation (instantiated for the
+// host, never built) and of the cross derivation that was built. Names alone
+// are ambiguous: stdenvNoCC derivations and build-platform tools carry no
+// host suffix and share their names with native derivations, and two
+// derivations may have the same name. Pair therefore walks both graphs from
+// root pairs and matches the inputs of paired derivations only, by name with
+// the host suffix removed, then by output names and by where the input is
+// used in the environment; fixed-output derivations and plain sources are
+// the same store path on both sides and need no pair.
+//
+// Only the runtime closure of the built cross outputs is served, so Map
+// walks that closure in the upstream store and emits an entry for each
+// input-addressed path of it. Every path is classified from its contents
+// (aarch64 or x86_64 ELF, or neither) and from the graph; a path that
+// references a build-platform path is a leak, reported with the files that
+// hold the reference. Check does the same for an existing mapping file.
+//
+// Derivations are read through Store.NarFromPath, so they may come from a
+// remote daemon as well as the local store: a .drv is a NAR holding one
+// regular file.
+package pairing

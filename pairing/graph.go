@@ -1,0 +1,185 @@
+package pairing
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+
+	"github.com/decross-store/decross-store/pathinfo"
+	"github.com/nix-community/go-nix/pkg/derivation"
+	"github.com/nix-community/go-nix/pkg/nar"
+	"github.com/nix-community/go-nix/pkg/storepath"
+)
+
+// Store is the part of the upstream store this package reads.
+type Store interface {
+	// QueryPathInfo returns nil, nil when path is not valid.
+	QueryPathInfo(ctx context.Context, path string) (*pathinfo.PathInfo, error)
+	NarFromPath(ctx context.Context, path string) (io.ReadCloser, error)
+}
+
+const (
+	// MaxDrvSize bounds one .drv file; the largest in nixpkgs are a few
+	// hundred KiB.
+	MaxDrvSize = 32 << 20
+	// MaxGraph bounds the number of derivations loaded into one graph; a
+	// full nixpkgs cross closure is a few thousand.
+	MaxGraph = 1 << 20
+)
+
+// ReadDerivation reads and parses the .drv at drvPath through store.
+func ReadDerivation(ctx context.Context, store Store, drvPath string) (*derivation.Derivation, error) {
+	if !strings.HasSuffix(drvPath, ".drv") {
+		return nil, fmt.Errorf("read derivation %s: not a .drv path", drvPath)
+	}
+	if _, err := storepath.FromAbsolutePath(drvPath); err != nil {
+		return nil, fmt.Errorf("read derivation %s: %w", drvPath, err)
+	}
+	rc, err := store.NarFromPath(ctx, drvPath)
+	if err != nil {
+		return nil, fmt.Errorf("read derivation %s: %w", drvPath, err)
+	}
+	defer rc.Close()
+	drv, err := parseDrvNAR(rc)
+	if err != nil {
+		return nil, fmt.Errorf("read derivation %s: %w", drvPath, err)
+	}
+	return drv, nil
+}
+
+func parseDrvNAR(r io.Reader) (*derivation.Derivation, error) {
+	nr, err := nar.NewReader(r)
+	if err != nil {
+		return nil, err
+	}
+	defer nr.Close()
+	h, err := nr.Next()
+	if err != nil {
+		return nil, err
+	}
+	if h.Type != nar.TypeRegular || h.Path != "/" {
+		return nil, fmt.Errorf("NAR does not hold a single regular file")
+	}
+	if h.Size > MaxDrvSize {
+		return nil, fmt.Errorf("%d bytes, more than the %d allowed for a derivation", h.Size, MaxDrvSize)
+	}
+	drv, err := derivation.ReadDerivation(io.LimitReader(nr, h.Size))
+	if err != nil {
+		return nil, fmt.Errorf("parse: %w", err)
+	}
+	return drv, nil
+}
+
+// OutputRef names one output of one derivation.
+type OutputRef struct {
+	Drv    string // .drv path
+	Output string // "out", "lib", ...
+}
+
+// Graph is a closure of derivations under their input derivations.
+type Graph struct {
+	drvs    map[string]*derivation.Derivation
+	outputs map[string]OutputRef // output path -> producer
+	byName  map[string][]string  // derivation name -> .drv paths, sorted
+}
+
+// NewGraph indexes drvs (keyed by .drv path). Every input derivation must be
+// present: a missing one would silently cut the graph.
+func NewGraph(drvs map[string]*derivation.Derivation) (*Graph, error) {
+	g := &Graph{
+		drvs:    drvs,
+		outputs: make(map[string]OutputRef, len(drvs)),
+		byName:  make(map[string][]string, len(drvs)),
+	}
+	for p, d := range drvs {
+		if d == nil {
+			return nil, fmt.Errorf("derivation %s: nil", p)
+		}
+		for in := range d.InputDerivations {
+			if _, ok := drvs[in]; !ok {
+				return nil, fmt.Errorf("derivation %s: input derivation %s is not in the graph", p, in)
+			}
+		}
+		for name, o := range d.Outputs {
+			if o.Path == "" {
+				return nil, fmt.Errorf("derivation %s: output %s has no path (content-addressed derivations are not supported)", p, name)
+			}
+			if prev, dup := g.outputs[o.Path]; dup {
+				return nil, fmt.Errorf("derivation %s: output path %s is also output %s of %s", p, o.Path, prev.Output, prev.Drv)
+			}
+			g.outputs[o.Path] = OutputRef{Drv: p, Output: name}
+		}
+		g.byName[d.Name()] = append(g.byName[d.Name()], p)
+	}
+	for _, ps := range g.byName {
+		sort.Strings(ps)
+	}
+	return g, nil
+}
+
+// LoadGraph reads roots and, transitively, their input derivations.
+func LoadGraph(ctx context.Context, store Store, roots ...string) (*Graph, error) {
+	drvs := map[string]*derivation.Derivation{}
+	queue := append([]string(nil), roots...)
+	for len(queue) > 0 {
+		p := queue[0]
+		queue = queue[1:]
+		if _, seen := drvs[p]; seen {
+			continue
+		}
+		if len(drvs) >= MaxGraph {
+			return nil, fmt.Errorf("load derivations: more than %d in the closure of %s", MaxGraph, strings.Join(roots, ", "))
+		}
+		if err := ctx.Err(); err != nil {
+			return nil, fmt.Errorf("load derivations: %w", err)
+		}
+		d, err := ReadDerivation(ctx, store, p)
+		if err != nil {
+			return nil, fmt.Errorf("load derivations: %w", err)
+		}
+		drvs[p] = d
+		for _, in := range sortedKeys(d.InputDerivations) {
+			if _, seen := drvs[in]; !seen {
+				queue = append(queue, in)
+			}
+		}
+	}
+	return NewGraph(drvs)
+}
+
+// Len is the number of derivations.
+func (g *Graph) Len() int { return len(g.drvs) }
+
+// Derivation returns the derivation at drvPath.
+func (g *Graph) Derivation(drvPath string) (*derivation.Derivation, bool) {
+	d, ok := g.drvs[drvPath]
+	return d, ok
+}
+
+// Producer returns the derivation and output that produce path.
+func (g *Graph) Producer(path string) (OutputRef, bool) {
+	r, ok := g.outputs[path]
+	return r, ok
+}
+
+// ByName returns the derivations called name, sorted.
+func (g *Graph) ByName(name string) []string { return g.byName[name] }
+
+func isFixedOutput(d *derivation.Derivation) bool {
+	o, ok := d.Outputs["out"]
+	return ok && len(d.Outputs) == 1 && o.HashAlgorithm != ""
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	ks := make([]string, 0, len(m))
+	for k := range m {
+		ks = append(ks, k)
+	}
+	sort.Strings(ks)
+	return ks
+}
+
+var errNotValid = errors.New("not valid in the upstream store")

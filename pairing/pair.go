@@ -1,0 +1,383 @@
+package pairing
+
+import (
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/nix-community/go-nix/pkg/derivation"
+)
+
+// Root pairs a native derivation with the cross derivation built for it.
+type Root struct {
+	Native string `json:"native"` // .drv path
+	Cross  string `json:"cross"`  // .drv path
+}
+
+// Options tune pairing and mapping.
+type Options struct {
+	// HostSuffix is the host platform config nixpkgs appends to cross
+	// names ("aarch64-unknown-linux-gnu", leading dash optional). Inferred
+	// from the roots' names when empty.
+	HostSuffix string
+	// AllowBuildPlatform pairs build-platform derivations (x86_64 tools)
+	// with the native derivation of the same name. Their bytes differ, so a
+	// native path served from them is not what a native build would give.
+	AllowBuildPlatform bool
+}
+
+// Build-platform and host-platform dependency attributes of nixpkgs'
+// stdenv.mkDerivation. An input whose outputs appear only in the former is
+// a build-platform input.
+var (
+	buildDepVars = []string{"depsBuildBuild", "depsBuildBuildPropagated", "nativeBuildInputs",
+		"propagatedNativeBuildInputs", "depsBuildTarget", "depsBuildTargetPropagated"}
+	hostDepVars = []string{"depsHostHost", "depsHostHostPropagated", "buildInputs",
+		"propagatedBuildInputs", "depsTargetTarget", "depsTargetTargetPropagated"}
+)
+
+// Failure says why a cross derivation has no native counterpart.
+type Failure struct {
+	Cross        string   // cross .drv that could not be paired
+	Parent       string   // cross .drv it is an input of
+	NativeParent string   // native .drv paired with Parent
+	Reason       string   // "no candidate", "several candidates", "build-platform input"
+	Candidates   []string // native .drv paths considered
+}
+
+func (f Failure) Error() string {
+	msg := fmt.Sprintf("cannot pair %s (input of %s, paired with native %s): %s", f.Cross, f.Parent, f.NativeParent, f.Reason)
+	if len(f.Candidates) > 0 {
+		msg += " (" + strings.Join(f.Candidates, ", ") + ")"
+	}
+	return msg
+}
+
+// Pairing is the result of Pair: which native derivation each cross
+// derivation stands for.
+type Pairing struct {
+	HostSuffix string // without leading dash
+	Native     *Graph
+	Cross      *Graph
+
+	pairs     map[string]string   // cross .drv -> native .drv
+	via       map[string]string   // cross .drv -> cross parent that paired it ("" for roots)
+	conflicts map[string][]string // cross .drv -> further native proposals
+	failures  map[string][]Failure
+	buildOnly map[string]bool // cross .drv reachable from the roots only through build-platform inputs
+}
+
+// Len is the number of paired derivations.
+func (p *Pairing) Len() int { return len(p.pairs) }
+
+// BuildOnly reports whether crossDrv is reachable from the cross roots only
+// as a build-platform input (nativeBuildInputs and the like).
+func (p *Pairing) BuildOnly(crossDrv string) bool { return p.buildOnly[crossDrv] }
+
+// NativeOf returns the native derivation paired with crossDrv, or an error
+// naming the derivation, its parent and why it has none.
+func (p *Pairing) NativeOf(crossDrv string) (string, error) {
+	n, ok := p.pairs[crossDrv]
+	if ok && len(p.conflicts[crossDrv]) == 0 {
+		return n, nil
+	}
+	if ok {
+		c := append([]string{n}, p.conflicts[crossDrv]...)
+		sort.Strings(c)
+		return "", fmt.Errorf("cannot pair %s: different parents pair it with several native derivations (%s)", crossDrv, strings.Join(c, ", "))
+	}
+	fs := p.failures[crossDrv]
+	if len(fs) == 0 {
+		return "", fmt.Errorf("cannot pair %s: not reached from the roots through derivations that pair", crossDrv)
+	}
+	return "", fs[0]
+}
+
+// Pair walks the cross and native graphs from roots and pairs derivations
+// input by input.
+func Pair(native, cross *Graph, roots []Root, opts Options) (*Pairing, error) {
+	if len(roots) == 0 {
+		return nil, fmt.Errorf("pair: no roots")
+	}
+	suffix := strings.TrimPrefix(opts.HostSuffix, "-")
+	for _, r := range roots {
+		nd, ok := native.Derivation(r.Native)
+		if !ok {
+			return nil, fmt.Errorf("pair: native root %s is not in the native graph", r.Native)
+		}
+		cd, ok := cross.Derivation(r.Cross)
+		if !ok {
+			return nil, fmt.Errorf("pair: cross root %s is not in the cross graph", r.Cross)
+		}
+		if opts.HostSuffix != "" {
+			continue
+		}
+		s, err := InferHostSuffix(nd.Name(), cd.Name())
+		if err != nil {
+			return nil, fmt.Errorf("pair: roots %s and %s: %w", r.Native, r.Cross, err)
+		}
+		if s != "" && suffix != "" && s != suffix {
+			return nil, fmt.Errorf("pair: roots disagree on the host suffix (%q and %q); pass it explicitly", suffix, s)
+		}
+		if s != "" {
+			suffix = s
+		}
+	}
+	if suffix == "" {
+		return nil, fmt.Errorf("pair: cannot infer the host suffix: no root pair differs by one; pass it explicitly")
+	}
+	p := &Pairing{
+		HostSuffix: suffix,
+		Native:     native,
+		Cross:      cross,
+		pairs:      map[string]string{},
+		via:        map[string]string{},
+		conflicts:  map[string][]string{},
+		failures:   map[string][]Failure{},
+	}
+	type job struct{ native, cross string }
+	var queue []job
+	propose := func(c, n, parent string) {
+		if prev, ok := p.pairs[c]; ok {
+			if prev != n && !contains(p.conflicts[c], n) {
+				p.conflicts[c] = append(p.conflicts[c], n)
+			}
+			return
+		}
+		p.pairs[c] = n
+		p.via[c] = parent
+		queue = append(queue, job{n, c})
+	}
+	for _, r := range roots {
+		propose(r.Cross, r.Native, "")
+	}
+	for len(queue) > 0 {
+		j := queue[0]
+		queue = queue[1:]
+		nd, _ := native.Derivation(j.native)
+		cd, _ := cross.Derivation(j.cross)
+		var nativeByName map[string][]string
+		var crossRoles map[string]role
+		for _, ci := range sortedKeys(cd.InputDerivations) {
+			cid, _ := cross.Derivation(ci)
+			if isFixedOutput(cid) {
+				continue // same output path on both sides
+			}
+			if crossRoles == nil {
+				crossRoles = roles(cd)
+			}
+			if edgeRole(crossRoles, cid, cd.InputDerivations[ci]) == roleBuild && !opts.AllowBuildPlatform {
+				p.fail(Failure{Cross: ci, Parent: j.cross, NativeParent: j.native, Reason: "build-platform input; pairing it by name needs the build-platform option"})
+				continue
+			}
+			if nativeByName == nil {
+				nativeByName = map[string][]string{}
+				for _, ni := range sortedKeys(nd.InputDerivations) {
+					nid, _ := native.Derivation(ni)
+					if !isFixedOutput(nid) {
+						nativeByName[nid.Name()] = append(nativeByName[nid.Name()], ni)
+					}
+				}
+			}
+			want, _ := NormalizeName(cid.Name(), suffix)
+			cands := nativeByName[want]
+			if len(cands) > 1 {
+				cands = tieBreak(p, cd, ci, nd, cands)
+			}
+			switch len(cands) {
+			case 1:
+				propose(ci, cands[0], j.cross)
+			case 0:
+				p.fail(Failure{Cross: ci, Parent: j.cross, NativeParent: j.native,
+					Reason: fmt.Sprintf("no candidate: no input of the native derivation is named %q", want)})
+			default:
+				p.fail(Failure{Cross: ci, Parent: j.cross, NativeParent: j.native,
+					Reason: fmt.Sprintf("several candidates named %q, not told apart by output names, use in the environment, or inputs", want), Candidates: cands})
+			}
+		}
+	}
+	p.buildOnly = buildOnly(cross, roots)
+	return p, nil
+}
+
+func (p *Pairing) fail(f Failure) {
+	if len(p.failures[f.Cross]) < 4 {
+		p.failures[f.Cross] = append(p.failures[f.Cross], f)
+	}
+}
+
+// tieBreak narrows native candidates with the same name by graph position:
+// the outputs the parent uses, where the parent's environment names them,
+// then the names of their own inputs.
+func tieBreak(p *Pairing, cd *derivation.Derivation, ci string, nd *derivation.Derivation, cands []string) []string {
+	cid, _ := p.Cross.Derivation(ci)
+	filters := []func(string) bool{
+		func(ni string) bool {
+			return strings.Join(cd.InputDerivations[ci], " ") == strings.Join(nd.InputDerivations[ni], " ")
+		},
+		func(ni string) bool {
+			nid, _ := p.Native.Derivation(ni)
+			return usage(cd, cid, cd.InputDerivations[ci]) == usage(nd, nid, nd.InputDerivations[ni])
+		},
+		func(ni string) bool {
+			nid, _ := p.Native.Derivation(ni)
+			return inputNames(p.Cross, cid, p.HostSuffix) == inputNames(p.Native, nid, "")
+		},
+	}
+	for _, f := range filters {
+		var keep []string
+		for _, c := range cands {
+			if f(c) {
+				keep = append(keep, c)
+			}
+		}
+		if len(keep) == 1 {
+			return keep
+		}
+		if len(keep) > 1 {
+			cands = keep
+		}
+	}
+	return cands
+}
+
+// usage says where a derivation's environment and arguments mention the
+// given outputs of an input: variable name and word index. The paths differ
+// between the graphs, the positions do not.
+func usage(parent, input *derivation.Derivation, outputs []string) string {
+	var b strings.Builder
+	for _, k := range sortedKeys(parent.Env) {
+		for i, w := range strings.Fields(parent.Env[k]) {
+			for _, o := range outputs {
+				if out, ok := input.Outputs[o]; ok && strings.Contains(w, out.Path) {
+					b.WriteString(k + "#" + strconv.Itoa(i) + "/" + o + " ")
+				}
+			}
+		}
+	}
+	for ai, a := range parent.Arguments {
+		for i, w := range strings.Fields(a) {
+			for _, o := range outputs {
+				if out, ok := input.Outputs[o]; ok && strings.Contains(w, out.Path) {
+					b.WriteString("arg" + strconv.Itoa(ai) + "#" + strconv.Itoa(i) + "/" + o + " ")
+				}
+			}
+		}
+	}
+	return b.String()
+}
+
+func inputNames(g *Graph, d *derivation.Derivation, suffix string) string {
+	names := make([]string, 0, len(d.InputDerivations))
+	for in := range d.InputDerivations {
+		id, _ := g.Derivation(in)
+		n := id.Name()
+		if suffix != "" {
+			n, _ = NormalizeName(n, suffix)
+		}
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return strings.Join(names, " ")
+}
+
+type role int
+
+const (
+	roleOther role = iota
+	roleHost
+	roleBuild
+)
+
+// roles maps every word of d's dependency attributes to its platform role.
+func roles(d *derivation.Derivation) map[string]role {
+	r := map[string]role{}
+	for _, k := range buildDepVars {
+		for _, w := range strings.Fields(d.Env[k]) {
+			r[w] = roleBuild
+		}
+	}
+	for _, k := range hostDepVars {
+		for _, w := range strings.Fields(d.Env[k]) {
+			r[w] = roleHost
+		}
+	}
+	return r
+}
+
+// edgeRole is roleBuild when every used output of input that d's dependency
+// attributes list is listed as a build-platform dependency.
+func edgeRole(rs map[string]role, input *derivation.Derivation, outputs []string) role {
+	res := roleOther
+	for _, o := range outputs {
+		out, ok := input.Outputs[o]
+		if !ok {
+			continue
+		}
+		switch rs[out.Path] {
+		case roleHost:
+			return roleHost
+		case roleBuild:
+			res = roleBuild
+		}
+	}
+	return res
+}
+
+// buildOnly finds the cross derivations reachable from the roots, but only
+// through at least one build-platform edge.
+func buildOnly(g *Graph, roots []Root) map[string]bool {
+	host := map[string]bool{}
+	all := map[string]bool{}
+	walk := func(start []string, seen map[string]bool, skipBuild bool) {
+		stack := append([]string(nil), start...)
+		for _, s := range start {
+			seen[s] = true
+		}
+		for len(stack) > 0 {
+			c := stack[len(stack)-1]
+			stack = stack[:len(stack)-1]
+			d, _ := g.Derivation(c)
+			var rs map[string]role
+			if skipBuild {
+				rs = roles(d)
+			}
+			for in, outs := range d.InputDerivations {
+				if seen[in] {
+					continue
+				}
+				if skipBuild {
+					id, _ := g.Derivation(in)
+					if edgeRole(rs, id, outs) == roleBuild {
+						continue
+					}
+				}
+				seen[in] = true
+				stack = append(stack, in)
+			}
+		}
+	}
+	starts := make([]string, len(roots))
+	for i, r := range roots {
+		starts[i] = r.Cross
+	}
+	walk(starts, host, true)
+	walk(starts, all, false)
+	res := map[string]bool{}
+	for c := range all {
+		if !host[c] {
+			res[c] = true
+		}
+	}
+	return res
+}
+
+func contains(ss []string, s string) bool {
+	for _, x := range ss {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,528 @@
+package pairing
+
+import (
+	"context"
+	"debug/elf"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+
+	"github.com/decross-store/decross-store/classify"
+	"github.com/decross-store/decross-store/mapping"
+	"github.com/decross-store/decross-store/pathinfo"
+	"github.com/nix-community/go-nix/pkg/storepath"
+)
+
+// Class is the platform a path of the cross runtime closure belongs to.
+type Class int
+
+const (
+	// Neutral paths hold no ELF files: data, scripts, configuration.
+	Neutral Class = iota
+	// Host paths hold aarch64 ELF files or carry the host suffix.
+	Host
+	// Build paths hold x86_64 ELF files or are only build-platform inputs.
+	Build
+)
+
+func (c Class) String() string {
+	switch c {
+	case Host:
+		return "host"
+	case Build:
+		return "build-platform"
+	}
+	return "platform-neutral"
+}
+
+// The platforms of this project: aarch64 is native, x86_64 builds.
+const (
+	hostMachine  = elf.EM_AARCH64
+	buildMachine = elf.EM_X86_64
+)
+
+// MaxClosure bounds the runtime closure walked in the upstream store.
+const MaxClosure = 1 << 20
+
+// PathReport is one path of the cross runtime closure.
+type PathReport struct {
+	Cross   string
+	Native  string // what it is served as; "" when not mapped
+	Class   Class
+	Why     string // what decided Class
+	CA      bool   // content-addressed: served unchanged
+	Problem string // "" when the path is served correctly
+}
+
+// Leak is a reference from a served path to a build-platform path.
+type Leak struct {
+	From  string // cross path holding the reference
+	To    string // build-platform path it references
+	Files classify.Files
+	// Native lists the native derivations named like To's derivation: the
+	// counterpart a native build would reference instead.
+	Native []string
+	// Mapped is set when To is mapped anyway (by name, bytes differ).
+	Mapped bool
+}
+
+// Report is what Map and Check found.
+type Report struct {
+	Paths    []PathReport // sorted by cross path
+	Leaks    []Leak       // sorted by From, To
+	Problems []string     // sorted
+	Notes    []string     // things that limit the analysis but are no problem
+	Mapping  *mapping.Mapping
+}
+
+// OK reports whether nothing is wrong.
+func (r *Report) OK() bool { return len(r.Problems) == 0 && len(r.Leaks) == 0 }
+
+// closure is the runtime closure of some cross paths, scanned.
+type closure struct {
+	paths []string // sorted
+	info  map[string]*pathinfo.PathInfo
+	scan  map[string]*classify.Result
+}
+
+// walkClosure reads the path infos of roots' closure and scans each NAR for
+// ELF machines and references. Roots that are not valid are reported in
+// missing rather than failing the walk.
+func walkClosure(ctx context.Context, store Store, roots []string) (*closure, []string, error) {
+	c := &closure{info: map[string]*pathinfo.PathInfo{}, scan: map[string]*classify.Result{}}
+	var problems []string
+	queue := append([]string(nil), roots...)
+	seen := map[string]bool{}
+	for _, r := range roots {
+		seen[r] = true
+	}
+	for len(queue) > 0 {
+		p := queue[0]
+		queue = queue[1:]
+		if len(c.info) >= MaxClosure {
+			return nil, nil, fmt.Errorf("runtime closure: more than %d paths", MaxClosure)
+		}
+		info, err := store.QueryPathInfo(ctx, p)
+		if err != nil {
+			return nil, nil, fmt.Errorf("runtime closure: query path info %s: %w", p, err)
+		}
+		if info == nil {
+			problems = append(problems, fmt.Sprintf("%s: %v (not built, or garbage-collected)", p, errNotValid))
+			continue
+		}
+		c.info[p] = info
+		c.paths = append(c.paths, p)
+		for _, r := range info.References {
+			if !seen[r] {
+				seen[r] = true
+				queue = append(queue, r)
+			}
+		}
+	}
+	sort.Strings(c.paths)
+	for _, p := range c.paths {
+		res, err := scanPath(ctx, store, c.info[p])
+		if err != nil {
+			return nil, nil, err
+		}
+		c.scan[p] = res
+	}
+	return c, problems, nil
+}
+
+func scanPath(ctx context.Context, store Store, info *pathinfo.PathInfo) (*classify.Result, error) {
+	var refs []string
+	for _, r := range info.References {
+		if r != info.Path {
+			refs = append(refs, r)
+		}
+	}
+	s, err := classify.NewScanner(refs)
+	if err != nil {
+		return nil, fmt.Errorf("scan %s: %w", info.Path, err)
+	}
+	rc, err := store.NarFromPath(ctx, info.Path)
+	if err != nil {
+		return nil, fmt.Errorf("scan %s: %w", info.Path, err)
+	}
+	defer rc.Close()
+	res, err := s.Scan(rc)
+	if err != nil {
+		return nil, fmt.Errorf("scan %s: %w", info.Path, err)
+	}
+	if res.NarSize != info.NarSize {
+		return nil, fmt.Errorf("scan %s: NAR is %d bytes, path info says %d", info.Path, res.NarSize, info.NarSize)
+	}
+	return res, nil
+}
+
+// classOf decides the class of p from its contents, its name and, when the
+// cross graph is known, how the roots reach its derivation.
+func classOf(p string, res *classify.Result, suffix string, g *Graph, buildOnly func(string) bool) (Class, string) {
+	if f := res.Machines[buildMachine]; f != nil {
+		return Build, fmt.Sprintf("%s ELF in %s", classify.MachineName(buildMachine), fileList(*f))
+	}
+	if f := res.Machines[hostMachine]; f != nil {
+		return Host, fmt.Sprintf("%s ELF in %s", classify.MachineName(hostMachine), fileList(*f))
+	}
+	if _, ok := NormalizeName(pathName(p), suffix); ok && suffix != "" {
+		return Host, "host suffix in its name"
+	}
+	if g != nil && buildOnly != nil {
+		if prod, ok := g.Producer(p); ok && buildOnly(prod.Drv) {
+			return Build, "only a build-platform input of " + prod.Drv
+		}
+	}
+	return Neutral, "no ELF files"
+}
+
+func pathName(p string) string {
+	sp, err := storepath.FromAbsolutePath(p)
+	if err != nil {
+		return p
+	}
+	return sp.Name
+}
+
+func fileList(f classify.Files) string {
+	s := strings.Join(f.Names, ", ")
+	if more := f.Count - len(f.Names); more > 0 {
+		s += fmt.Sprintf(" and %d more", more)
+	}
+	return s
+}
+
+// Map pairs the roots' graphs and emits an entry for every input-addressed
+// path of the runtime closure of the cross roots' outputs. Problems do not
+// make it fail: the report lists them and the mapping holds what paired.
+func Map(ctx context.Context, store Store, roots []Root, opts Options) (*Report, error) {
+	var nroots, croots []string
+	for _, r := range roots {
+		nroots = append(nroots, r.Native)
+		croots = append(croots, r.Cross)
+	}
+	native, err := LoadGraph(ctx, store, nroots...)
+	if err != nil {
+		return nil, fmt.Errorf("native graph: %w", err)
+	}
+	cross, err := LoadGraph(ctx, store, croots...)
+	if err != nil {
+		return nil, fmt.Errorf("cross graph: %w", err)
+	}
+	p, err := Pair(native, cross, roots, opts)
+	if err != nil {
+		return nil, err
+	}
+	return p.Map(ctx, store, opts)
+}
+
+// Map is the second half of the package-level Map, for callers that
+// already paired.
+func (p *Pairing) Map(ctx context.Context, store Store, opts Options) (*Report, error) {
+	// The runtime closure starts at the outputs of the cross roots.
+	var starts []string
+	for c, parent := range p.via {
+		if parent != "" {
+			continue
+		}
+		d, _ := p.Cross.Derivation(c)
+		for _, o := range sortedKeys(d.Outputs) {
+			starts = append(starts, d.Outputs[o].Path)
+		}
+	}
+	sort.Strings(starts)
+	cl, missing, err := walkClosure(ctx, store, starts)
+	if err != nil {
+		return nil, err
+	}
+	rep := &Report{Problems: missing}
+	classes := map[string]Class{}
+	var entries []mapping.Entry
+	usedNative := map[string]string{}
+	for _, c := range cl.paths {
+		info := cl.info[c]
+		class, why := classOf(c, cl.scan[c], p.HostSuffix, p.Cross, p.BuildOnly)
+		classes[c] = class
+		pr := PathReport{Cross: c, Class: class, Why: why, CA: info.CA != ""}
+		switch {
+		case pr.CA:
+			pr.Problem = caProblem(cl, info)
+		case class == Build && !opts.AllowBuildPlatform:
+			pr.Problem = "build-platform path: its native counterpart differs in bytes; it is paired by name only with the build-platform option"
+		default:
+			e, problem := p.entryFor(c)
+			if problem == "" {
+				if prev, dup := usedNative[e.Native]; dup {
+					problem = fmt.Sprintf("its native path %s is already served from %s", e.Native, prev)
+				} else if len(e.Native) > len(e.Cross) {
+					problem = fmt.Sprintf("its native path %s is longer than it, so references cannot be rewritten in place", e.Native)
+				}
+			}
+			if problem != "" {
+				pr.Problem = problem
+				break
+			}
+			usedNative[e.Native] = c
+			pr.Native = e.Native
+			entries = append(entries, e)
+		}
+		if pr.Problem != "" {
+			rep.Problems = append(rep.Problems, c+": "+pr.Problem)
+		}
+		rep.Paths = append(rep.Paths, pr)
+	}
+	m, err := mapping.New(entries)
+	if err != nil {
+		return nil, fmt.Errorf("map: %w", err)
+	}
+	rep.Mapping = m
+	rep.Leaks = leaks(cl, classes, func(to string) ([]string, bool) {
+		_, mapped := m.ByCross(to)
+		return p.nativeNamed(to), mapped
+	})
+	sort.Strings(rep.Problems)
+	return rep, nil
+}
+
+// entryFor finds the native path for cross output path c.
+func (p *Pairing) entryFor(c string) (mapping.Entry, string) {
+	prod, ok := p.Cross.Producer(c)
+	if !ok {
+		return mapping.Entry{}, "no derivation in the cross graph produces it"
+	}
+	n, err := p.NativeOf(prod.Drv)
+	if err != nil {
+		return mapping.Entry{}, err.Error()
+	}
+	nd, _ := p.Native.Derivation(n)
+	out, ok := nd.Outputs[prod.Output]
+	if !ok {
+		return mapping.Entry{}, fmt.Sprintf("it is output %q of %s, but the paired native derivation %s has no such output", prod.Output, prod.Drv, n)
+	}
+	if out.Path == c {
+		return mapping.Entry{}, "it is the same path on both sides but not content-addressed"
+	}
+	return mapping.Entry{Native: out.Path, Cross: c, Deriver: n, Output: prod.Output}, ""
+}
+
+// nativeNamed lists native derivations named like the derivation of cross
+// path c (or like c itself when no derivation is known).
+func (p *Pairing) nativeNamed(c string) []string {
+	name := pathName(c)
+	if prod, ok := p.Cross.Producer(c); ok {
+		d, _ := p.Cross.Derivation(prod.Drv)
+		name = d.Name()
+	}
+	name, _ = NormalizeName(name, p.HostSuffix)
+	return p.Native.ByName(name)
+}
+
+// caProblem: a content-addressed path is served unchanged, so everything it
+// references must be too.
+func caProblem(cl *closure, info *pathinfo.PathInfo) string {
+	for _, r := range info.References {
+		if ri := cl.info[r]; r != info.Path && (ri == nil || ri.CA == "") {
+			return fmt.Sprintf("content-addressed, but references the input-addressed %s and so cannot be served unchanged", r)
+		}
+	}
+	return ""
+}
+
+func leaks(cl *closure, classes map[string]Class, native func(to string) ([]string, bool)) []Leak {
+	var ls []Leak
+	for _, from := range cl.paths {
+		if classes[from] == Build {
+			continue // a build-platform path referencing its own kind is no news
+		}
+		res := cl.scan[from]
+		for _, to := range sortedKeys(res.Refs) {
+			if classes[to] != Build {
+				continue
+			}
+			n, mapped := native(to)
+			ls = append(ls, Leak{From: from, To: to, Files: *res.Refs[to], Native: n, Mapped: mapped})
+		}
+	}
+	return ls
+}
+
+// Check analyses what m would serve from store: the runtime closure of its
+// cross paths, classified, with leaks and every path that cannot be served.
+func Check(ctx context.Context, store Store, m *mapping.Mapping, opts Options) (*Report, error) {
+	rep := &Report{Mapping: m}
+	var roots, nativeDrvs []string
+	for _, e := range m.Entries() {
+		roots = append(roots, e.Cross)
+		if e.Deriver != "" {
+			nativeDrvs = append(nativeDrvs, e.Deriver)
+		}
+		if len(e.Native) > len(e.Cross) {
+			rep.Problems = append(rep.Problems, fmt.Sprintf("%s: native path %s is longer than it, so references cannot be rewritten in place", e.Cross, e.Native))
+		}
+	}
+	cl, missing, err := walkClosure(ctx, store, roots)
+	if err != nil {
+		return nil, err
+	}
+	rep.Problems = append(rep.Problems, missing...)
+
+	suffix := strings.TrimPrefix(opts.HostSuffix, "-")
+	if suffix == "" {
+		suffix = inferFromEntries(m)
+	}
+	// Graphs make the analysis better but a mapping may outlive its
+	// derivations, so failing to load them is only noted.
+	var native, cross *Graph
+	if len(nativeDrvs) > 0 {
+		if native, err = LoadGraph(ctx, store, dedupe(nativeDrvs)...); err != nil {
+			rep.Notes = append(rep.Notes, fmt.Sprintf("native derivations not used (%v)", err))
+			native = nil
+		}
+	}
+	var crossDrvs []string
+	for _, r := range roots {
+		if info := cl.info[r]; info != nil && info.Deriver != "" {
+			crossDrvs = append(crossDrvs, info.Deriver)
+		}
+	}
+	var bo map[string]bool
+	if len(crossDrvs) > 0 {
+		crossDrvs = dedupe(crossDrvs)
+		if cross, err = LoadGraph(ctx, store, crossDrvs...); err != nil {
+			rep.Notes = append(rep.Notes, fmt.Sprintf("cross derivations not used, build-platform inputs are recognised by their ELF files only (%v)", err))
+			cross = nil
+		} else {
+			rs := make([]Root, len(crossDrvs))
+			for i, d := range crossDrvs {
+				rs[i].Cross = d
+			}
+			bo = buildOnly(cross, rs)
+		}
+	}
+	if native != nil {
+		for _, e := range m.Entries() {
+			if e.Deriver == "" || e.Output == "" {
+				continue
+			}
+			d, _ := native.Derivation(e.Deriver)
+			if o, ok := d.Outputs[e.Output]; !ok || o.Path != e.Native {
+				rep.Problems = append(rep.Problems, fmt.Sprintf("%s: native path %s is not output %q of its deriver %s", e.Cross, e.Native, e.Output, e.Deriver))
+			}
+		}
+	}
+
+	classes := map[string]Class{}
+	for _, c := range cl.paths {
+		info := cl.info[c]
+		class, why := classOf(c, cl.scan[c], suffix, cross, func(d string) bool { return bo[d] })
+		classes[c] = class
+		pr := PathReport{Cross: c, Class: class, Why: why, CA: info.CA != ""}
+		if e, ok := m.ByCross(c); ok {
+			pr.Native = e.Native
+		} else if pr.CA {
+			pr.Problem = caProblem(cl, info)
+		} else {
+			pr.Problem = "input-addressed and not in the mapping, so nothing that references it can be served"
+		}
+		if pr.Problem != "" {
+			rep.Problems = append(rep.Problems, c+": "+pr.Problem)
+		}
+		rep.Paths = append(rep.Paths, pr)
+	}
+	rep.Leaks = leaks(cl, classes, func(to string) ([]string, bool) {
+		var names []string
+		e, mapped := m.ByCross(to)
+		if mapped && e.Deriver != "" {
+			names = append(names, e.Deriver)
+		}
+		if native != nil {
+			name := pathName(to)
+			if cross != nil {
+				if prod, ok := cross.Producer(to); ok {
+					d, _ := cross.Derivation(prod.Drv)
+					name = d.Name()
+				}
+			}
+			name, _ = NormalizeName(name, suffix)
+			for _, n := range native.ByName(name) {
+				if !contains(names, n) {
+					names = append(names, n)
+				}
+			}
+		}
+		return names, mapped
+	})
+	sort.Strings(rep.Problems)
+	return rep, nil
+}
+
+// inferFromEntries finds the host suffix from the first entry whose names
+// differ by one.
+func inferFromEntries(m *mapping.Mapping) string {
+	for _, e := range m.Entries() {
+		if s, err := InferHostSuffix(pathName(e.Native), pathName(e.Cross)); err == nil && s != "" {
+			return s
+		}
+	}
+	return ""
+}
+
+func dedupe(ss []string) []string {
+	sort.Strings(ss)
+	out := ss[:0]
+	for i, s := range ss {
+		if i == 0 || s != ss[i-1] {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// WriteText writes the report for people: served paths with their class,
+// leaks with the files holding them, then problems.
+func (r *Report) WriteText(w io.Writer) error {
+	var b strings.Builder
+	var served, ca int
+	for _, p := range r.Paths {
+		switch {
+		case p.Native != "":
+			served++
+		case p.CA && p.Problem == "":
+			ca++
+		}
+	}
+	fmt.Fprintf(&b, "runtime closure: %d paths, %d mapped, %d content-addressed\n", len(r.Paths), served, ca)
+	for _, p := range r.Paths {
+		switch {
+		case p.Native != "":
+			fmt.Fprintf(&b, "  serve %s\n     from %s\n", p.Native, p.Cross)
+		case p.CA && p.Problem == "":
+			fmt.Fprintf(&b, "  as-is %s (content-addressed)\n", p.Cross)
+		default:
+			fmt.Fprintf(&b, "  NOT   %s\n", p.Cross)
+		}
+		fmt.Fprintf(&b, "        %s: %s\n", p.Class, p.Why)
+	}
+	fmt.Fprintf(&b, "leaks: %d\n", len(r.Leaks))
+	for _, l := range r.Leaks {
+		fmt.Fprintf(&b, "  %s references build-platform %s\n    in %s\n", l.From, l.To, fileList(l.Files))
+		switch {
+		case len(l.Native) > 0 && l.Mapped:
+			fmt.Fprintf(&b, "    mapped anyway to a native path of %s (bytes differ)\n", strings.Join(l.Native, ", "))
+		case len(l.Native) > 0:
+			fmt.Fprintf(&b, "    native derivation of the same name: %s\n", strings.Join(l.Native, ", "))
+		default:
+			fmt.Fprintf(&b, "    no native derivation of the same name\n")
+		}
+	}
+	fmt.Fprintf(&b, "problems: %d\n", len(r.Problems))
+	for _, p := range r.Problems {
+		fmt.Fprintf(&b, "  %s\n", p)
+	}
+	for _, n := range r.Notes {
+		fmt.Fprintf(&b, "note: %s\n", n)
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
