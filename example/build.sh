@@ -63,7 +63,9 @@ else
 	mkdir -p /nix/var/nix/daemon-socket
 	daemon_log=${TMPDIR:-/tmp}/nix-daemon.log
 	log "starting nix-daemon (log: $daemon_log)"
-	setsid nix-daemon >>"$daemon_log" 2>&1 </dev/null &
+	# Without NIX_REMOTE: a daemon whose own store is "daemon" connects to
+	# itself for every request, recursively, until the process table is full.
+	NIX_REMOTE= setsid nix-daemon >>"$daemon_log" 2>&1 </dev/null &
 	for _ in $(seq 1 100); do
 		daemon_answers && break
 		sleep 0.1
