@@ -65,7 +65,7 @@ else
 	log "starting nix-daemon (log: $daemon_log)"
 	# Without NIX_REMOTE: a daemon whose own store is "daemon" connects to
 	# itself for every request, recursively, until the process table is full.
-	NIX_REMOTE= setsid nix-daemon >>"$daemon_log" 2>&1 </dev/null &
+	env -u NIX_REMOTE setsid nix-daemon >>"$daemon_log" 2>&1 </dev/null &
 	for _ in $(seq 1 100); do
 		daemon_answers && break
 		sleep 0.1
