@@ -1,0 +1,178 @@
+package upstream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strings"
+	"sync"
+
+	"github.com/decross-store/decross-store/daemonproto"
+	"github.com/decross-store/decross-store/pathinfo"
+)
+
+// DefaultSocket is where nix-daemon listens unless told otherwise.
+const DefaultSocket = "/nix/var/nix/daemon-socket/socket"
+
+// maxIdle bounds the connections kept open between requests; a daemon
+// forks a worker per connection, so hoarding them is not free.
+const maxIdle = 4
+
+// Daemon is a reader of one nix-daemon. Connections are dialled and
+// handshaken lazily.
+type Daemon struct {
+	socket string
+
+	mu     sync.Mutex
+	idle   []*daemonproto.Client
+	closed bool
+}
+
+// Open parses addr: "daemon" = /nix/var/nix/daemon-socket/socket (honour
+// NIX_DAEMON_SOCKET_PATH), or "unix:///path/to/socket". It does not
+// connect yet.
+func Open(addr string) (*Daemon, error) {
+	var socket string
+	switch {
+	case addr == "daemon" || addr == "unix://":
+		socket = os.Getenv("NIX_DAEMON_SOCKET_PATH")
+		if socket == "" {
+			socket = DefaultSocket
+		}
+	case strings.HasPrefix(addr, "unix://"):
+		socket = strings.TrimPrefix(addr, "unix://")
+		if strings.Contains(socket, "?") {
+			return nil, fmt.Errorf("open upstream %q: store parameters are not supported", addr)
+		}
+		if !strings.HasPrefix(socket, "/") {
+			return nil, fmt.Errorf("open upstream %q: socket path must be absolute", addr)
+		}
+	default:
+		return nil, fmt.Errorf("open upstream %q: want \"daemon\" or unix:///path/to/socket", addr)
+	}
+	return &Daemon{socket: socket}, nil
+}
+
+// Socket is the path of the daemon socket.
+func (d *Daemon) Socket() string { return d.socket }
+
+var errClosed = errors.New("upstream daemon reader closed")
+
+func (d *Daemon) dial(ctx context.Context) (*daemonproto.Client, error) {
+	var dialer net.Dialer
+	conn, err := dialer.DialContext(ctx, "unix", d.socket)
+	if err != nil {
+		return nil, fmt.Errorf("connect to nix-daemon: %w", err)
+	}
+	c, err := daemonproto.NewClient(ctx, conn)
+	if err != nil {
+		return nil, fmt.Errorf("connect to nix-daemon at %s: %w", d.socket, err)
+	}
+	return c, nil
+}
+
+// get takes an idle connection or opens a new one.
+func (d *Daemon) get(ctx context.Context) (*daemonproto.Client, error) {
+	d.mu.Lock()
+	if d.closed {
+		d.mu.Unlock()
+		return nil, errClosed
+	}
+	if n := len(d.idle); n > 0 {
+		c := d.idle[n-1]
+		d.idle = d.idle[:n-1]
+		d.mu.Unlock()
+		return c, nil
+	}
+	d.mu.Unlock()
+	return d.dial(ctx)
+}
+
+// put returns a healthy connection to the pool.
+func (d *Daemon) put(c *daemonproto.Client) {
+	d.mu.Lock()
+	if !d.closed && len(d.idle) < maxIdle {
+		d.idle = append(d.idle, c)
+		c = nil
+	}
+	d.mu.Unlock()
+	if c != nil {
+		_ = c.Close()
+	}
+}
+
+// with runs fn on a pooled connection. After any error the connection is
+// dropped: a fresh one costs a handshake, a desynchronised one costs wrong
+// answers.
+func (d *Daemon) with(ctx context.Context, fn func(*daemonproto.Client) error) error {
+	c, err := d.get(ctx)
+	if err != nil {
+		return err
+	}
+	if err := fn(c); err != nil {
+		_ = c.Close()
+		return err
+	}
+	d.put(c)
+	return nil
+}
+
+// QueryPathInfo returns (nil, nil) when path is not valid.
+func (d *Daemon) QueryPathInfo(ctx context.Context, path string) (*pathinfo.PathInfo, error) {
+	var info *pathinfo.PathInfo
+	err := d.with(ctx, func(c *daemonproto.Client) error {
+		var err error
+		info, err = c.QueryPathInfo(ctx, path)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("upstream: %w", err)
+	}
+	return info, nil
+}
+
+// QueryPathFromHashPart returns "" when no valid path has that hash part.
+func (d *Daemon) QueryPathFromHashPart(ctx context.Context, hashPart string) (string, error) {
+	var p string
+	err := d.with(ctx, func(c *daemonproto.Client) error {
+		var err error
+		p, err = c.QueryPathFromHashPart(ctx, hashPart)
+		return err
+	})
+	if err != nil {
+		return "", fmt.Errorf("upstream: %w", err)
+	}
+	return p, nil
+}
+
+// NarFromPath streams the NAR of a valid path on a connection of its own,
+// closed with the reader. The reader does not end at the end of the NAR:
+// the caller parses it. Cancelling ctx closes the connection.
+func (d *Daemon) NarFromPath(ctx context.Context, path string) (io.ReadCloser, error) {
+	c, err := d.get(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("upstream: %w", err)
+	}
+	rc, err := c.NarFromPath(ctx, path)
+	if err != nil {
+		_ = c.Close()
+		return nil, fmt.Errorf("upstream: %w", err)
+	}
+	return rc, nil
+}
+
+// Close closes the idle connections; NAR readers stay open until closed.
+func (d *Daemon) Close() error {
+	d.mu.Lock()
+	idle := d.idle
+	d.idle, d.closed = nil, true
+	d.mu.Unlock()
+	var errs []error
+	for _, c := range idle {
+		errs = append(errs, c.Close())
+	}
+	return errors.Join(errs...)
+}
