@@ -208,3 +208,35 @@ func TestLoadAuthorizedKeys(t *testing.T) {
 		t.Error("missing file gave no error")
 	}
 }
+
+func FuzzParseAuthorizedKeys(f *testing.F) {
+	f.Add([]byte("# comment\n\nssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMWEJSl0oFXDBioIWttFQF/oJhMYWnuDQhCZH+P+QfLS alice\n"))
+	f.Add([]byte(`command="nix-daemon --stdio",no-pty ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMWEJSl0oFXDBioIWttFQF/oJhMYWnuDQhCZH+P+QfLS` + "\r\n"))
+	f.Add([]byte("ssh-ed25519 AAAAnot-base64\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		keys, err := parseAuthorizedKeys(bytes.NewReader(data), "fuzz")
+		if err != nil {
+			if keys != nil {
+				t.Fatalf("error %v with %d keys", err, len(keys))
+			}
+			return
+		}
+		if len(keys) == 0 {
+			t.Fatal("no error and no keys")
+		}
+		// What was accepted must survive a round trip through the format.
+		var buf bytes.Buffer
+		for _, k := range keys {
+			buf.Write(ssh.MarshalAuthorizedKey(k))
+		}
+		again, err := parseAuthorizedKeys(&buf, "fuzz")
+		if err != nil || len(again) != len(keys) {
+			t.Fatalf("round trip: %d keys, %v; want %d", len(again), err, len(keys))
+		}
+		for i := range keys {
+			if !bytes.Equal(keys[i].Marshal(), again[i].Marshal()) {
+				t.Fatalf("key %d changed in the round trip", i)
+			}
+		}
+	})
+}

@@ -74,8 +74,10 @@ func TestOpenSSHClient(t *testing.T) {
 		},
 		{
 			// Nix 2.8 runs: ssh HOST -x -a [opts] 'CMD --stdio --store '\''X'\'''
+			// plus -oCompression=yes for ?compress=true, which falls back to
+			// none against this server.
 			name:       "as nix 2.8 invokes it",
-			args:       append(append([]string{"nix@127.0.0.1", "-x", "-a"}, common...), "/nix/var/nix/profiles/default/bin/nix-daemon --stdio --store '/tmp/some store'"),
+			args:       append(append([]string{"nix@127.0.0.1", "-x", "-a", "-oCompression=yes"}, common...), "/nix/var/nix/profiles/default/bin/nix-daemon --stdio --store '/tmp/some store'"),
 			stdin:      "protocol",
 			wantStdout: "locotorp",
 		},

@@ -44,9 +44,10 @@ type Server struct {
 	Handler        Handler
 	Logger         *slog.Logger // nil = discard
 
-	// HandshakeTimeout bounds the SSH handshake including authentication,
-	// and the wait for an exec request on a new session, so clients that
-	// stall cannot hold slots. Zero means 30s.
+	// HandshakeTimeout bounds each step before a handler runs: the SSH
+	// handshake including authentication, the wait for the first session
+	// channel, and the wait for its exec request. Clients that stall
+	// cannot hold connection slots. Zero means 30s.
 	HandshakeTimeout time.Duration
 	// MaxConnections caps open connections, including those still in the
 	// handshake; connections beyond it are closed on accept. Zero means 64.
@@ -65,9 +66,10 @@ type Server struct {
 
 // conn is the server's record of one TCP connection, guarded by Server.mu.
 type conn struct {
-	nc       net.Conn
-	sessions int
-	closed   bool
+	nc         net.Conn
+	sessions   int
+	hadSession bool
+	closed     bool
 }
 
 // ListenAndServe listens on the TCP address addr (":22" if empty) and calls
@@ -308,7 +310,20 @@ func (s *Server) startSession(c *conn) (bool, string) {
 		return false, fmt.Sprintf("session limit %d reached", limit)
 	}
 	c.sessions++
+	c.hadSession = true
 	return true, ""
+}
+
+// closeIfNeverUsed closes c if no session was ever opened on it.
+func (s *Server) closeIfNeverUsed(c *conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if c.hadSession || c.closed {
+		return false
+	}
+	c.nc.Close()
+	c.closed = true
+	return true
 }
 
 func (s *Server) endSession(c *conn) {
@@ -377,6 +392,13 @@ func (s *Server) serveConn(base context.Context, cfg *ssh.ServerConfig, c *conn)
 	_ = c.nc.SetDeadline(time.Time{})
 	log = log.With("user", sc.User(), "key", sc.Permissions.Extensions[fingerprintExt])
 	log.Info("authenticated", "client", clip(string(sc.ClientVersion())))
+
+	idle := time.AfterFunc(s.handshakeTimeout(), func() {
+		if s.closeIfNeverUsed(c) {
+			log.Info("closing connection: no session opened in time")
+		}
+	})
+	defer idle.Stop()
 
 	ctx, cancel := context.WithCancel(base)
 	defer cancel()

@@ -644,6 +644,43 @@ func TestHandshakeTimeout(t *testing.T) {
 	}
 }
 
+func TestConnectionWithoutSessionClosed(t *testing.T) {
+	env := startServer(t, reverseHandler, func(s *Server) { s.HandshakeTimeout = 200 * time.Millisecond })
+	idle := env.mustDial(t)
+	used := env.mustDial(t)
+	sess, err := used.NewSession()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sess.Close()
+	stdin, err := sess.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	sess.Stdout = &out
+	if err := sess.Start("nix-daemon --stdio"); err != nil {
+		t.Fatal(err)
+	}
+
+	done := make(chan error, 1)
+	go func() { done <- idle.Wait() }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("authenticated connection without a session stayed open")
+	}
+	// The connection running a session outlives the timeout.
+	io.WriteString(stdin, "still here")
+	stdin.Close()
+	if err := sess.Wait(); err != nil {
+		t.Fatalf("session on the used connection: %v", err)
+	}
+	if out.String() != reversed("still here") {
+		t.Fatalf("stdout %q", out.String())
+	}
+}
+
 func TestMaxConnections(t *testing.T) {
 	env := startServer(t, reverseHandler, func(s *Server) { s.MaxConnections = 1 })
 	first := env.mustDial(t)
