@@ -36,7 +36,8 @@ const (
 )
 
 // Server accepts SSH connections and runs Handler for every accepted
-// `nix-daemon --stdio` exec request. Set the exported fields before calling
+// `nix-daemon --stdio` exec request. A client is identified by its key
+// alone; any user name is accepted. Set the exported fields before calling
 // Serve and do not change them afterwards.
 type Server struct {
 	HostKey        ssh.Signer
