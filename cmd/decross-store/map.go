@@ -1,16 +1,212 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
+	"flag"
+	"fmt"
 	"io"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/decross-store/decross-store/mapping"
+	"github.com/decross-store/decross-store/pairing"
+	"github.com/decross-store/decross-store/upstream"
 )
 
-// Placeholder until the derivation pairing lands; replaced by the real command.
+// repeated collects a flag given several times, in order.
+type repeated []string
+
+func (r *repeated) String() string     { return strings.Join(*r, ",") }
+func (r *repeated) Set(s string) error { *r = append(*r, s); return nil }
+
+const mapUsage = `usage: decross-store map --native DRV --cross DRV [--native DRV --cross DRV ...]
+                         [--pairs FILE] [--host-suffix SUFFIX] [--upstream ADDR]
+                         [--allow-build-platform] [--strict] [-v] -o mapping.json
+
+Pairs each native derivation with the cross derivation built for it, walks
+both derivation graphs and writes the mapping for the runtime closure of the
+built cross outputs. Problems and build-platform leaks go to stderr.
+
+`
+
+// maxPairsFile bounds a --pairs file; a pair is two store paths.
+const maxPairsFile = 64 << 20
+
 func runMap(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	return errors.New("map: not available yet")
+	fs := flag.NewFlagSet("map", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() { fmt.Fprint(stderr, mapUsage); fs.PrintDefaults() }
+	var natives, crosses repeated
+	fs.Var(&natives, "native", "native `.drv` (repeat, in the order of --cross)")
+	fs.Var(&crosses, "cross", "cross `.drv` built for the --native at the same position")
+	pairsFile := fs.String("pairs", "", `JSON `+"`file`"+` with a list of {"native": DRV, "cross": DRV}`)
+	suffix := fs.String("host-suffix", "", "host platform suffix of cross names, e.g. -aarch64-unknown-linux-gnu (default: inferred from the roots)")
+	addr := fs.String("upstream", "daemon", "upstream store: daemon or unix:///path/to/socket")
+	allowBuild := fs.Bool("allow-build-platform", false, "map build-platform (x86_64) paths to the native path of the same name although their bytes differ")
+	strict := fs.Bool("strict", false, "exit with an error when there is any problem or leak")
+	verbose := fs.Bool("v", false, "list every path of the runtime closure")
+	out := fs.String("o", "", "write the mapping to `file` (- for stdout)")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	if *out == "" {
+		return errors.New("-o is required")
+	}
+	if len(natives) != len(crosses) {
+		return fmt.Errorf("%d --native but %d --cross: give them in pairs", len(natives), len(crosses))
+	}
+	var roots []pairing.Root
+	for i := range natives {
+		roots = append(roots, pairing.Root{Native: natives[i], Cross: crosses[i]})
+	}
+	if *pairsFile != "" {
+		more, err := readPairs(*pairsFile)
+		if err != nil {
+			return err
+		}
+		roots = append(roots, more...)
+	}
+	if len(roots) == 0 {
+		return errors.New("no derivations to pair: give --native and --cross, or --pairs")
+	}
+	store, err := upstream.Open(*addr)
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	opts := pairing.Options{HostSuffix: *suffix, AllowBuildPlatform: *allowBuild}
+	rep, err := pairing.Map(ctx, store, roots, opts)
+	if err != nil {
+		return err
+	}
+	if err := writeMapping(rep.Mapping, *out, stdout); err != nil {
+		return err
+	}
+	if *verbose {
+		if err := rep.WriteText(stderr); err != nil {
+			return err
+		}
+	} else if err := rep.WriteSummary(stderr); err != nil {
+		return err
+	}
+	fmt.Fprintf(stderr, "wrote %d entries to %s\n", rep.Mapping.Len(), *out)
+	if *strict && !rep.OK() {
+		return fmt.Errorf("%d problems, %d leaks", len(rep.Problems), len(rep.Leaks))
+	}
+	return nil
 }
 
+func readPairs(path string) ([]pairing.Root, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("read pairs: %w", err)
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxPairsFile+1))
+	if err != nil {
+		return nil, fmt.Errorf("read pairs %s: %w", path, err)
+	}
+	if len(b) > maxPairsFile {
+		return nil, fmt.Errorf("read pairs %s: larger than %d bytes", path, maxPairsFile)
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	var roots []pairing.Root
+	if err := dec.Decode(&roots); err != nil {
+		return nil, fmt.Errorf("read pairs %s: %w", path, err)
+	}
+	for i, r := range roots {
+		if r.Native == "" || r.Cross == "" {
+			return nil, fmt.Errorf("read pairs %s: pair %d needs both native and cross", path, i)
+		}
+	}
+	return roots, nil
+}
+
+// writeMapping writes through a temporary file so that a reader never sees
+// half a mapping.
+func writeMapping(m *mapping.Mapping, path string, stdout io.Writer) error {
+	if path == "-" {
+		return m.Write(stdout)
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".mapping-*.json")
+	if err != nil {
+		return fmt.Errorf("write mapping: %w", err)
+	}
+	defer os.Remove(tmp.Name())
+	if err := m.Write(tmp); err != nil {
+		tmp.Close()
+		return fmt.Errorf("write mapping %s: %w", path, err)
+	}
+	if err := tmp.Chmod(0o644); err != nil {
+		tmp.Close()
+		return fmt.Errorf("write mapping %s: %w", path, err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("write mapping %s: %w", path, err)
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return fmt.Errorf("write mapping: %w", err)
+	}
+	return nil
+}
+
+const checkUsage = `usage: decross-store check --mapping mapping.json [--upstream ADDR] [--host-suffix SUFFIX]
+
+Dry run: lists what the mapping would serve, the platform class of every
+path of the cross runtime closure, build-platform leaks with the files that
+hold them, and every problem. Exits with an error when there is a problem
+or a leak.
+
+`
+
 func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	return errors.New("check: not available yet")
+	fs := flag.NewFlagSet("check", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() { fmt.Fprint(stderr, checkUsage); fs.PrintDefaults() }
+	mapFile := fs.String("mapping", "", "mapping `file` to check")
+	suffix := fs.String("host-suffix", "", "host platform suffix of cross names (default: inferred from the mapping)")
+	addr := fs.String("upstream", "daemon", "upstream store: daemon or unix:///path/to/socket")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	if *mapFile == "" {
+		return errors.New("--mapping is required")
+	}
+	m, err := mapping.Load(*mapFile)
+	if err != nil {
+		return err
+	}
+	store, err := upstream.Open(*addr)
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	rep, err := pairing.Check(ctx, store, m, pairing.Options{HostSuffix: *suffix})
+	if err != nil {
+		return err
+	}
+	if err := rep.WriteText(stdout); err != nil {
+		return err
+	}
+	if !rep.OK() {
+		return fmt.Errorf("%s: %d problems, %d leaks", *mapFile, len(rep.Problems), len(rep.Leaks))
+	}
+	return nil
 }

@@ -3,13 +3,169 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
+	"fmt"
 	"io"
+	"log/slog"
+	"net"
+	"os"
+	"time"
+
+	"github.com/nix-community/go-nix/pkg/narinfo/signature"
+
+	"github.com/decross-store/decross-store/daemonproto"
+	"github.com/decross-store/decross-store/mapping"
+	"github.com/decross-store/decross-store/narcache"
+	"github.com/decross-store/decross-store/sshserver"
+	"github.com/decross-store/decross-store/store"
+	"github.com/decross-store/decross-store/upstream"
 )
 
-func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	return errors.New("serve: not available yet")
+type serveFlags struct {
+	listen, hostKey, authorizedKeys, mapping, signingKey, upstream, cacheDir string
+	stdio                                                                    bool
+	shutdownTimeout                                                          time.Duration
 }
 
-func runKeygen(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	return errors.New("keygen: not available yet")
+func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var f serveFlags
+	fs.StringVar(&f.listen, "listen", "127.0.0.1:2222", "SSH listen address")
+	fs.StringVar(&f.hostKey, "host-key", "state/ssh_host_ed25519_key", "OpenSSH host private key (an ed25519 key is generated if missing)")
+	fs.StringVar(&f.authorizedKeys, "authorized-keys", "", "OpenSSH authorized_keys file of the clients allowed in (required unless --stdio)")
+	fs.StringVar(&f.mapping, "mapping", "", "mapping file: native path -> cross path (required)")
+	fs.StringVar(&f.signingKey, "signing-key", "", "Nix secret signing key file (required)")
+	fs.StringVar(&f.upstream, "upstream", "daemon", "where cross paths are read: daemon (local nix-daemon socket) or unix:///path/to/socket")
+	fs.StringVar(&f.cacheDir, "cache-dir", "state/cache", "directory of rewritten NARs and their path info")
+	fs.BoolVar(&f.stdio, "stdio", false, "serve one worker-protocol session on stdin/stdout instead of SSH (for use behind OpenSSH as remote-program)")
+	fs.DurationVar(&f.shutdownTimeout, "shutdown-timeout", 30*time.Second, "how long to let sessions finish after SIGINT/SIGTERM")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	if f.mapping == "" || f.signingKey == "" {
+		return errors.New("--mapping and --signing-key are required")
+	}
+	if !f.stdio && f.authorizedKeys == "" {
+		return errors.New("--authorized-keys is required")
+	}
+
+	// In --stdio mode stdout is the protocol channel: logs go to stderr only.
+	logger := slog.New(slog.NewTextHandler(stderr, nil))
+	st, closeStore, err := openStore(f, logger)
+	if err != nil {
+		return err
+	}
+	defer closeStore()
+	proto := &daemonproto.Server{Store: st, Logger: logger, NixVersion: "decross-store"}
+
+	if f.stdio {
+		return proto.ServeConn(ctx, struct {
+			io.Reader
+			io.Writer
+		}{os.Stdin, os.Stdout})
+	}
+
+	hostKey, err := sshserver.LoadOrCreateHostKey(f.hostKey)
+	if err != nil {
+		return err
+	}
+	authorized, err := sshserver.LoadAuthorizedKeys(f.authorizedKeys)
+	if err != nil {
+		return err
+	}
+	srv := &sshserver.Server{
+		HostKey:        hostKey,
+		AuthorizedKeys: authorized,
+		Handler:        proto.ServeConn,
+		Logger:         logger,
+	}
+	l, err := net.Listen("tcp", f.listen)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	logger.Info("serving", "listen", l.Addr().String(), "mapping", f.mapping, "paths", mappingLen(st), "public-key", publicKeyOf(f.signingKey))
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(l) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	logger.Info("shutting down")
+	sctx, cancel := context.WithTimeout(context.Background(), f.shutdownTimeout)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		srv.Close()
+		return fmt.Errorf("shutdown: %w", err)
+	}
+	if err := <-errc; err != nil && !errors.Is(err, sshserver.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+// openStore assembles the store from the flags.
+func openStore(f serveFlags, logger *slog.Logger) (*store.Store, func(), error) {
+	m, err := mapping.Load(f.mapping)
+	if err != nil {
+		return nil, nil, err
+	}
+	key, err := loadSecretKey(f.signingKey)
+	if err != nil {
+		return nil, nil, err
+	}
+	up, err := upstream.Open(f.upstream)
+	if err != nil {
+		return nil, nil, err
+	}
+	cache, err := narcache.Open(f.cacheDir)
+	if err != nil {
+		up.Close()
+		return nil, nil, err
+	}
+	st, err := store.New(store.Config{
+		Mapping:    m,
+		Upstream:   up,
+		Cache:      cache,
+		SigningKey: key,
+		Logger:     logger,
+	})
+	if err != nil {
+		up.Close()
+		return nil, nil, err
+	}
+	return st, func() { up.Close() }, nil
+}
+
+func loadSecretKey(path string) (signature.SecretKey, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return signature.SecretKey{}, fmt.Errorf("signing key: %w", err)
+	}
+	k, err := signature.LoadSecretKey(string(trimSpace(b)))
+	if err != nil {
+		return signature.SecretKey{}, fmt.Errorf("signing key %s: %w", path, err)
+	}
+	return k, nil
+}
+
+func publicKeyOf(path string) string {
+	k, err := loadSecretKey(path)
+	if err != nil {
+		return ""
+	}
+	return k.ToPublicKey().String()
+}
+
+func mappingLen(st *store.Store) int { return st.MappedPaths() }
+
+func trimSpace(b []byte) []byte {
+	for len(b) > 0 && (b[len(b)-1] == '\n' || b[len(b)-1] == '\r' || b[len(b)-1] == ' ' || b[len(b)-1] == '\t') {
+		b = b[:len(b)-1]
+	}
+	return b
 }
