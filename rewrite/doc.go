@@ -2,9 +2,14 @@
 // the native path it stands in for, by replacing every occurrence of the
 // cross store paths with their native counterparts.
 //
-// A Rewriter streams: it reads one NAR token by token (go-nix's pkg/nar does
-// the structure work and validation) and keeps only bounded buffers, so
-// memory does not grow with the size of the NAR.
+// A Rewriter streams: it parses the NAR with a strict pull parser, keeps
+// only bounded buffers, so memory does not grow with the size of the NAR,
+// and writes the output with a matching encoder. Both are small and local
+// rather than go-nix's pkg/nar Reader and Writer: that Reader accepts
+// non-zero padding after tokens and truncation at a token boundary, and
+// allocates per token; that Writer fails on valid entry names starting with
+// "..". The parser is fuzzed against go-nix's Reader as an oracle
+// (FuzzNARReader), and go-nix's nar types are used for headers.
 //
 // # Matching
 //

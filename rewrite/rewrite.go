@@ -3,7 +3,6 @@ package rewrite
 import (
 	"bufio"
 	"bytes"
-	"errors"
 	"fmt"
 	"io"
 	"path"
@@ -27,7 +26,7 @@ const (
 	// chunkSize is how much of a large file is scanned per step. Large
 	// enough to amortise per-call costs, small enough to stay in L2.
 	chunkSize = 256 << 10
-	// writeBufSize batches go-nix's many tiny token writes.
+	// writeBufSize batches the many small token writes of the NAR encoder.
 	writeBufSize = 64 << 10
 )
 
@@ -166,113 +165,40 @@ type callState struct {
 	text  []byte
 	out   []byte
 	bw    *bufio.Writer
+	rd    narReader
+	enc   narEncoder
 	scan  leftoverScanner
-}
-
-// guardReader sits between go-nix's parser and the caller's reader. It lets
-// RewriteNAR cut the parser goroutine off when it returns early, so nothing
-// reads src afterwards, and it notices a premature end of src, which go-nix
-// lets through in two places: an end at a token boundary comes back as a
-// clean io.EOF, and errors reading a token's padding are dropped.
-type guardReader struct {
-	r         io.Reader
-	stopped   bool
-	truncated bool
-}
-
-var errStopped = errors.New("rewrite aborted")
-
-func (g *guardReader) Read(p []byte) (int, error) {
-	if g.stopped {
-		return 0, errStopped
-	}
-	n, err := g.r.Read(p)
-	if err == io.EOF {
-		// The parser asks for exactly the bytes it needs next, so on a
-		// complete NAR src may end only together with a full read.
-		if n < len(p) {
-			g.truncated = true
-			return n, io.ErrUnexpectedEOF
-		}
-		err = nil
-	}
-	return n, err
 }
 
 // RewriteNAR reads one NAR from src and writes its rewritten form to dst.
 // It reads exactly the NAR's bytes from src, nothing after it. On error dst
 // holds a partial NAR that must be discarded.
-func (r *Rewriter) RewriteNAR(dst io.Writer, src io.Reader) (err error) {
+func (r *Rewriter) RewriteNAR(dst io.Writer, src io.Reader) error {
 	st := r.states.Get().(*callState)
 	st.scan.set = r.forbidden
 	st.bw.Reset(dst)
 	defer func() {
 		st.bw.Reset(nil)
+		st.rd.reset(nil)
 		r.states.Put(st)
 	}()
 
-	g := &guardReader{r: src}
-	nr, err := nar.NewReader(g)
-	if err != nil {
-		return fmt.Errorf("read nar: %w", err)
-	}
-	readerDone := false
-	defer func() {
-		if readerDone {
-			return
-		}
-		// go-nix's Reader.Close lets its parser goroutine keep reading the
-		// rest of the stream. Instead, fail its reads and let it run into
-		// the error, which ends the goroutine.
-		g.stopped = true
-		for {
-			if _, err := nr.Next(); err != nil {
-				return
-			}
-		}
-	}()
-
-	nw, err := nar.NewWriter(st.bw)
-	if err != nil {
-		return fmt.Errorf("write nar: %w", err)
-	}
-	writerDone := false
-	defer func() {
-		if !writerDone {
-			_ = nw.Close() // only ends the writer goroutine; output is discarded
-		}
-	}()
-
-	prev := ""
+	st.rd.reset(src)
+	st.enc.reset(st.bw)
 	for {
-		hdr, err := nr.Next()
+		hdr, err := st.rd.Next()
 		if err == io.EOF {
-			readerDone = true
-			if g.truncated {
-				return fmt.Errorf("read nar: %w", io.ErrUnexpectedEOF)
-			}
 			break
 		}
 		if err != nil {
-			readerDone = true
 			return fmt.Errorf("read nar: %w", err)
 		}
-		if prev != "" && hdr.Path == prev {
-			// go-nix builds paths with path.Join, so an empty, "." or ".."
-			// name or a duplicate name shows up as a repeated path.
-			return fmt.Errorf("read nar: entry %q: duplicate or invalid name", hdr.Path)
-		}
-		prev = hdr.Path
-		if err := r.rewriteEntry(st, nr, nw, hdr); err != nil {
+		if err := r.rewriteEntry(st, hdr); err != nil {
 			return err
 		}
 	}
 
-	writerDone = true
-	if err := nw.Close(); err != nil {
-		return fmt.Errorf("write nar: %w", err)
-	}
-	if err := st.bw.Flush(); err != nil {
+	if err := st.enc.finish(); err != nil {
 		return fmt.Errorf("write nar: %w", err)
 	}
 	return nil
@@ -285,7 +211,7 @@ func narFile(p string) string {
 	return p
 }
 
-func (r *Rewriter) rewriteEntry(st *callState, nr *nar.Reader, nw *nar.Writer, hdr *nar.Header) error {
+func (r *Rewriter) rewriteEntry(st *callState, hdr *nar.Header) error {
 	file := narFile(hdr.Path)
 	if file != "" {
 		if h, ok := findForbidden(r.forbidden, []byte(path.Base(file))); ok {
@@ -294,7 +220,7 @@ func (r *Rewriter) rewriteEntry(st *callState, nr *nar.Reader, nw *nar.Writer, h
 	}
 	switch hdr.Type {
 	case nar.TypeDirectory:
-		if err := nw.WriteHeader(hdr); err != nil {
+		if err := st.enc.directory(hdr); err != nil {
 			return fmt.Errorf("write nar: %s: %w", hdr.Path, err)
 		}
 	case nar.TypeSymlink:
@@ -302,15 +228,14 @@ func (r *Rewriter) rewriteEntry(st *callState, nr *nar.Reader, nw *nar.Writer, h
 		if h, ok := findForbidden(r.forbidden, target); ok {
 			return &LeftoverError{File: file, HashPart: h}
 		}
-		out := &nar.Header{Path: hdr.Path, Type: nar.TypeSymlink, LinkTarget: string(target)}
-		if err := nw.WriteHeader(out); err != nil {
+		if err := st.enc.symlink(hdr, string(target)); err != nil {
 			return fmt.Errorf("write nar: %s: %w", hdr.Path, err)
 		}
 	case nar.TypeRegular:
 		if hdr.Size <= r.textMax {
-			return r.rewriteSmall(st, nr, nw, hdr)
+			return r.rewriteSmall(st, hdr)
 		}
-		return r.rewriteLarge(st, nr, nw, hdr)
+		return r.rewriteLarge(st, hdr)
 	default:
 		return fmt.Errorf("read nar: %s: unknown node type %q", hdr.Path, hdr.Type)
 	}
@@ -319,13 +244,13 @@ func (r *Rewriter) rewriteEntry(st *callState, nr *nar.Reader, nw *nar.Writer, h
 
 // rewriteSmall buffers a file of at most textMax bytes: exact when it is
 // text, padded in place when it holds a NUL.
-func (r *Rewriter) rewriteSmall(st *callState, nr *nar.Reader, nw *nar.Writer, hdr *nar.Header) error {
+func (r *Rewriter) rewriteSmall(st *callState, hdr *nar.Header) error {
 	file := narFile(hdr.Path)
 	if int64(cap(st.text)) < hdr.Size {
 		st.text = make([]byte, hdr.Size)
 	}
 	in := st.text[:hdr.Size]
-	if _, err := io.ReadFull(nr, in); err != nil {
+	if _, err := io.ReadFull(&st.rd, in); err != nil {
 		return fmt.Errorf("read nar: %s: %w", hdr.Path, unexpected(err))
 	}
 	var out []byte
@@ -339,21 +264,22 @@ func (r *Rewriter) rewriteSmall(st *callState, nr *nar.Reader, nw *nar.Writer, h
 	if h, ok := findForbidden(r.forbidden, out); ok {
 		return &LeftoverError{File: file, HashPart: h}
 	}
-	o := &nar.Header{Path: hdr.Path, Type: nar.TypeRegular, Size: int64(len(out)), Executable: hdr.Executable}
-	if err := nw.WriteHeader(o); err != nil {
+	if err := st.enc.beginFile(hdr, int64(len(out))); err != nil {
 		return fmt.Errorf("write nar: %s: %w", hdr.Path, err)
 	}
-	if _, err := nw.Write(out); err != nil {
+	if err := st.enc.write(out); err != nil {
+		return fmt.Errorf("write nar: %s: %w", hdr.Path, err)
+	}
+	if err := st.enc.endFile(); err != nil {
 		return fmt.Errorf("write nar: %s: %w", hdr.Path, err)
 	}
 	return nil
 }
 
 // rewriteLarge streams a file through the chunk buffer, padding in place.
-func (r *Rewriter) rewriteLarge(st *callState, nr *nar.Reader, nw *nar.Writer, hdr *nar.Header) error {
+func (r *Rewriter) rewriteLarge(st *callState, hdr *nar.Header) error {
 	file := narFile(hdr.Path)
-	o := &nar.Header{Path: hdr.Path, Type: nar.TypeRegular, Size: hdr.Size, Executable: hdr.Executable}
-	if err := nw.WriteHeader(o); err != nil {
+	if err := st.enc.beginFile(hdr, hdr.Size); err != nil {
 		return fmt.Errorf("write nar: %s: %w", hdr.Path, err)
 	}
 	st.scan.reset()
@@ -363,7 +289,7 @@ func (r *Rewriter) rewriteLarge(st *callState, nr *nar.Reader, nw *nar.Writer, h
 	for {
 		want := min(int64(len(buf)-n), remaining)
 		if want > 0 {
-			m, err := io.ReadFull(nr, buf[n:n+int(want)])
+			m, err := io.ReadFull(&st.rd, buf[n:n+int(want)])
 			if err != nil {
 				return fmt.Errorf("read nar: %s: %w", hdr.Path, unexpected(err))
 			}
@@ -375,11 +301,14 @@ func (r *Rewriter) rewriteLarge(st *callState, nr *nar.Reader, nw *nar.Writer, h
 		if h, ok := st.scan.write(buf[:done]); ok {
 			return &LeftoverError{File: file, HashPart: h}
 		}
-		if _, err := nw.Write(buf[:done]); err != nil {
+		if err := st.enc.write(buf[:done]); err != nil {
 			return fmt.Errorf("write nar: %s: %w", hdr.Path, err)
 		}
 		n = copy(buf, buf[done:n])
 		if final && n == 0 {
+			if err := st.enc.endFile(); err != nil {
+				return fmt.Errorf("write nar: %s: %w", hdr.Path, err)
+			}
 			return nil
 		}
 	}

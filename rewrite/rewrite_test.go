@@ -124,6 +124,11 @@ func TestRewriteNAR(t *testing.T) {
 			want: reg(""),
 		},
 		{
+			name: "entry names starting with two dots are valid",
+			in:   dir(ent{"...", reg("")}, ent{"..data", dir(ent{"..x", sym(glibcX)})}, ent{"a", reg("")}),
+			want: dir(ent{"...", reg("")}, ent{"..data", dir(ent{"..x", sym(glibcN)})}, ent{"a", reg("")}),
+		},
+		{
 			name: "empty directory",
 			in:   dir(),
 			want: dir(),
@@ -418,7 +423,15 @@ func TestRewriteNARRejectsInvalid(t *testing.T) {
 		{"duplicate names", narOf(dir(ent{"a", reg("x")}, ent{"a", reg("y")}))},
 		{"unsorted entries", narOf(dir(ent{"b", reg("x")}, ent{"a", reg("y")}))},
 		{"unsorted nested", narOf(dir(ent{"a", dir(ent{"y", reg("")}, ent{"x", reg("")})}))},
-		{"non-zero padding", badPadding},
+		{"non-zero content padding", badPadding},
+		{"non-zero token padding", func() []byte {
+			b := narOf(reg(""))
+			b[len(b)-1] = '0' // the padding of the final ")"
+			return b
+		}()},
+		{"empty symlink target", narOf(sym(""))},
+		{"executable without placeholder", narOf(node{"(", "type", "regular", "executable", "contents", "", ")"})},
+		{"entry in a file", narOf(node{"(", "type", "regular", "contents", "", "entry", ")"})},
 		{"huge content length", append(narOf(node{"(", "type", "regular", "contents"}), 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff)},
 		{"huge name length", append(narOf(node{"(", "type", "directory", "entry", "(", "name"}), 0, 0, 0, 0, 0, 0, 0, 1)},
 	}

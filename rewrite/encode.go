@@ -1,0 +1,176 @@
+package rewrite
+
+import (
+	"bufio"
+	"encoding/binary"
+	"fmt"
+	"path"
+
+	"github.com/nix-community/go-nix/pkg/nar"
+)
+
+// narEncoder writes a NAR from headers in NAR order, as narReader returns
+// them. It replaces go-nix's Writer, which mistakes entry names that start
+// with ".." (valid, e.g. "..data") for a step up the tree and fails on
+// them, and which needs a goroutine and channel round trips per header.
+// Names and order have already been validated on the reading side.
+type narEncoder struct {
+	w    *bufio.Writer
+	dirs []string // open directories, innermost last
+	left int64    // content bytes still expected for the current file
+	size int64    // size of the current file
+	file bool     // inside a regular file's contents
+	root bool     // the root node has been written
+	err  error    // first write error; everything after it is dropped
+}
+
+func (e *narEncoder) reset(w *bufio.Writer) {
+	*e = narEncoder{w: w, dirs: e.dirs[:0]}
+	e.str("nix-archive-1")
+}
+
+func (e *narEncoder) str(s string) {
+	if e.err != nil {
+		return
+	}
+	var n [8]byte
+	binary.LittleEndian.PutUint64(n[:], uint64(len(s)))
+	if _, e.err = e.w.Write(n[:]); e.err != nil {
+		return
+	}
+	if _, e.err = e.w.WriteString(s); e.err != nil {
+		return
+	}
+	e.pad(int64(len(s)))
+}
+
+func (e *narEncoder) pad(n int64) {
+	var zero [8]byte
+	if m := n % 8; m != 0 {
+		_, e.err = e.w.Write(zero[m:])
+	}
+}
+
+// begin opens the node for h: closes finished directories and writes the
+// entry and node preamble.
+func (e *narEncoder) begin(h *nar.Header) error {
+	if e.file {
+		return fmt.Errorf("%s: previous file incomplete", h.Path)
+	}
+	if !e.root {
+		if h.Path != "/" {
+			return fmt.Errorf("%s: first node must be the root", h.Path)
+		}
+		e.root = true
+	} else {
+		parent := path.Dir(h.Path)
+		for len(e.dirs) > 0 && e.dirs[len(e.dirs)-1] != parent {
+			e.closeDir()
+		}
+		if len(e.dirs) == 0 {
+			return fmt.Errorf("%s: parent directory is not open", h.Path)
+		}
+		e.str("entry")
+		e.str("(")
+		e.str("name")
+		e.str(path.Base(h.Path))
+		e.str("node")
+	}
+	e.str("(")
+	e.str("type")
+	e.str(string(h.Type))
+	return e.err
+}
+
+func (e *narEncoder) closeDir() {
+	e.dirs = e.dirs[:len(e.dirs)-1]
+	e.str(")") // the directory node
+	if len(e.dirs) > 0 {
+		e.str(")") // its entry
+	}
+}
+
+// endNode closes a non-directory node and, below the root, its entry.
+func (e *narEncoder) endNode() {
+	e.str(")")
+	if len(e.dirs) > 0 {
+		e.str(")")
+	}
+}
+
+func (e *narEncoder) directory(h *nar.Header) error {
+	if err := e.begin(h); err != nil {
+		return err
+	}
+	e.dirs = append(e.dirs, h.Path)
+	return e.err
+}
+
+func (e *narEncoder) symlink(h *nar.Header, target string) error {
+	if err := e.begin(h); err != nil {
+		return err
+	}
+	e.str("target")
+	e.str(target)
+	e.endNode()
+	return e.err
+}
+
+// beginFile starts a regular file of size bytes; its contents follow through
+// write, and endFile closes it.
+func (e *narEncoder) beginFile(h *nar.Header, size int64) error {
+	if err := e.begin(h); err != nil {
+		return err
+	}
+	if h.Executable {
+		e.str("executable")
+		e.str("")
+	}
+	e.str("contents")
+	if e.err != nil {
+		return e.err
+	}
+	var n [8]byte
+	binary.LittleEndian.PutUint64(n[:], uint64(size))
+	_, e.err = e.w.Write(n[:])
+	e.file, e.left, e.size = true, size, size
+	return e.err
+}
+
+func (e *narEncoder) write(p []byte) error {
+	if !e.file || int64(len(p)) > e.left {
+		return fmt.Errorf("file contents exceed the announced %d bytes", e.size)
+	}
+	if e.err != nil {
+		return e.err
+	}
+	_, e.err = e.w.Write(p)
+	e.left -= int64(len(p))
+	return e.err
+}
+
+func (e *narEncoder) endFile() error {
+	if !e.file || e.left != 0 {
+		return fmt.Errorf("file contents %d bytes short of the announced %d", e.left, e.size)
+	}
+	e.file = false
+	if e.err == nil {
+		e.pad(e.size)
+	}
+	e.endNode()
+	return e.err
+}
+
+// finish closes all open directories and flushes.
+func (e *narEncoder) finish() error {
+	if e.file || !e.root {
+		return fmt.Errorf("incomplete NAR")
+	}
+	for len(e.dirs) > 0 {
+		e.closeDir()
+	}
+	if e.err != nil {
+		return e.err
+	}
+	return e.w.Flush()
+}

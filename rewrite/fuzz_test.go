@@ -1,0 +1,218 @@
+package rewrite
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/nix-community/go-nix/pkg/nar"
+)
+
+const fuzzTextMax = 40
+
+// fuzzSeeds are the seed NARs; TestFuzzSeeds keeps testdata/fuzz in sync.
+func fuzzSeeds() map[string][]byte {
+	return map[string][]byte{
+		"binary":    narOf(exe("\x7fELF\x00" + glibcX + "/lib/ld.so\x00" + helloX)),
+		"text":      narOf(exe("#!" + bashX + "/bin/sh\n")),
+		"symlink":   narOf(sym(glibcX + "/lib")),
+		"leftover":  narOf(reg("\x00/nix/store/" + hashOf(glibcX) + "-glibc-2.35")),
+		"dotdot":    narOf(dir(ent{"..", reg("x")})),
+		"unsorted":  narOf(dir(ent{"b", reg("")}, ent{"a", reg("")})),
+		"truncated": narOf(dir(ent{"a", reg("abc")}))[:100],
+		"tree": narOf(dir(
+			ent{"..data", reg("")},
+			ent{"bin", dir(ent{"hello", exe(strings.Repeat("\x00"+glibcX, 3))}, ent{"sh", sym(bashX + "/bin/sh")})},
+			ent{"empty", dir()},
+			ent{"lib", dir(ent{"libfoo.so", reg(libfooX + "/lib\x00")})},
+		)),
+	}
+}
+
+// TestFuzzSeeds checks the committed seed corpus; regenerate it with
+// go test ./rewrite -run TestFuzzSeeds -update.
+func TestFuzzSeeds(t *testing.T) {
+	for _, target := range []string{"FuzzRewriteNAR", "FuzzNARReader"} {
+		checkSeeds(t, target)
+	}
+}
+
+func checkSeeds(t *testing.T, target string) {
+	for name, data := range fuzzSeeds() {
+		file := filepath.Join("testdata", "fuzz", target, name)
+		want := fmt.Appendf(nil, "go test fuzz v1\n[]byte(%q)\n", data)
+		if *update {
+			if err := os.MkdirAll(filepath.Dir(file), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(file, want, 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		got, err := os.ReadFile(file)
+		if err != nil || !bytes.Equal(got, want) {
+			t.Errorf("%s is missing or stale; run: go test ./rewrite -run TestFuzzSeeds -update", file)
+		}
+	}
+}
+
+func FuzzRewriteNAR(f *testing.F) {
+	r, err := New(testRepls, Options{TextMax: fuzzTextMax, Forbidden: []string{other}})
+	if err != nil {
+		f.Fatal(err)
+	}
+	r.chunk = 16 // many buffer boundaries even in small inputs
+	identity, err := New(nil, Options{})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		src := bytes.NewReader(data)
+		var out bytes.Buffer
+		err := r.RewriteNAR(&out, src)
+
+		var idOut bytes.Buffer
+		idSrc := bytes.NewReader(data)
+		idErr := identity.RewriteNAR(&idOut, idSrc)
+		var le *LeftoverError
+		switch {
+		case err == nil && idErr != nil:
+			t.Fatalf("rewriting accepted what the identity rewrite rejects: %v", idErr)
+		case errors.As(err, &le):
+			// A leftover may be found before a structural error further on.
+		case err != nil && idErr == nil:
+			t.Fatalf("rewriting rejected what the identity rewrite accepts: %v", err)
+		}
+		if idErr != nil {
+			return
+		}
+		consumed := data[:len(data)-idSrc.Len()]
+		if !bytes.Equal(idOut.Bytes(), consumed) {
+			t.Fatalf("identity rewrite changed the NAR\n in: %q\nout: %q", consumed, idOut.Bytes())
+		}
+		if len(data)-src.Len() != len(consumed) && err == nil {
+			t.Fatalf("rewrite consumed %d bytes, identity %d", len(data)-src.Len(), len(consumed))
+		}
+		if err != nil {
+			return
+		}
+
+		in, perr := parseNAR(consumed)
+		if perr != nil {
+			t.Fatalf("go-nix rejects an input the rewriter accepted: %v", perr)
+		}
+		got, perr := parseNAR(out.Bytes())
+		if perr != nil {
+			t.Fatalf("output is not a valid NAR: %v", perr)
+		}
+		if len(in) != len(got) {
+			t.Fatalf("%d entries in, %d out", len(in), len(got))
+		}
+		for i := range in {
+			a, b := in[i], got[i]
+			if a.Path != b.Path || a.Type != b.Type || a.Executable != b.Executable {
+				t.Fatalf("entry %d: %+v became %+v", i, a, b)
+			}
+			binary := len(a.Contents) > fuzzTextMax || strings.IndexByte(a.Contents, 0) >= 0
+			if a.Type == "regular" && binary && len(a.Contents) != len(b.Contents) {
+				t.Fatalf("%s: binary file size %d became %d", a.Path, len(a.Contents), len(b.Contents))
+			}
+			if len(b.Contents) > len(a.Contents) || len(b.Target) > len(a.Target) {
+				t.Fatalf("%s grew", a.Path)
+			}
+		}
+	})
+}
+
+// FuzzNARReader holds narReader to go-nix's Reader: whatever narReader
+// accepts, go-nix reads the same way and it re-encodes to the same bytes;
+// whatever go-nix accepts and re-encodes to the input, narReader accepts.
+func FuzzNARReader(f *testing.F) {
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var p narReader
+		src := bytes.NewReader(data)
+		p.reset(src)
+		mine, err := readAll(&p)
+		theirs, terr := parseNAR(data)
+		if err == nil {
+			if terr != nil {
+				t.Fatalf("narReader accepted what go-nix rejects: %v", terr)
+			}
+			if fmt.Sprint(mine) != fmt.Sprint(theirs) {
+				t.Fatalf("entries differ\n  mine: %+v\ngo-nix: %+v", mine, theirs)
+			}
+			enc, eerr := encodeEntries(mine)
+			consumed := data[:len(data)-src.Len()]
+			if eerr != nil || !bytes.Equal(enc, consumed) {
+				t.Fatalf("accepted a NAR that does not re-encode to itself (%v)", eerr)
+			}
+			return
+		}
+		if terr != nil {
+			return
+		}
+		for _, e := range theirs {
+			if e.Type == "symlink" && e.Target == "" {
+				return // rejected on purpose: no such symlink can exist
+			}
+		}
+		enc, eerr := encodeEntries(theirs)
+		if eerr == nil && bytes.HasPrefix(data, enc) {
+			t.Fatalf("narReader rejected a canonical NAR go-nix accepts: %v", err)
+		}
+	})
+}
+
+func readAll(p *narReader) ([]entry, error) {
+	var es []entry
+	for {
+		h, err := p.Next()
+		if err == io.EOF {
+			return es, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		c, err := io.ReadAll(p)
+		if err != nil {
+			return nil, err
+		}
+		es = append(es, entry{h.Path, h.Type, h.LinkTarget, h.Executable, string(c)})
+	}
+}
+
+func encodeEntries(es []entry) ([]byte, error) {
+	var out bytes.Buffer
+	bw := bufio.NewWriter(&out)
+	var e narEncoder
+	e.reset(bw)
+	for _, x := range es {
+		h := &nar.Header{Path: x.Path, Type: x.Type, Executable: x.Executable}
+		var err error
+		switch x.Type {
+		case nar.TypeDirectory:
+			err = e.directory(h)
+		case nar.TypeSymlink:
+			err = e.symlink(h, x.Target)
+		default:
+			if err = e.beginFile(h, int64(len(x.Contents))); err == nil {
+				if err = e.write([]byte(x.Contents)); err == nil {
+					err = e.endFile()
+				}
+			}
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	if err := e.finish(); err != nil {
+		return nil, err
+	}
+	return out.Bytes(), nil
+}
