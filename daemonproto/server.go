@@ -110,6 +110,9 @@ func (s *Server) ServeConn(ctx context.Context, rw io.ReadWriter) error {
 		w:   wireWriter{w: bufio.NewWriterSize(rw, ioBufferSize)},
 	}
 	if err := c.handshake(); err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
 		if errors.Is(err, io.EOF) {
 			return nil
 		}
@@ -122,6 +125,9 @@ func (s *Server) ServeConn(ctx context.Context, rw io.ReadWriter) error {
 		}
 		op, err := c.r.first()
 		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
 			if errors.Is(err, io.EOF) {
 				return nil
 			}
