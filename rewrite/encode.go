@@ -22,6 +22,8 @@ type narEncoder struct {
 	file bool     // inside a regular file's contents
 	root bool     // the root node has been written
 	err  error    // first write error; everything after it is dropped
+	num  [8]byte  // scratch; a local would escape to the heap
+	zero [8]byte
 }
 
 func (e *narEncoder) reset(w *bufio.Writer) {
@@ -33,9 +35,8 @@ func (e *narEncoder) str(s string) {
 	if e.err != nil {
 		return
 	}
-	var n [8]byte
-	binary.LittleEndian.PutUint64(n[:], uint64(len(s)))
-	if _, e.err = e.w.Write(n[:]); e.err != nil {
+	binary.LittleEndian.PutUint64(e.num[:], uint64(len(s)))
+	if _, e.err = e.w.Write(e.num[:]); e.err != nil {
 		return
 	}
 	if _, e.err = e.w.WriteString(s); e.err != nil {
@@ -45,9 +46,8 @@ func (e *narEncoder) str(s string) {
 }
 
 func (e *narEncoder) pad(n int64) {
-	var zero [8]byte
 	if m := n % 8; m != 0 {
-		_, e.err = e.w.Write(zero[m:])
+		_, e.err = e.w.Write(e.zero[m:])
 	}
 }
 
@@ -130,9 +130,8 @@ func (e *narEncoder) beginFile(h *nar.Header, size int64) error {
 	if e.err != nil {
 		return e.err
 	}
-	var n [8]byte
-	binary.LittleEndian.PutUint64(n[:], uint64(size))
-	_, e.err = e.w.Write(n[:])
+	binary.LittleEndian.PutUint64(e.num[:], uint64(size))
+	_, e.err = e.w.Write(e.num[:])
 	e.file, e.left, e.size = true, size, size
 	return e.err
 }

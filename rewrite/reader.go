@@ -33,6 +33,7 @@ type narReader struct {
 	size  int64      // size of the current file
 	hdr   nar.Header // reused for every entry
 	err   error      // sticky: once set, returned by every call
+	pad   [8]byte    // scratch for padding; a local would escape to the heap
 	buf   [targetMax + 1]byte
 }
 
@@ -130,14 +131,18 @@ func (p *narReader) next() (*nar.Header, error) {
 		if top.prev != "" && string(nb) <= top.prev {
 			return nil, fmt.Errorf("%s: entry %q after %q: not sorted or duplicate", top.path, nb, top.prev)
 		}
-		top.prev = string(nb)
+		// One allocation for the path; the name is its tail.
+		var path string
+		if top.path == "/" {
+			path = "/" + string(nb)
+		} else {
+			path = top.path + "/" + string(nb)
+		}
+		top.prev = path[len(path)-len(nb):]
 		if err := p.expect("node"); err != nil {
 			return nil, err
 		}
-		if top.path == "/" {
-			return p.node("/" + top.prev)
-		}
-		return p.node(top.path + "/" + top.prev)
+		return p.node(path)
 	}
 }
 
@@ -311,15 +316,14 @@ func (p *narReader) expect(want string) error {
 }
 
 func (p *narReader) padding(n int64) error {
-	var pad [8]byte
 	m := n % 8
 	if m == 0 {
 		return nil
 	}
-	if err := p.full(pad[m:]); err != nil {
+	if err := p.full(p.pad[m:]); err != nil {
 		return err
 	}
-	for _, c := range pad[m:] {
+	for _, c := range p.pad[m:] {
 		if c != 0 {
 			return errors.New("non-zero padding")
 		}
