@@ -471,8 +471,8 @@ func TestRewriteNARReadsExactlyTheNAR(t *testing.T) {
 	}
 }
 
-// TestRewriteNARStopsReadingOnError checks that an early return neither
-// leaks go-nix's parser goroutines nor leaves them reading src.
+// TestRewriteNARStopsReadingOnError checks that an early return leaves no
+// goroutine behind that could go on reading src.
 func TestRewriteNARStopsReadingOnError(t *testing.T) {
 	r := mustNew(t, testRepls, Options{})
 	in := narOf(dir(
