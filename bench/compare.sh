@@ -21,7 +21,8 @@ work=$(mktemp -d /tmp/decross-bench.XXXXXX)
 trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
 export NIX_CONFIG=$'experimental-features = nix-command\nsandbox = false\nsubstituters ='
 export NIX_REMOTE=daemon
-nix store ping --store daemon >/dev/null 2>&1 || { setsid nix-daemon >/tmp/nix-daemon.log 2>&1 </dev/null & sleep 1; }
+# The daemon itself must not have NIX_REMOTE=daemon: it would connect to itself.
+nix store ping --store daemon >/dev/null 2>&1 || { env -u NIX_REMOTE setsid nix-daemon >/tmp/nix-daemon.log 2>&1 </dev/null & sleep 1; }
 
 echo "bench: building a $size MiB path" >&2
 attr() { nix-build --no-out-link bench/big.nix --arg cross true --arg sizeMiB "$size" -A "$1"; }
