@@ -125,7 +125,11 @@ func Pair(native, cross *Graph, roots []Root, opts Options) (*Pairing, error) {
 		}
 	}
 	if suffix == "" {
-		return nil, fmt.Errorf("pair: cannot infer the host suffix: no root pair differs by one; pass it explicitly")
+		s, err := inferFromInputs(native, cross, roots)
+		if err != nil {
+			return nil, fmt.Errorf("pair: cannot infer the host suffix: %w; pass it explicitly", err)
+		}
+		suffix = s
 	}
 	p := &Pairing{
 		HostSuffix: suffix,
@@ -199,6 +203,64 @@ func Pair(native, cross *Graph, roots []Root, opts Options) (*Pairing, error) {
 	}
 	p.buildOnly = buildOnly(cross, roots)
 	return p, nil
+}
+
+// inferFromInputs finds the host suffix when the roots carry none (a script
+// package): it descends through inputs of equal names, level by level, and
+// takes the suffix that most input names of the first informative level
+// agree on.
+func inferFromInputs(native, cross *Graph, roots []Root) (string, error) {
+	type job struct{ n, c string }
+	level := make([]job, 0, len(roots))
+	for _, r := range roots {
+		level = append(level, job{r.Native, r.Cross})
+	}
+	seen := map[string]bool{}
+	for depth := 0; depth < 8 && len(level) > 0; depth++ {
+		votes := map[string]int{}
+		var next []job
+		for _, j := range level {
+			nd, _ := native.Derivation(j.n)
+			cd, _ := cross.Derivation(j.c)
+			byName := map[string]string{}
+			for ni := range nd.InputDerivations {
+				nid, _ := native.Derivation(ni)
+				byName[nid.Name()] = ni
+			}
+			for ci := range cd.InputDerivations {
+				cid, _ := cross.Derivation(ci)
+				if ni, ok := byName[cid.Name()]; ok {
+					if !seen[ci] {
+						seen[ci] = true
+						next = append(next, job{ni, ci})
+					}
+					continue
+				}
+				for nn := range byName {
+					if s, err := InferHostSuffix(nn, cid.Name()); err == nil && s != "" {
+						votes[s]++
+					}
+				}
+			}
+		}
+		best, bestN, tie := "", 0, false
+		for _, s := range sortedKeys(votes) {
+			switch n := votes[s]; {
+			case n > bestN:
+				best, bestN, tie = s, n, false
+			case n == bestN:
+				tie = true
+			}
+		}
+		if tie {
+			return "", fmt.Errorf("input names suggest several suffixes (%v)", votes)
+		}
+		if best != "" {
+			return best, nil
+		}
+		level = next
+	}
+	return "", fmt.Errorf("no root or input pair differs by one")
 }
 
 func (p *Pairing) fail(f Failure) {

@@ -171,10 +171,24 @@ func TestPair(t *testing.T) {
 			wantPairErr: "",
 		},
 		{
+			name: "suffix inferred from the inputs of a root without one",
+			native: []spec{
+				{key: "lib", name: "libx-1.0"},
+				{key: "data", name: "data-1.0"},
+				{key: "hello", name: "wrapper-1.0", inputs: []string{"lib", "data"}},
+			},
+			cross: []spec{
+				{key: "lib", name: "libx-" + suffix + "-1.0"},
+				{key: "data", name: "data-1.0"},
+				{key: "hello", name: "wrapper-1.0", inputs: []string{"lib", "data"}},
+			},
+			want: want{"hello": "hello", "lib": "lib", "data": "data"},
+		},
+		{
 			name:        "no suffix to infer",
 			native:      []spec{{key: "hello", name: "hello-2.12"}},
 			cross:       []spec{{key: "hello", name: "hello-2.12"}},
-			wantPairErr: "cannot infer the host suffix",
+			wantPairErr: "cannot infer the host suffix: no root or input pair differs by one",
 		},
 		{
 			name:        "roots that are not the same package",

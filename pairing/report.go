@@ -481,7 +481,12 @@ func dedupe(ss []string) []string {
 
 // WriteText writes the report for people: served paths with their class,
 // leaks with the files holding them, then problems.
-func (r *Report) WriteText(w io.Writer) error {
+func (r *Report) WriteText(w io.Writer) error { return r.write(w, true) }
+
+// WriteSummary is WriteText without the list of paths.
+func (r *Report) WriteSummary(w io.Writer) error { return r.write(w, false) }
+
+func (r *Report) write(w io.Writer, paths bool) error {
 	var b strings.Builder
 	var served, ca int
 	for _, p := range r.Paths {
@@ -494,6 +499,9 @@ func (r *Report) WriteText(w io.Writer) error {
 	}
 	fmt.Fprintf(&b, "runtime closure: %d paths, %d mapped, %d content-addressed\n", len(r.Paths), served, ca)
 	for _, p := range r.Paths {
+		if !paths {
+			break
+		}
 		switch {
 		case p.Native != "":
 			fmt.Fprintf(&b, "  serve %s\n     from %s\n", p.Native, p.Cross)
