@@ -131,7 +131,7 @@ func EnsureDaemon(t *testing.T) string {
 	// Not CommandContext: the daemon must outlive this test. Its output
 	// goes to a file, not a pipe, so that go test does not wait for it.
 	cmd := exec.Command("nix-daemon")
-	cmd.Env = NixEnv()
+	cmd.Env = daemonEnv()
 	cmd.Stdout = logFile
 	cmd.Stderr = logFile
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
@@ -154,7 +154,25 @@ func EnsureDaemon(t *testing.T) string {
 	return DaemonSocket
 }
 
+// daemonEnv is NixEnv without NIX_REMOTE: a daemon whose own store is
+// "daemon" would serve every request by connecting to itself, recursively,
+// until the process table is full.
+func daemonEnv() []string {
+	env := NixEnv()
+	out := env[:0]
+	for _, kv := range env {
+		if !strings.HasPrefix(kv, "NIX_REMOTE=") {
+			out = append(out, kv)
+		}
+	}
+	return out
+}
+
+// daemonAnswers reports whether a daemon completes a ping. A wedged daemon
+// accepts connections but never replies, hence the short timeout.
 func daemonAnswers(ctx context.Context) bool {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
 	_, err := nixCommand(ctx, "nix", "store", "ping", "--store", "daemon")
 	return err == nil
 }

@@ -56,7 +56,8 @@ if ! getent group nixbld >/dev/null; then
 fi
 
 socket=/nix/var/nix/daemon-socket/socket
-daemon_answers() { nix store ping --store daemon >/dev/null 2>&1; }
+# A wedged daemon accepts connections but never replies: bound the wait.
+daemon_answers() { timeout 5 nix store ping --store daemon >/dev/null 2>&1; }
 if daemon_answers; then
 	log "nix-daemon answers on $socket"
 else
