@@ -100,6 +100,9 @@ func walkClosure(ctx context.Context, store Store, roots []string) (*closure, []
 	for len(queue) > 0 {
 		p := queue[0]
 		queue = queue[1:]
+		if err := ctx.Err(); err != nil {
+			return nil, nil, fmt.Errorf("runtime closure: %w", err)
+		}
 		if len(c.info) >= MaxClosure {
 			return nil, nil, fmt.Errorf("runtime closure: more than %d paths", MaxClosure)
 		}
@@ -122,6 +125,9 @@ func walkClosure(ctx context.Context, store Store, roots []string) (*closure, []
 	}
 	sort.Strings(c.paths)
 	for _, p := range c.paths {
+		if err := ctx.Err(); err != nil {
+			return nil, nil, fmt.Errorf("scan %s: %w", p, err)
+		}
 		res, err := scanPath(ctx, store, c.info[p])
 		if err != nil {
 			return nil, nil, err
