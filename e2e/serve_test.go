@@ -22,6 +22,7 @@ import (
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 
 	"github.com/decross-store/decross-store/mapping"
+	"github.com/decross-store/decross-store/pathinfo"
 )
 
 var (
@@ -301,7 +302,12 @@ func TestServeOverSSH(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		fp := fmt.Sprintf("1;%s;%s;%d;%s", info.Path, info.NarHash, info.NarSize, strings.Join(info.References, ","))
+		narHash, err := pathinfo.ParseNarHash(info.NarHash)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The fingerprint as Nix computes it, hash in nixbase32.
+		fp := fmt.Sprintf("1;%s;%s;%d;%s", info.Path, narHash, info.NarSize, strings.Join(info.References, ","))
 		if !pk.Verify(fp, sig) {
 			t.Errorf("signature %s does not verify for %q", info.Signatures[0], fp)
 		}

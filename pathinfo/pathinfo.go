@@ -3,6 +3,7 @@ package pathinfo
 import (
 	"crypto/rand"
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/hex"
 	"fmt"
 	"sort"
@@ -24,9 +25,18 @@ func (h NarHash) Hex() string { return hex.EncodeToString(h[:]) }
 func (h NarHash) String() string { return "sha256:" + nixbase32.EncodeToString(h[:]) }
 
 // ParseNarHash accepts the encodings Nix accepts for a SHA-256 narHash:
-// bare hex (the worker protocol), and "sha256:" followed by hex or nixbase32.
+// bare hex (the worker protocol), "sha256:" followed by hex or nixbase32,
+// and SRI ("sha256-<base64>", what nix path-info --json prints).
 func ParseNarHash(s string) (NarHash, error) {
 	var h NarHash
+	if sri, ok := strings.CutPrefix(s, "sha256-"); ok {
+		b, err := base64.StdEncoding.DecodeString(sri)
+		if err != nil || len(b) != sha256.Size {
+			return h, fmt.Errorf("parse nar hash %q: not a sha256 SRI hash", s)
+		}
+		copy(h[:], b)
+		return h, nil
+	}
 	body := strings.TrimPrefix(s, "sha256:")
 	switch len(body) {
 	case hex.EncodedLen(sha256.Size):

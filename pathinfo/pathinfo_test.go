@@ -16,13 +16,13 @@ func TestParseNarHash(t *testing.T) {
 	if h.Hex() != hexForm {
 		t.Fatalf("Hex() = %s", h.Hex())
 	}
-	for _, s := range []string{"sha256:" + hexForm, h.String()} {
+	for _, s := range []string{"sha256:" + hexForm, h.String(), "sha256-INetQBWBu/ErzW2hlKdiznU13Z9qDhq1C5k62R5TG2k="} {
 		h2, err := ParseNarHash(s)
 		if err != nil || h2 != h {
 			t.Errorf("ParseNarHash(%q) = %x, %v; want %x", s, h2, err, h)
 		}
 	}
-	for _, bad := range []string{"", "sha256:", "md5:abc", strings.Repeat("z", 64), strings.Repeat("e", 52)} {
+	for _, bad := range []string{"", "sha256:", "md5:abc", strings.Repeat("z", 64), strings.Repeat("e", 52), "sha256-AAAA"} {
 		if _, err := ParseNarHash(bad); err == nil {
 			t.Errorf("ParseNarHash(%q) succeeded", bad)
 		}
