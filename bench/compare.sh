@@ -18,7 +18,7 @@ command -v sshd >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninterac
 command -v sshd >/dev/null || export PATH=$PATH:/usr/sbin
 
 work=$(mktemp -d /tmp/decross-bench.XXXXXX)
-trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
+trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; [ -n "${KEEP:-}" ] || rm -rf "$work"' EXIT
 export NIX_CONFIG=$'experimental-features = nix-command\nsandbox = false\nsubstituters ='
 export NIX_REMOTE=daemon
 # The daemon itself must not have NIX_REMOTE=daemon: it would connect to itself.

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"hash"
 	"io"
 	"io/fs"
 	"os"
@@ -17,6 +16,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 	"github.com/nix-community/go-nix/pkg/storepath"
 
+	"github.com/decross-store/decross-store/internal/asynchash"
 	"github.com/decross-store/decross-store/pathinfo"
 )
 
@@ -128,8 +128,7 @@ type Writer struct {
 	path     string
 	tmp      *os.File
 	zw       *zstd.Encoder
-	hash     hash.Hash
-	size     uint64
+	hash     *asynchash.Hasher
 	done     bool
 	narFile  string
 	metaFile string
@@ -153,22 +152,21 @@ func (c *Cache) Create(path string) (*Writer, error) {
 		os.Remove(tmp.Name())
 		return nil, fmt.Errorf("cache create %s: %w", path, err)
 	}
-	return &Writer{cache: c, path: path, tmp: tmp, zw: zw, hash: sha256.New(), narFile: narFile, metaFile: metaFile}, nil
+	return &Writer{cache: c, path: path, tmp: tmp, zw: zw, hash: asynchash.New(sha256.New()), narFile: narFile, metaFile: metaFile}, nil
 }
 
 func (w *Writer) Write(p []byte) (int, error) {
 	w.hash.Write(p)
-	w.size += uint64(len(p))
 	return w.zw.Write(p)
 }
 
 // Size and Sum report what has been written so far.
-func (w *Writer) Size() uint64 { return w.size }
+func (w *Writer) Size() uint64 { return w.hash.Size() }
 
 // Sum returns the SHA-256 of the bytes written so far.
 func (w *Writer) Sum() pathinfo.NarHash {
 	var h pathinfo.NarHash
-	copy(h[:], w.hash.Sum(nil))
+	copy(h[:], w.hash.Sum())
 	return h
 }
 
@@ -179,6 +177,7 @@ func (w *Writer) Commit(meta Entry) (*Entry, error) {
 		return nil, fmt.Errorf("cache commit %s: writer already finished", w.path)
 	}
 	w.done = true
+	sum := w.Sum() // also ends the hashing goroutine on every path below
 	fail := func(err error) (*Entry, error) {
 		w.tmp.Close()
 		os.Remove(w.tmp.Name())
@@ -195,9 +194,9 @@ func (w *Writer) Commit(meta Entry) (*Entry, error) {
 	}
 	meta.Version = formatVersion
 	meta.Path = w.path
-	meta.NarHash = w.Sum()
+	meta.NarHash = sum
 	meta.NarHashString = meta.NarHash.String()
-	meta.NarSize = w.size
+	meta.NarSize = w.hash.Size()
 	if meta.References == nil {
 		meta.References = []string{}
 	}
@@ -234,6 +233,7 @@ func (w *Writer) Abort() {
 		return
 	}
 	w.done = true
+	w.hash.Close()
 	w.zw.Close()
 	w.tmp.Close()
 	os.Remove(w.tmp.Name())

@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"hash"
 	"io"
 	"log/slog"
 	"sort"
@@ -17,6 +16,7 @@ import (
 	"github.com/nix-community/go-nix/pkg/storepath"
 	"golang.org/x/sync/singleflight"
 
+	"github.com/decross-store/decross-store/internal/asynchash"
 	"github.com/decross-store/decross-store/mapping"
 	"github.com/decross-store/decross-store/narcache"
 	"github.com/decross-store/decross-store/pathinfo"
@@ -389,15 +389,16 @@ func (s *Store) rewriteInto(ctx context.Context, src *source, key string, refs [
 
 	// The upstream path info tells how long the NAR is; reading no further
 	// keeps us from waiting on a connection that has nothing more to say.
-	in := &hashingReader{r: io.LimitReader(rc, int64(src.info.NarSize)), h: sha256.New()}
+	in := &hashingReader{r: io.LimitReader(rc, int64(src.info.NarSize)), h: asynchash.New(sha256.New())}
+	defer in.h.Close()
 	if err := s.rewriter.RewriteNAR(w, in); err != nil {
 		return nil, fmt.Errorf("rewrite %s (from %s): %w", src.served, src.from, err)
 	}
-	if in.n != src.info.NarSize {
-		return nil, fmt.Errorf("upstream NAR of %s has %d bytes, its path info says %d", src.from, in.n, src.info.NarSize)
+	if in.h.Size() != src.info.NarSize {
+		return nil, fmt.Errorf("upstream NAR of %s has %d bytes, its path info says %d", src.from, in.h.Size(), src.info.NarSize)
 	}
 	var got pathinfo.NarHash
-	copy(got[:], in.h.Sum(nil))
+	copy(got[:], in.h.Sum())
 	if got != src.info.NarHash {
 		return nil, fmt.Errorf("upstream NAR of %s does not match its narHash: got %s, want %s", src.from, got, src.info.NarHash)
 	}
@@ -417,16 +418,15 @@ func (s *Store) rewriteInto(ctx context.Context, src *source, key string, refs [
 	return w.Commit(meta)
 }
 
+// hashingReader hashes what is read through it, off the critical path.
 type hashingReader struct {
 	r io.Reader
-	h hash.Hash
-	n uint64
+	h *asynchash.Hasher
 }
 
 func (hr *hashingReader) Read(p []byte) (int, error) {
 	n, err := hr.r.Read(p)
 	hr.h.Write(p[:n])
-	hr.n += uint64(n)
 	return n, err
 }
 
