@@ -467,3 +467,38 @@ func assertNoCrossHashes(t *testing.T, dir string, hashes []string) {
 		t.Fatalf("only %d entries checked under %s", checked, dir)
 	}
 }
+
+// TestServeStdio runs the server as an ssh-ng remote-program: Nix 2.8 runs
+// `<remote-program> --stdio` itself for host localhost (no sshd), which is
+// how decross-store serve --stdio runs behind OpenSSH too.
+func TestServeStdio(t *testing.T) {
+	RequireNix(t)
+	work := t.TempDir()
+	ex := BuildExample(t, filepath.Join(work, "example"))
+	mappingFile, _ := servableMapping(t, ex, work)
+	bin := serverBinary(t)
+	run(t, bin, "keygen", "--name", "stdio-1", "--secret-key-file", filepath.Join(work, "secret.key"), "--public-key-file", filepath.Join(work, "public.key"))
+	pub, err := os.ReadFile(filepath.Join(work, "public.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	prog := strings.Join([]string{bin, "serve", "--mapping", mappingFile, "--signing-key", filepath.Join(work, "secret.key"), "--cache-dir", filepath.Join(work, "cache")}, " ")
+	url := "ssh-ng://localhost?remote-program=" + strings.ReplaceAll(prog, " ", "%20")
+	dest := filepath.Join(work, "dest")
+	t.Cleanup(func() { makeWritable(t, dest) })
+	srv := &server{publicKey: string(pub)}
+	ctx := testContext(t, 2*time.Minute)
+	hello := ex.Get(t, "hello")
+	_, stderr, err := srv.nix(ctx, "require-sigs = true", "nix", "copy", "--from", url, "--to", dest, hello.Native)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(stderr, "level=INFO") {
+		t.Errorf("--stdio logged at info level to the user's terminal:\n%s", stderr)
+	}
+	got, err := RunInStore(t, filepath.Join(dest, "nix", "store"), filepath.Join(hello.Native, "bin", "hello"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkGolden(t, "hello.stdout", got)
+}

@@ -23,6 +23,7 @@ import (
 
 type serveFlags struct {
 	listen, hostKey, authorizedKeys, mapping, signingKey, upstream, cacheDir string
+	logLevel                                                                 string
 	stdio                                                                    bool
 	shutdownTimeout                                                          time.Duration
 }
@@ -39,6 +40,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.StringVar(&f.upstream, "upstream", "daemon", "where cross paths are read: daemon (local nix-daemon socket) or unix:///path/to/socket")
 	fs.StringVar(&f.cacheDir, "cache-dir", "state/cache", "directory of rewritten NARs and their path info")
 	fs.BoolVar(&f.stdio, "stdio", false, "serve one worker-protocol session on stdin/stdout instead of SSH (for use behind OpenSSH as remote-program)")
+	fs.StringVar(&f.logLevel, "log-level", "", "debug, info, warn or error (default info; warn with --stdio, where stderr is the user's terminal)")
 	fs.DurationVar(&f.shutdownTimeout, "shutdown-timeout", 30*time.Second, "how long to let sessions finish after SIGINT/SIGTERM")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -53,8 +55,18 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return errors.New("--authorized-keys is required")
 	}
 
-	// In --stdio mode stdout is the protocol channel: logs go to stderr only.
-	logger := slog.New(slog.NewTextHandler(stderr, nil))
+	// In --stdio mode stdout is the protocol channel: logs go to stderr only,
+	// which ssh shows to the Nix user, so only warnings by default.
+	level := slog.LevelInfo
+	if f.stdio {
+		level = slog.LevelWarn
+	}
+	if f.logLevel != "" {
+		if err := level.UnmarshalText([]byte(f.logLevel)); err != nil {
+			return fmt.Errorf("--log-level: %w", err)
+		}
+	}
+	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 	st, closeStore, err := openStore(f, logger)
 	if err != nil {
 		return err
