@@ -54,13 +54,14 @@ type Store struct {
 
 	upstreamInfo sync.Map // path -> *pathinfo.PathInfo (valid paths only)
 	infoFlight   singleflight.Group
-	closureErr   sync.Map // cross or CA path -> error (nil stored as errNone)
+	closureOK    sync.Map // cross or CA path -> struct{}: closure known servable
 	prepFlight   singleflight.Group
 	prepared     sync.Map // served path -> *prepared
 
 	caMu       sync.Mutex
 	caIndex    map[string]bool // content-addressed paths found in mapped closures
-	caComplete bool            // every mapped closure has been walked
+	caComplete bool            // every mapped closure has been walked without error
+	caWalked   time.Time       // when the last (incomplete) walk ended
 }
 
 type prepared struct {
@@ -68,7 +69,11 @@ type prepared struct {
 	info  *pathinfo.PathInfo // signed
 }
 
-var errNone = errors.New("no error")
+// caRewalkInterval bounds how often unknown paths trigger another walk of
+// mapped closures that could not be walked completely (a cross path not
+// built yet, say): later builds are picked up without a restart, but a
+// client probing many unknown paths costs at most one walk per interval.
+const caRewalkInterval = 10 * time.Second
 
 // New validates the configuration and builds the rewriter for the mapping.
 func New(cfg Config) (*Store, error) {
@@ -191,29 +196,27 @@ func (s *Store) resolve(ctx context.Context, served string) (*source, error) {
 
 // checkClosure walks the upstream closure of root (a mapped cross path or
 // a content-addressed path) and reports the first path that makes it
-// unservable. Results are memoised per root.
+// unservable. Success is memoised per root; a failure is not, because the
+// missing piece may be built later (the walk is cheap: upstream path infos
+// of valid paths are memoised).
 func (s *Store) checkClosure(ctx context.Context, root string) error {
-	if v, ok := s.closureErr.Load(root); ok {
-		if v.(error) == errNone {
-			return nil
-		}
-		return v.(error)
+	if _, ok := s.closureOK.Load(root); ok {
+		return nil
 	}
 	err := s.walkClosure(ctx, root, nil)
-	if ctx.Err() != nil {
-		return err // don't memoise a cancelled walk
-	}
 	if err == nil {
-		s.closureErr.Store(root, errNone)
-	} else {
-		s.closureErr.Store(root, err)
+		s.closureOK.Store(root, struct{}{})
 	}
 	return err
 }
 
-// walkClosure checks every path of root's closure, recording the
-// content-addressed ones in found (when non-nil).
+// walkClosure checks every path of root's closure. Without found it stops
+// at the first problem. With found it records the content-addressed paths
+// in found and walks on past problems, so that one unservable path does not
+// hide the content-addressed paths elsewhere in the closure; it still
+// returns the first problem.
 func (s *Store) walkClosure(ctx context.Context, root string, found map[string]bool) error {
+	var problem error
 	seen := map[string]bool{root: true}
 	queue := []string{root}
 	for len(queue) > 0 {
@@ -223,17 +226,14 @@ func (s *Store) walkClosure(ctx context.Context, root string, found map[string]b
 		if err != nil {
 			return err
 		}
-		if info == nil {
-			return fmt.Errorf("its closure references %s, which is not valid in the upstream store", p)
-		}
-		_, mapped := s.cfg.Mapping.ByCross(p)
-		ca := info.CA != "" && !mapped
-		switch {
+		var bad error
+		switch e, mapped := s.cfg.Mapping.ByCross(p); {
+		case info == nil:
+			bad = fmt.Errorf("its closure references %s, which is not valid in the upstream store", p)
+		case mapped && s.tooLong[e.Native]:
+			bad = fmt.Errorf("its closure references %s, whose native path %s is longer than it", p, e.Native)
 		case mapped:
-			if e, _ := s.cfg.Mapping.ByCross(p); s.tooLong[e.Native] {
-				return fmt.Errorf("its closure references %s, whose native path %s is longer than it", p, e.Native)
-			}
-		case ca:
+		case info.CA != "":
 			if found != nil {
 				found[p] = true
 			}
@@ -241,16 +241,30 @@ func (s *Store) walkClosure(ctx context.Context, root string, found map[string]b
 				if r == p {
 					continue
 				}
-				if ri, err := s.upstreamPathInfo(ctx, r); err != nil {
+				ri, err := s.upstreamPathInfo(ctx, r)
+				if err != nil {
 					return err
-				} else if ri == nil || ri.CA == "" {
-					return fmt.Errorf("its closure holds the content-addressed path %s, which references the non-content-addressed path %s and so cannot be served unchanged", p, r)
+				}
+				if ri == nil || ri.CA == "" {
+					bad = fmt.Errorf("its closure holds the content-addressed path %s, which references the non-content-addressed path %s and so cannot be served unchanged", p, r)
+					break
 				}
 			}
 		case p == root:
-			return fmt.Errorf("%s is neither in the mapping nor content-addressed", p)
+			bad = fmt.Errorf("%s is neither in the mapping nor content-addressed", p)
 		default:
-			return fmt.Errorf("its closure references %s, which is input-addressed and not in the mapping", p)
+			bad = fmt.Errorf("its closure references %s, which is input-addressed and not in the mapping", p)
+		}
+		if bad != nil {
+			if found == nil {
+				return bad
+			}
+			if problem == nil {
+				problem = bad
+			}
+		}
+		if info == nil {
+			continue
 		}
 		for _, r := range info.References {
 			if !seen[r] {
@@ -259,26 +273,33 @@ func (s *Store) walkClosure(ctx context.Context, root string, found map[string]b
 			}
 		}
 	}
-	return nil
+	return problem
 }
 
 // isServedCA reports whether p is a content-addressed path in the closure
 // of some mapped cross path. The index is filled by walking every mapped
-// closure, once, the first time a path outside it is asked for.
+// closure the first time a path outside it is asked for, and again (at
+// most every caRewalkInterval) while some closure could not be walked
+// completely.
 func (s *Store) isServedCA(ctx context.Context, p string) (bool, error) {
 	s.caMu.Lock()
 	defer s.caMu.Unlock()
-	if s.caIndex[p] || s.caComplete {
+	if s.caIndex[p] || s.caComplete || time.Since(s.caWalked) < caRewalkInterval {
 		return s.caIndex[p], nil
 	}
+	complete := true
 	for _, e := range s.cfg.Mapping.Entries() {
 		// Problems in a closure only make that native path unservable; the
 		// content-addressed paths found in it are still good on their own.
-		if err := s.walkClosure(ctx, e.Cross, s.caIndex); err != nil && ctx.Err() != nil {
-			return false, err
+		if err := s.walkClosure(ctx, e.Cross, s.caIndex); err != nil {
+			if ctx.Err() != nil {
+				return false, err
+			}
+			complete = false
 		}
 	}
-	s.caComplete = true
+	s.caComplete = complete
+	s.caWalked = time.Now()
 	return s.caIndex[p], nil
 }
 

@@ -394,3 +394,25 @@ func TestCancelledClientDoesNotFailSharedWork(t *testing.T) {
 		t.Fatalf("after a cancelled request: %v, %v", info, err)
 	}
 }
+
+func TestCrossBuiltAfterStartIsServed(t *testing.T) {
+	f := newFixture(t)
+	narBytes := f.up.nars[crossGlibc]
+	f.up.mu.Lock()
+	delete(f.up.infos, crossGlibc)
+	f.up.mu.Unlock()
+	s := f.store(t)
+	ctx := context.Background()
+	if _, err := s.QueryPathInfo(ctx, nativeGlibc); err == nil || !strings.Contains(err.Error(), "not valid in the upstream store") {
+		t.Fatalf("before the build: err = %v", err)
+	}
+	if _, err := s.QueryPathInfo(ctx, nativeHello); err == nil || !strings.Contains(err.Error(), crossGlibc) {
+		t.Fatalf("before the build, hello: err = %v", err)
+	}
+	f.up.add(crossGlibc, "", narBytes, crossGlibc) // now built
+	for _, p := range []string{nativeGlibc, nativeHello} {
+		if info, err := s.QueryPathInfo(ctx, p); err != nil || info == nil {
+			t.Fatalf("after the build, %s: %v, %v", p, info, err)
+		}
+	}
+}
