@@ -18,7 +18,9 @@
 // references a build-platform path is a leak, reported with the files that
 // hold the reference. Check does the same for an existing mapping file.
 //
-// Derivations are read through Store.NarFromPath, so they may come from a
-// remote daemon as well as the local store: a .drv is a NAR holding one
-// regular file.
+// Derivations come from a DrvSource. Through Store.NarFromPath they may
+// come from a remote daemon (a .drv is a NAR holding one regular file), but
+// each costs a daemon connection; DirSource reads them from the store's
+// directory instead, trusting a file only when it hashes to its path, and
+// falls back to the store otherwise. LoadGraph reads several at once.
 package pairing

@@ -5,13 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"runtime"
 	"sort"
 	"strings"
+	"sync"
 
 	"github.com/decross-store/decross-store/pathinfo"
 	"github.com/nix-community/go-nix/pkg/derivation"
 	"github.com/nix-community/go-nix/pkg/nar"
-	"github.com/nix-community/go-nix/pkg/storepath"
 )
 
 // Store is the part of the upstream store this package reads.
@@ -32,10 +33,7 @@ const (
 
 // ReadDerivation reads and parses the .drv at drvPath through store.
 func ReadDerivation(ctx context.Context, store Store, drvPath string) (*derivation.Derivation, error) {
-	if !strings.HasSuffix(drvPath, ".drv") {
-		return nil, fmt.Errorf("read derivation %s: not a .drv path", drvPath)
-	}
-	if _, err := storepath.FromAbsolutePath(drvPath); err != nil {
+	if _, err := checkDrvPath(drvPath); err != nil {
 		return nil, fmt.Errorf("read derivation %s: %w", drvPath, err)
 	}
 	rc, err := store.NarFromPath(ctx, drvPath)
@@ -120,32 +118,95 @@ func NewGraph(drvs map[string]*derivation.Derivation) (*Graph, error) {
 	return g, nil
 }
 
-// LoadGraph reads roots and, transitively, their input derivations.
-func LoadGraph(ctx context.Context, store Store, roots ...string) (*Graph, error) {
-	drvs := map[string]*derivation.Derivation{}
-	queue := append([]string(nil), roots...)
-	for len(queue) > 0 {
-		p := queue[0]
-		queue = queue[1:]
-		if _, seen := drvs[p]; seen {
-			continue
-		}
-		if len(drvs) >= MaxGraph {
-			return nil, fmt.Errorf("load derivations: more than %d in the closure of %s", MaxGraph, strings.Join(roots, ", "))
-		}
-		if err := ctx.Err(); err != nil {
-			return nil, fmt.Errorf("load derivations: %w", err)
-		}
-		d, err := ReadDerivation(ctx, store, p)
-		if err != nil {
-			return nil, fmt.Errorf("load derivations: %w", err)
-		}
-		drvs[p] = d
-		for _, in := range sortedKeys(d.InputDerivations) {
-			if _, seen := drvs[in]; !seen {
-				queue = append(queue, in)
+// LoadGraph reads roots and, transitively, their input derivations from
+// src, several at a time. The graph does not depend on the order reads
+// finish in, and neither does the error: when derivations cannot be read,
+// the walk goes on without their inputs and reports the first failure in
+// path order.
+func LoadGraph(ctx context.Context, src DrvSource, roots ...string) (*Graph, error) {
+	workers := 2 * runtime.GOMAXPROCS(0)
+	type result struct {
+		path string
+		drv  *derivation.Derivation
+		err  error
+	}
+	jobs := make(chan string)
+	// One slot per worker: a worker holds at most one result, so none
+	// blocks when the walk stops early.
+	results := make(chan result, workers)
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for p := range jobs {
+				d, err := src.ReadDerivation(ctx, p)
+				results <- result{p, d, err}
 			}
+		}()
+	}
+	stop := func() { close(jobs); wg.Wait() }
+
+	drvs := map[string]*derivation.Derivation{}
+	seen := map[string]bool{}
+	failed := map[string]error{}
+	var queue []string
+	tooMany := false
+	enqueue := func(p string) {
+		if seen[p] || tooMany {
+			return
 		}
+		if len(seen) >= MaxGraph {
+			tooMany = true
+			return
+		}
+		seen[p] = true
+		queue = append(queue, p)
+	}
+	for _, r := range roots {
+		enqueue(r)
+	}
+	for pending := 0; len(queue) > 0 || pending > 0; {
+		var send chan string
+		var next string
+		if len(queue) > 0 && !tooMany {
+			send, next = jobs, queue[len(queue)-1]
+		} else if pending == 0 {
+			break
+		}
+		select {
+		case send <- next:
+			queue = queue[:len(queue)-1]
+			pending++
+		case r := <-results:
+			pending--
+			if r.err != nil {
+				failed[r.path] = r.err
+				continue
+			}
+			drvs[r.path] = r.drv
+			for _, in := range sortedKeys(r.drv.InputDerivations) {
+				enqueue(in)
+			}
+		case <-ctx.Done():
+			stop()
+			return nil, fmt.Errorf("load derivations: %w", ctx.Err())
+		}
+	}
+	stop()
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("load derivations: %w", err)
+	}
+	if tooMany {
+		return nil, fmt.Errorf("load derivations: more than %d in the closure of %s", MaxGraph, strings.Join(roots, ", "))
+	}
+	if len(failed) > 0 {
+		ps := sortedKeys(failed)
+		err := fmt.Errorf("load derivations: %w", failed[ps[0]])
+		if len(ps) > 1 {
+			err = fmt.Errorf("%w (and %d more derivations that cannot be read)", err, len(ps)-1)
+		}
+		return nil, err
 	}
 	return NewGraph(drvs)
 }

@@ -25,6 +25,16 @@ type Options struct {
 	// with the native derivation of the same name. Their bytes differ, so a
 	// native path served from them is not what a native build would give.
 	AllowBuildPlatform bool
+	// Derivations is where Map and Check read .drv files; nil reads them
+	// through the store they are given.
+	Derivations DrvSource
+}
+
+func (o Options) drvSource(store Store) DrvSource {
+	if o.Derivations != nil {
+		return o.Derivations
+	}
+	return StoreSource{Store: store}
 }
 
 // Build-platform and host-platform dependency attributes of nixpkgs'

@@ -208,11 +208,11 @@ func Map(ctx context.Context, store Store, roots []Root, opts Options) (*Report,
 		nroots = append(nroots, r.Native)
 		croots = append(croots, r.Cross)
 	}
-	native, err := LoadGraph(ctx, store, nroots...)
+	native, err := LoadGraph(ctx, opts.drvSource(store), nroots...)
 	if err != nil {
 		return nil, fmt.Errorf("native graph: %w", err)
 	}
-	cross, err := LoadGraph(ctx, store, croots...)
+	cross, err := LoadGraph(ctx, opts.drvSource(store), croots...)
 	if err != nil {
 		return nil, fmt.Errorf("cross graph: %w", err)
 	}
@@ -381,7 +381,7 @@ func Check(ctx context.Context, store Store, m *mapping.Mapping, opts Options) (
 	// derivations, so failing to load them is only noted.
 	var native, cross *Graph
 	if len(nativeDrvs) > 0 {
-		if native, err = LoadGraph(ctx, store, dedupe(nativeDrvs)...); err != nil {
+		if native, err = LoadGraph(ctx, opts.drvSource(store), dedupe(nativeDrvs)...); err != nil {
 			rep.Notes = append(rep.Notes, fmt.Sprintf("native derivations not used (%v)", err))
 			native = nil
 		}
@@ -395,7 +395,7 @@ func Check(ctx context.Context, store Store, m *mapping.Mapping, opts Options) (
 	var bo map[string]bool
 	if len(crossDrvs) > 0 {
 		crossDrvs = dedupe(crossDrvs)
-		if cross, err = LoadGraph(ctx, store, crossDrvs...); err != nil {
+		if cross, err = LoadGraph(ctx, opts.drvSource(store), crossDrvs...); err != nil {
 			rep.Notes = append(rep.Notes, fmt.Sprintf("cross derivations not used, build-platform inputs are recognised by their ELF files only (%v)", err))
 			cross = nil
 		} else {

@@ -24,7 +24,7 @@ func (r *repeated) String() string     { return strings.Join(*r, ",") }
 func (r *repeated) Set(s string) error { *r = append(*r, s); return nil }
 
 const mapUsage = `usage: decross-store map --native DRV --cross DRV [--native DRV --cross DRV ...]
-                         [--pairs FILE] [--host-suffix SUFFIX] [--upstream ADDR]
+                         [--pairs FILE] [--host-suffix SUFFIX] [--upstream ADDR] [--store-dir DIR]
                          [--allow-build-platform] [--strict] [-v] -o mapping.json
 
 Pairs each native derivation with the cross derivation built for it, walks
@@ -46,6 +46,7 @@ func runMap(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	pairsFile := fs.String("pairs", "", `JSON `+"`file`"+` with a list of {"native": DRV, "cross": DRV}`)
 	suffix := fs.String("host-suffix", "", "host platform suffix of cross names, e.g. -aarch64-unknown-linux-gnu (default: inferred from the roots)")
 	addr := fs.String("upstream", "daemon", "upstream store: daemon or unix:///path/to/socket")
+	storeDir := fs.String("store-dir", defaultStoreDir, storeDirUsage)
 	allowBuild := fs.Bool("allow-build-platform", false, "map build-platform (x86_64) paths to the native path of the same name although their bytes differ")
 	strict := fs.Bool("strict", false, "exit with an error when there is any problem or leak")
 	verbose := fs.Bool("v", false, "list every path of the runtime closure")
@@ -84,7 +85,7 @@ func runMap(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return err
 	}
 	defer store.Close()
-	opts := pairing.Options{HostSuffix: *suffix, AllowBuildPlatform: *allowBuild}
+	opts := pairing.Options{HostSuffix: *suffix, AllowBuildPlatform: *allowBuild, Derivations: drvSource(*storeDir, store)}
 	rep, err := pairing.Map(ctx, store, roots, opts)
 	if err != nil {
 		return err
@@ -161,7 +162,23 @@ func writeMapping(m *mapping.Mapping, path string, stdout io.Writer) error {
 	return nil
 }
 
-const checkUsage = `usage: decross-store check --mapping mapping.json [--upstream ADDR] [--host-suffix SUFFIX]
+// The upstream is a local daemon, so its store directory is normally
+// readable here, and reading .drv files from it saves a daemon connection
+// per derivation.
+const (
+	defaultStoreDir = "/nix/store"
+	storeDirUsage   = "read .drv files from `directory` when they hash to their paths, else through the upstream (empty: always through the upstream)"
+)
+
+func drvSource(dir string, store pairing.Store) pairing.DrvSource {
+	up := pairing.StoreSource{Store: store}
+	if dir == "" {
+		return up
+	}
+	return pairing.DirSource{Dir: dir, Fallback: up}
+}
+
+const checkUsage = `usage: decross-store check --mapping mapping.json [--upstream ADDR] [--store-dir DIR] [--host-suffix SUFFIX]
 
 Dry run: lists what the mapping would serve, the platform class of every
 path of the cross runtime closure, build-platform leaks with the files that
@@ -177,6 +194,7 @@ func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	mapFile := fs.String("mapping", "", "mapping `file` to check")
 	suffix := fs.String("host-suffix", "", "host platform suffix of cross names (default: inferred from the mapping)")
 	addr := fs.String("upstream", "daemon", "upstream store: daemon or unix:///path/to/socket")
+	storeDir := fs.String("store-dir", defaultStoreDir, storeDirUsage)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
@@ -198,7 +216,7 @@ func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	defer store.Close()
-	rep, err := pairing.Check(ctx, store, m, pairing.Options{HostSuffix: *suffix})
+	rep, err := pairing.Check(ctx, store, m, pairing.Options{HostSuffix: *suffix, Derivations: drvSource(*storeDir, store)})
 	if err != nil {
 		return err
 	}
