@@ -2,6 +2,7 @@ package daemonproto
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"slices"
@@ -162,12 +163,27 @@ func (c *serverConn) queryInfo(ctx context.Context, p string) (*pathinfo.PathInf
 	return info, nil
 }
 
+// validInfo is queryInfo for questions of validity: a path the store
+// reports as not valid (an error matching ErrInvalidPath) is absent, not a
+// failure of the whole request; whyNot keeps the store's reason.
+func (c *serverConn) validInfo(ctx context.Context, p string) (info *pathinfo.PathInfo, whyNot, err error) {
+	info, err = c.srv.Store.QueryPathInfo(ctx, p)
+	if errors.Is(err, ErrInvalidPath) {
+		c.log.Warn("path not valid", "path", p, "reason", err)
+		return nil, err, nil
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("query path info %s: %w", p, err)
+	}
+	return info, nil, nil
+}
+
 func (c *serverConn) isValidPath(ctx context.Context) error {
 	p, err := c.readStorePath()
 	if err != nil {
 		return err
 	}
-	info, err := c.queryInfo(ctx, p)
+	info, _, err := c.validInfo(ctx, p)
 	if err != nil {
 		return c.opFailed("IsValidPath", err)
 	}
@@ -249,7 +265,7 @@ func (c *serverConn) queryValidPaths(ctx context.Context) error {
 	}
 	var valid []string
 	for _, p := range paths {
-		info, err := c.queryInfo(ctx, p)
+		info, _, err := c.validInfo(ctx, p)
 		if err != nil {
 			return c.opFailed("QueryValidPaths", err)
 		}
@@ -376,13 +392,14 @@ func (c *serverConn) readDerived() ([]derivedPath, error) {
 	return ds, nil
 }
 
-// validOpaque reports whether d is an opaque path valid in the store.
-func (c *serverConn) validOpaque(ctx context.Context, d derivedPath) (bool, error) {
+// validOpaque reports whether d is an opaque path valid in the store, and
+// if not, why (nil when the store gave no reason).
+func (c *serverConn) validOpaque(ctx context.Context, d derivedPath) (ok bool, whyNot, err error) {
 	if d.drv {
-		return false, nil
+		return false, nil, nil
 	}
-	info, err := c.queryInfo(ctx, d.path)
-	return info != nil, err
+	info, whyNot, err := c.validInfo(ctx, d.path)
+	return info != nil, whyNot, err
 }
 
 func (c *serverConn) queryMissing(ctx context.Context) error {
@@ -392,7 +409,7 @@ func (c *serverConn) queryMissing(ctx context.Context) error {
 	}
 	var unknown []string
 	for _, d := range ds {
-		ok, err := c.validOpaque(ctx, d)
+		ok, _, err := c.validOpaque(ctx, d)
 		if err != nil {
 			return c.opFailed("QueryMissing", err)
 		}
@@ -410,7 +427,10 @@ func (c *serverConn) queryMissing(ctx context.Context) error {
 	return nil
 }
 
-func unbuildable(d derivedPath) error {
+func unbuildable(d derivedPath, whyNot error) error {
+	if whyNot != nil {
+		return whyNot
+	}
 	if d.drv {
 		return fmt.Errorf("cannot build '%s': decross-store serves no derivations", d.raw)
 	}
@@ -428,12 +448,12 @@ func (c *serverConn) buildPaths(ctx context.Context) error {
 		}
 	}
 	for _, d := range ds {
-		ok, err := c.validOpaque(ctx, d)
+		ok, whyNot, err := c.validOpaque(ctx, d)
 		if err != nil {
 			return c.opFailed("BuildPaths", err)
 		}
 		if !ok {
-			return c.opFailed("BuildPaths", unbuildable(d))
+			return c.opFailed("BuildPaths", unbuildable(d, whyNot))
 		}
 	}
 	c.last()
@@ -455,14 +475,14 @@ func (c *serverConn) buildPathsWithResults(ctx context.Context) error {
 	}
 	results := make([]result, len(ds))
 	for i, d := range ds {
-		ok, err := c.validOpaque(ctx, d)
+		ok, whyNot, err := c.validOpaque(ctx, d)
 		if err != nil {
 			return c.opFailed("BuildPathsWithResults", err)
 		}
 		if ok {
 			results[i] = result{status: buildStatusAlreadyValid}
 		} else {
-			results[i] = result{buildStatusNoSubstituters, unbuildable(d).Error()}
+			results[i] = result{buildStatusNoSubstituters, unbuildable(d, whyNot).Error()}
 		}
 	}
 	c.last()

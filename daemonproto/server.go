@@ -27,6 +27,14 @@ type Store interface {
 	ValidPaths(ctx context.Context) ([]string, error)
 }
 
+// ErrInvalidPath is matched (errors.Is) by Store errors that mean "this
+// path is not valid here, and here is why". Validity queries (IsValidPath,
+// QueryValidPaths, QueryMissing, BuildPaths*) answer such a path as absent
+// instead of failing; QueryPathInfo and NarFromPath send the error text,
+// which should contain "is not valid" (Nix clients read that as an invalid
+// path, not as a broken store).
+var ErrInvalidPath = errors.New("path is not valid")
+
 // Server answers worker-protocol connections from a Store. The zero value
 // of each limit selects its default.
 type Server struct {

@@ -275,11 +275,15 @@ func identity(name string) (fileID, error) {
 	if err != nil {
 		return fileID{}, err
 	}
+	return identityOf(fi), nil
+}
+
+func identityOf(fi fs.FileInfo) fileID {
 	id := fileID{size: fi.Size(), mtime: fi.ModTime()}
 	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
 		id.ino = st.Ino
 	}
-	return id, nil
+	return id
 }
 
 // Remove deletes the entry for path.
@@ -300,47 +304,70 @@ func (c *Cache) Remove(path string) error {
 }
 
 // Open returns a reader of e's NAR. Unless this process has already
-// verified the same file, the whole NAR is first checked against e; on a
-// mismatch the entry is removed and the error wraps ErrDamaged.
+// verified the same file (same inode, size and mtime), the whole NAR is
+// first checked against e; on a mismatch the entry is removed and the error
+// wraps ErrDamaged. The returned reader checks the hash again while it is
+// read, so damage after that first check is still caught: its last Read
+// then fails with ErrDamaged instead of io.EOF, and the entry is removed.
 func (c *Cache) Open(e *Entry) (io.ReadCloser, error) {
 	narFile, _, err := c.files(e.Path)
 	if err != nil {
 		return nil, err
 	}
-	id, err := identity(narFile)
+	// One descriptor for the check and the stream, so a file replaced in
+	// between cannot slip through.
+	f, err := os.Open(narFile)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil, fmt.Errorf("cache open %s: NAR file missing: %w", e.Path, ErrDamaged)
 		}
 		return nil, fmt.Errorf("cache open %s: %w", e.Path, err)
 	}
+	damaged := func(err error) (io.ReadCloser, error) {
+		f.Close()
+		if rmErr := c.Remove(e.Path); rmErr != nil {
+			err = errors.Join(err, rmErr)
+		}
+		return nil, fmt.Errorf("cache open %s: %w", e.Path, err)
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("cache open %s: %w", e.Path, err)
+	}
+	id := identityOf(fi)
 	c.mu.Lock()
 	known, ok := c.verified[e.Path]
 	c.mu.Unlock()
 	if !ok || known != id {
-		if err := c.verify(narFile, e); err != nil {
-			if rmErr := c.Remove(e.Path); rmErr != nil {
-				err = errors.Join(err, rmErr)
-			}
+		if err := verify(f, e); err != nil {
+			return damaged(err)
+		}
+		if _, err := f.Seek(0, io.SeekStart); err != nil {
+			f.Close()
 			return nil, fmt.Errorf("cache open %s: %w", e.Path, err)
 		}
 		c.mu.Lock()
 		c.verified[e.Path] = id
 		c.mu.Unlock()
 	}
-	return openZstd(narFile)
+	zr, err := newZstdFile(f)
+	if err != nil {
+		return damaged(err)
+	}
+	return &checkedReader{zr: zr, entry: e, hash: asynchash.New(sha256.New()), cache: c}, nil
 }
 
-func (c *Cache) verify(narFile string, e *Entry) error {
-	r, err := openZstd(narFile)
+func verify(f *os.File, e *Entry) error {
+	zr, err := newZstdFile(f)
 	if err != nil {
 		return err
 	}
-	defer r.Close()
+	defer zr.zr.Close()
 	h := sha256.New()
-	n, err := io.Copy(h, r)
+	n, err := io.Copy(h, io.LimitReader(zr, int64(e.NarSize)+1))
 	if err != nil {
-		return fmt.Errorf("%w: %v", ErrDamaged, err)
+		return err
 	}
 	var got pathinfo.NarHash
 	copy(got[:], h.Sum(nil))
@@ -350,21 +377,61 @@ func (c *Cache) verify(narFile string, e *Entry) error {
 	return nil
 }
 
+// checkedReader streams a cached NAR and fails its final Read when the
+// bytes do not match the entry.
+type checkedReader struct {
+	zr    *zstdFile
+	entry *Entry
+	hash  *asynchash.Hasher
+	cache *Cache
+	err   error
+}
+
+func (r *checkedReader) Read(p []byte) (int, error) {
+	if r.err != nil {
+		return 0, r.err
+	}
+	n, err := r.zr.Read(p)
+	r.hash.Write(p[:n])
+	if r.hash.Size() > r.entry.NarSize {
+		err = fmt.Errorf("%w: NAR longer than the %d bytes its metadata says", ErrDamaged, r.entry.NarSize)
+	} else if err == io.EOF {
+		var got pathinfo.NarHash
+		copy(got[:], r.hash.Sum())
+		if r.hash.Size() != r.entry.NarSize || got != r.entry.NarHash {
+			err = fmt.Errorf("%w: NAR has %d bytes and hash %s, metadata says %d bytes and %s", ErrDamaged, r.hash.Size(), got, r.entry.NarSize, r.entry.NarHash)
+		}
+	}
+	if err != nil && err != io.EOF {
+		if !errors.Is(err, ErrDamaged) {
+			err = fmt.Errorf("%w: %v", ErrDamaged, err)
+		}
+		err = fmt.Errorf("read cached NAR of %s: %w", r.entry.Path, err)
+		if rmErr := r.cache.Remove(r.entry.Path); rmErr != nil {
+			err = errors.Join(err, rmErr)
+		}
+	}
+	if err != nil {
+		r.err = err
+	}
+	return n, err
+}
+
+func (r *checkedReader) Close() error {
+	r.hash.Close()
+	return r.zr.Close()
+}
+
 type zstdFile struct {
 	f  *os.File
 	zr *zstd.Decoder
 }
 
-func openZstd(name string) (*zstdFile, error) {
-	f, err := os.Open(name)
-	if err != nil {
-		return nil, err
-	}
+func newZstdFile(f *os.File) (*zstdFile, error) {
 	// Single-goroutine, bounded-window decoding keeps memory flat no matter
 	// how large the NAR is.
 	zr, err := zstd.NewReader(f, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true), zstd.WithDecoderMaxWindow(64<<20))
 	if err != nil {
-		f.Close()
 		return nil, fmt.Errorf("%w: %v", ErrDamaged, err)
 	}
 	return &zstdFile{f: f, zr: zr}, nil

@@ -152,3 +152,44 @@ func TestRejectsNonStorePath(t *testing.T) {
 		t.Fatal("Create accepted a non-store path")
 	}
 }
+
+// TestDamageAfterVerificationIsCaught overwrites the NAR in place, keeping
+// inode, size and mtime, after the process has verified it once: the
+// streaming check must still fail the read and remove the entry.
+func TestDamageAfterVerificationIsCaught(t *testing.T) {
+	dir := t.TempDir()
+	c, _ := Open(dir)
+	data := bytes.Repeat([]byte("0123456789abcdef"), 50000)
+	e := put(t, c, "k", data)
+	if b, err := readAll(t, c, e); err != nil || !bytes.Equal(b, data) {
+		t.Fatalf("first read: %d bytes, %v", len(b), err)
+	}
+
+	narFile := filepath.Join(dir, testPath[11:43]+".nar.zst")
+	fi, _ := os.Stat(narFile)
+	// A valid zstd stream of the same length but other content.
+	other, _ := Open(t.TempDir())
+	w, _ := other.Create(testPath)
+	forgedData := bytes.Repeat([]byte("fedcba9876543210"), 50000)
+	w.Write(forgedData)
+	w.Commit(Entry{})
+	forged, _ := os.ReadFile(filepath.Join(other.Dir(), testPath[11:43]+".nar.zst"))
+	if len(forged) != int(fi.Size()) {
+		t.Skipf("forged stream has %d bytes, original %d: cannot keep the size", len(forged), fi.Size())
+	}
+	f, err := os.OpenFile(narFile, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteAt(forged, 0)
+	f.Close()
+	os.Chtimes(narFile, fi.ModTime(), fi.ModTime())
+
+	_, err = readAll(t, c, e)
+	if !errors.Is(err, ErrDamaged) {
+		t.Fatalf("read of a NAR damaged after verification: err = %v, want ErrDamaged", err)
+	}
+	if got, _ := c.Lookup(testPath, "k"); got != nil {
+		t.Fatal("damaged entry still in the cache")
+	}
+}

@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"runtime"
+	"runtime/debug"
 	"sort"
 	"sync"
 	"time"
@@ -16,6 +18,7 @@ import (
 	"github.com/nix-community/go-nix/pkg/storepath"
 	"golang.org/x/sync/singleflight"
 
+	"github.com/decross-store/decross-store/daemonproto"
 	"github.com/decross-store/decross-store/internal/asynchash"
 	"github.com/decross-store/decross-store/mapping"
 	"github.com/decross-store/decross-store/narcache"
@@ -56,8 +59,10 @@ type Store struct {
 	infoFlight   singleflight.Group
 	closureOK    sync.Map // cross or CA path -> struct{}: closure known servable
 	prepFlight   singleflight.Group
-	prepared     sync.Map // served path -> *prepared
+	prepared     sync.Map      // served path -> *prepared
+	builds       chan struct{} // semaphore: rewrites running at once
 
+	caFlight   singleflight.Group
 	caMu       sync.Mutex
 	caIndex    map[string]bool // content-addressed paths found in mapped closures
 	caComplete bool            // every mapped closure has been walked without error
@@ -68,6 +73,14 @@ type prepared struct {
 	entry *narcache.Entry
 	info  *pathinfo.PathInfo // signed
 }
+
+// Limits on upstream work, which runs detached from the requests that
+// wait for it (they share it): a stuck upstream must fail the work rather
+// than hold every waiting client forever.
+const (
+	upstreamQueryTimeout = time.Minute
+	upstreamStallTimeout = 2 * time.Minute // no NAR bytes for this long
+)
 
 // caRewalkInterval bounds how often unknown paths trigger another walk of
 // mapped closures that could not be walked completely (a cross path not
@@ -89,6 +102,7 @@ func New(cfg Config) (*Store, error) {
 		tooLong: make(map[string]bool),
 		byHash:  make(map[string]string),
 		caIndex: make(map[string]bool),
+		builds:  make(chan struct{}, max(2, runtime.GOMAXPROCS(0))),
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
@@ -130,8 +144,10 @@ func (s *Store) upstreamPathInfo(ctx context.Context, p string) (*pathinfo.PathI
 	if v, ok := s.upstreamInfo.Load(p); ok {
 		return v.(*pathinfo.PathInfo), nil
 	}
-	v, err, _ := s.infoFlight.Do(p, func() (any, error) {
-		info, err := s.cfg.Upstream.QueryPathInfo(ctx, p)
+	v, err := s.shared(ctx, &s.infoFlight, p, func(work context.Context) (any, error) {
+		work, cancel := context.WithTimeout(work, upstreamQueryTimeout)
+		defer cancel()
+		info, err := s.cfg.Upstream.QueryPathInfo(work, p)
 		if err != nil {
 			return nil, fmt.Errorf("upstream query path info %s: %w", p, err)
 		}
@@ -147,6 +163,57 @@ func (s *Store) upstreamPathInfo(ctx context.Context, p string) (*pathinfo.PathI
 	return info, nil
 }
 
+// shared runs fn once for all concurrent callers with the same key. fn
+// runs detached from any caller's cancellation, since others may wait for
+// it; each caller waits only as long as its own ctx allows. A panic in fn
+// becomes an error for its callers instead of killing the server.
+func (s *Store) shared(ctx context.Context, g *singleflight.Group, key string, fn func(work context.Context) (any, error)) (any, error) {
+	work := context.WithoutCancel(ctx)
+	ch := g.DoChan(key, func() (v any, err error) {
+		defer func() {
+			if r := recover(); r != nil {
+				s.log.Error("panic while preparing a path", "key", key, "panic", r, "stack", string(debug.Stack()))
+				err = fmt.Errorf("internal error while preparing %s: %v", key, r)
+			}
+		}()
+		return fn(work)
+	})
+	select {
+	case r := <-ch:
+		return r.Val, r.Err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// notServedError says why this store does not serve a path it knows of.
+// Its text contains "is not valid", which Nix clients read as an invalid
+// path (so a substituter list moves on to the next one), and it matches
+// daemonproto.ErrInvalidPath, so validity queries answer "no" rather than
+// failing.
+type notServedError struct {
+	path string
+	why  error
+}
+
+func (e *notServedError) Error() string {
+	return fmt.Sprintf("path '%s' is not valid in this store: %v", e.path, e.why)
+}
+
+func (e *notServedError) Unwrap() error { return e.why }
+
+func (e *notServedError) Is(target error) bool { return target == daemonproto.ErrInvalidPath }
+
+// closureProblem marks what walkClosure found wrong, as opposed to a
+// failure to ask the upstream.
+type closureProblem struct{ msg string }
+
+func (e *closureProblem) Error() string { return e.msg }
+
+func problemf(format string, args ...any) error {
+	return &closureProblem{msg: fmt.Sprintf(format, args...)}
+}
+
 // source is what a served path is made from.
 type source struct {
 	served string
@@ -158,21 +225,27 @@ type source struct {
 func (src *source) isCA() bool { return src.entry.Cross == "" }
 
 // resolve finds what served is made from, or nil when this store does not
-// serve it.
+// serve it. A mapped path that cannot be served is a *notServedError.
 func (s *Store) resolve(ctx context.Context, served string) (*source, error) {
 	if e, ok := s.cfg.Mapping.ByNative(served); ok {
+		notServed := func(format string, args ...any) error {
+			return &notServedError{path: served, why: fmt.Errorf(format, args...)}
+		}
 		if s.tooLong[served] {
-			return nil, fmt.Errorf("cannot serve %s: it is longer than its cross path %s, so binaries cannot be rewritten in place", served, e.Cross)
+			return nil, notServed("it is longer than its cross path %s, so binaries cannot be rewritten in place", e.Cross)
 		}
 		info, err := s.upstreamPathInfo(ctx, e.Cross)
 		if err != nil {
 			return nil, err
 		}
 		if info == nil {
-			return nil, fmt.Errorf("cannot serve %s: its cross path %s is not valid in the upstream store (not built, or garbage-collected)", served, e.Cross)
+			return nil, notServed("its cross path %s is not valid in the upstream store (not built, or garbage-collected)", e.Cross)
 		}
 		if err := s.checkClosure(ctx, e.Cross); err != nil {
-			return nil, fmt.Errorf("cannot serve %s (cross %s): %w", served, e.Cross, err)
+			if problem := (*closureProblem)(nil); errors.As(err, &problem) {
+				return nil, notServed("cannot serve it from %s: %w", e.Cross, err)
+			}
+			return nil, err
 		}
 		return &source{served: served, from: e.Cross, entry: e, info: info}, nil
 	}
@@ -189,7 +262,10 @@ func (s *Store) resolve(ctx context.Context, served string) (*source, error) {
 		return nil, err
 	}
 	if err := s.checkClosure(ctx, served); err != nil {
-		return nil, fmt.Errorf("cannot serve %s: %w", served, err)
+		if problem := (*closureProblem)(nil); errors.As(err, &problem) {
+			return nil, &notServedError{path: served, why: err}
+		}
+		return nil, err
 	}
 	return &source{served: served, from: served, info: info}, nil
 }
@@ -229,9 +305,9 @@ func (s *Store) walkClosure(ctx context.Context, root string, found map[string]b
 		var bad error
 		switch e, mapped := s.cfg.Mapping.ByCross(p); {
 		case info == nil:
-			bad = fmt.Errorf("its closure references %s, which is not valid in the upstream store", p)
+			bad = problemf("its closure references %s, which is not valid in the upstream store", p)
 		case mapped && s.tooLong[e.Native]:
-			bad = fmt.Errorf("its closure references %s, whose native path %s is longer than it", p, e.Native)
+			bad = problemf("its closure references %s, whose native path %s is longer than it", p, e.Native)
 		case mapped:
 		case info.CA != "":
 			if found != nil {
@@ -246,14 +322,14 @@ func (s *Store) walkClosure(ctx context.Context, root string, found map[string]b
 					return err
 				}
 				if ri == nil || ri.CA == "" {
-					bad = fmt.Errorf("its closure holds the content-addressed path %s, which references the non-content-addressed path %s and so cannot be served unchanged", p, r)
+					bad = problemf("its closure holds the content-addressed path %s, which references the non-content-addressed path %s and so cannot be served unchanged", p, r)
 					break
 				}
 			}
 		case p == root:
-			bad = fmt.Errorf("%s is neither in the mapping nor content-addressed", p)
+			bad = problemf("%s is neither in the mapping nor content-addressed", p)
 		default:
-			bad = fmt.Errorf("its closure references %s, which is input-addressed and not in the mapping", p)
+			bad = problemf("its closure references %s, which is input-addressed and not in the mapping", p)
 		}
 		if bad != nil {
 			if found == nil {
@@ -283,23 +359,40 @@ func (s *Store) walkClosure(ctx context.Context, root string, found map[string]b
 // completely.
 func (s *Store) isServedCA(ctx context.Context, p string) (bool, error) {
 	s.caMu.Lock()
-	defer s.caMu.Unlock()
-	if s.caIndex[p] || s.caComplete || time.Since(s.caWalked) < caRewalkInterval {
-		return s.caIndex[p], nil
+	known, fresh := s.caIndex[p], s.caComplete || time.Since(s.caWalked) < caRewalkInterval
+	s.caMu.Unlock()
+	if known || fresh {
+		return known, nil
 	}
-	complete := true
-	for _, e := range s.cfg.Mapping.Entries() {
-		// Problems in a closure only make that native path unservable; the
-		// content-addressed paths found in it are still good on their own.
-		if err := s.walkClosure(ctx, e.Cross, s.caIndex); err != nil {
-			if ctx.Err() != nil {
-				return false, err
+	// The walk runs without caMu, so lookups of indexed paths go on
+	// meanwhile; concurrent callers share one walk.
+	_, err := s.shared(ctx, &s.caFlight, "", func(work context.Context) (any, error) {
+		found := make(map[string]bool)
+		complete := true
+		for _, e := range s.cfg.Mapping.Entries() {
+			// Problems in a closure only make that native path unservable;
+			// the content-addressed paths found in it are still good.
+			if err := s.walkClosure(work, e.Cross, found); err != nil {
+				if problem := (*closureProblem)(nil); !errors.As(err, &problem) {
+					return nil, err
+				}
+				complete = false
 			}
-			complete = false
 		}
+		s.caMu.Lock()
+		for f := range found {
+			s.caIndex[f] = true
+		}
+		s.caComplete = complete
+		s.caWalked = time.Now()
+		s.caMu.Unlock()
+		return nil, nil
+	})
+	if err != nil {
+		return false, err
 	}
-	s.caComplete = complete
-	s.caWalked = time.Now()
+	s.caMu.Lock()
+	defer s.caMu.Unlock()
 	return s.caIndex[p], nil
 }
 
@@ -309,18 +402,15 @@ func (s *Store) prepare(ctx context.Context, served string) (*prepared, error) {
 	if v, ok := s.prepared.Load(served); ok {
 		return v.(*prepared), nil
 	}
-	v, err, _ := s.prepFlight.Do(served, func() (any, error) {
+	v, err := s.shared(ctx, &s.prepFlight, served, func(work context.Context) (any, error) {
 		if v, ok := s.prepared.Load(served); ok {
 			return v, nil
 		}
-		// Requests share this work; one client going away must not fail
-		// it for the others.
-		ctx := context.WithoutCancel(ctx)
-		src, err := s.resolve(ctx, served)
+		src, err := s.resolve(work, served)
 		if err != nil || src == nil {
 			return (*prepared)(nil), err
 		}
-		p, err := s.build(ctx, src)
+		p, err := s.build(work, src)
 		if err != nil {
 			return nil, err
 		}
@@ -397,6 +487,21 @@ func (s *Store) build(ctx context.Context, src *source) (*prepared, error) {
 // rewriteInto streams the upstream NAR of src through the rewriter into a
 // new cache entry, checking the upstream hash on the way.
 func (s *Store) rewriteInto(ctx context.Context, src *source, key string, refs []string) (*narcache.Entry, error) {
+	// Bounded: each rewrite holds buffers, a compressor and an upstream
+	// connection.
+	select {
+	case s.builds <- struct{}{}:
+		defer func() { <-s.builds }()
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	stall := time.AfterFunc(upstreamStallTimeout, func() {
+		cancel(fmt.Errorf("upstream sent no NAR data for %v", upstreamStallTimeout))
+	})
+	defer stall.Stop()
+
 	rc, err := s.cfg.Upstream.NarFromPath(ctx, src.from)
 	if err != nil {
 		return nil, fmt.Errorf("read upstream NAR of %s: %w", src.from, err)
@@ -410,9 +515,12 @@ func (s *Store) rewriteInto(ctx context.Context, src *source, key string, refs [
 
 	// The upstream path info tells how long the NAR is; reading no further
 	// keeps us from waiting on a connection that has nothing more to say.
-	in := &hashingReader{r: io.LimitReader(rc, int64(src.info.NarSize)), h: asynchash.New(sha256.New())}
+	in := &hashingReader{r: io.LimitReader(rc, int64(src.info.NarSize)), h: asynchash.New(sha256.New()), progress: func() { stall.Reset(upstreamStallTimeout) }}
 	defer in.h.Close()
 	if err := s.rewriter.RewriteNAR(w, in); err != nil {
+		if cause := context.Cause(ctx); cause != nil {
+			err = fmt.Errorf("%w (%v)", err, cause)
+		}
 		return nil, fmt.Errorf("rewrite %s (from %s): %w", src.served, src.from, err)
 	}
 	if in.h.Size() != src.info.NarSize {
@@ -441,13 +549,17 @@ func (s *Store) rewriteInto(ctx context.Context, src *source, key string, refs [
 
 // hashingReader hashes what is read through it, off the critical path.
 type hashingReader struct {
-	r io.Reader
-	h *asynchash.Hasher
+	r        io.Reader
+	h        *asynchash.Hasher
+	progress func()
 }
 
 func (hr *hashingReader) Read(p []byte) (int, error) {
 	n, err := hr.r.Read(p)
-	hr.h.Write(p[:n])
+	if n > 0 {
+		hr.h.Write(p[:n])
+		hr.progress()
+	}
 	return n, err
 }
 
@@ -488,11 +600,11 @@ func (s *Store) NarFromPath(ctx context.Context, p string) (io.ReadCloser, error
 			return nil, err
 		}
 		if prep == nil {
-			return nil, fmt.Errorf("path %s is not valid in this store", p)
+			return nil, &notServedError{path: p, why: errors.New("it is neither mapped nor a content-addressed path in a mapped closure")}
 		}
 		rc, err := s.cfg.Cache.Open(prep.entry)
 		if err == nil {
-			return rc, nil
+			return &forgetOnDamage{ReadCloser: rc, forget: func() { s.prepared.Delete(p) }}, nil
 		}
 		if !errors.Is(err, narcache.ErrDamaged) || attempt > 0 {
 			return nil, err
@@ -500,6 +612,22 @@ func (s *Store) NarFromPath(ctx context.Context, p string) (io.ReadCloser, error
 		s.log.Warn("cache entry damaged, rebuilding", "path", p, "error", err)
 		s.prepared.Delete(p)
 	}
+}
+
+// forgetOnDamage drops the in-memory entry of a path whose cached NAR
+// turned out damaged while it was read (the cache has removed the files),
+// so the next request rebuilds it.
+type forgetOnDamage struct {
+	io.ReadCloser
+	forget func()
+}
+
+func (f *forgetOnDamage) Read(p []byte) (int, error) {
+	n, err := f.ReadCloser.Read(p)
+	if err != nil && errors.Is(err, narcache.ErrDamaged) {
+		f.forget()
+	}
+	return n, err
 }
 
 // ValidPaths lists every path this store serves: the mapped native paths

@@ -19,6 +19,7 @@ import (
 	"github.com/nix-community/go-nix/pkg/nar"
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 
+	"github.com/decross-store/decross-store/daemonproto"
 	"github.com/decross-store/decross-store/mapping"
 	"github.com/decross-store/decross-store/narcache"
 	"github.com/decross-store/decross-store/pathinfo"
@@ -414,5 +415,78 @@ func TestCrossBuiltAfterStartIsServed(t *testing.T) {
 		if info, err := s.QueryPathInfo(ctx, p); err != nil || info == nil {
 			t.Fatalf("after the build, %s: %v, %v", p, info, err)
 		}
+	}
+}
+
+// stuckUpstream never answers until released.
+type stuckUpstream struct {
+	*fakeUpstream
+	release chan struct{}
+}
+
+func (u *stuckUpstream) QueryPathInfo(ctx context.Context, p string) (*pathinfo.PathInfo, error) {
+	select {
+	case <-u.release:
+		return u.fakeUpstream.QueryPathInfo(ctx, p)
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+func TestStuckUpstreamDoesNotHoldRequests(t *testing.T) {
+	f := newFixture(t)
+	up := &stuckUpstream{fakeUpstream: f.up, release: make(chan struct{})}
+	c, _ := narcache.Open(f.cacheDir)
+	s, err := New(Config{Mapping: f.mapping, Upstream: up, Cache: c, SigningKey: f.key})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		_, err := s.QueryPathInfo(ctx, nativeHello)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("err = %v, want the request's deadline", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("request still waiting on a stuck upstream after its deadline")
+	}
+	// The shared work goes on; once the upstream answers, it is served.
+	close(up.release)
+	if info, err := s.QueryPathInfo(context.Background(), nativeHello); err != nil || info == nil {
+		t.Fatalf("after the upstream recovered: %v, %v", info, err)
+	}
+}
+
+type panickyUpstream struct{ *fakeUpstream }
+
+func (panickyUpstream) NarFromPath(context.Context, string) (io.ReadCloser, error) {
+	panic("upstream exploded")
+}
+
+func TestPanicInSharedWorkIsAnError(t *testing.T) {
+	f := newFixture(t)
+	c, _ := narcache.Open(f.cacheDir)
+	s, err := New(Config{Mapping: f.mapping, Upstream: panickyUpstream{f.up}, Cache: c, SigningKey: f.key})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = s.QueryPathInfo(context.Background(), nativeGlibc)
+	if err == nil || !strings.Contains(err.Error(), "upstream exploded") {
+		t.Fatalf("err = %v, want the panic as an error", err)
+	}
+}
+
+func TestNotServedMatchesInvalidPath(t *testing.T) {
+	f := newFixture(t)
+	s := f.store(t)
+	_, err := s.QueryPathInfo(context.Background(), nativeLeaky)
+	if !errors.Is(err, daemonproto.ErrInvalidPath) || !strings.Contains(err.Error(), "is not valid") {
+		t.Fatalf("err = %v: want one matching daemonproto.ErrInvalidPath and saying 'is not valid'", err)
 	}
 }
