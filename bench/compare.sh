@@ -42,7 +42,13 @@ go build -o "$work/decross-store" ./cmd/decross-store
 "$work/decross-store" keygen --name bench-1 --secret-key-file "$work/secret.key" --public-key-file "$work/public.key" >/dev/null
 ssh-keygen -q -t ed25519 -N '' -f "$work/client_key"
 cp "$work/client_key.pub" "$work/authorized_keys"
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+free_port() { # a port nothing listens on (bash's /dev/tcp, no python needed)
+	local p
+	while :; do
+		p=$(shuf -i 20000-60000 -n 1)
+		(exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return; }
+	done
+}
 
 # Baseline: OpenSSH sshd running the real nix-daemon --stdio.
 sshd_port=$(free_port)

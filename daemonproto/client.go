@@ -412,15 +412,17 @@ func (c *Client) IsValidPath(ctx context.Context, path string) (bool, error) {
 // the connection. The Client is unusable afterwards. A *DaemonError before
 // the NAR starts leaves the Client usable.
 //
-// It asks IsValidPath first: once a Nix daemon has started sending a NAR it
-// cannot report a failure except by corrupting the stream (2.8 does exactly
-// that for a missing path).
+// It asks QueryPathInfo first: once a Nix daemon has started sending a NAR
+// it cannot report a failure except by corrupting the stream (2.8 does
+// exactly that for a missing path). The reader ends (io.EOF) after the
+// narSize bytes the path info announced, so a caller that copies it to the
+// end never waits on a connection that has nothing more to send.
 func (c *Client) NarFromPath(ctx context.Context, path string) (io.ReadCloser, error) {
-	ok, err := c.IsValidPath(ctx, path)
+	info, err := c.QueryPathInfo(ctx, path)
 	if err != nil {
 		return nil, fmt.Errorf("nar from path: %w", err)
 	}
-	if !ok {
+	if info == nil {
 		return nil, &DaemonError{Message: fmt.Sprintf("path '%s' is not valid", path)}
 	}
 	stop, err := c.call(ctx, opNarFromPath, path)
@@ -428,15 +430,29 @@ func (c *Client) NarFromPath(ctx context.Context, path string) (io.ReadCloser, e
 		return nil, fmt.Errorf("nar from path %s: %w", path, err)
 	}
 	c.broken = errors.New("connection handed over to a NAR reader")
-	return &narStream{c: c, stop: stop}, nil
+	return &narStream{c: c, stop: stop, left: int64(info.NarSize)}, nil
 }
 
 type narStream struct {
 	c    *Client
 	stop func() bool
+	left int64
 }
 
-func (n *narStream) Read(p []byte) (int, error) { return n.c.r.r.Read(p) }
+func (n *narStream) Read(p []byte) (int, error) {
+	if n.left <= 0 {
+		return 0, io.EOF
+	}
+	if int64(len(p)) > n.left {
+		p = p[:n.left]
+	}
+	k, err := n.c.r.r.Read(p)
+	n.left -= int64(k)
+	if err == io.EOF && n.left > 0 {
+		err = io.ErrUnexpectedEOF
+	}
+	return k, err
+}
 
 func (n *narStream) Close() error {
 	n.stop()

@@ -297,7 +297,11 @@ func TestMachineDaemon(t *testing.T) {
 	if _, err := os.Stat(DefaultSocket); err != nil {
 		t.Skipf("no nix-daemon socket: %v", err)
 	}
-	t.Setenv("NIX_DAEMON_SOCKET_PATH", "")
+	// Unset, not empty: Nix 2.8 aborts on an empty socket path.
+	if old, ok := os.LookupEnv("NIX_DAEMON_SOCKET_PATH"); ok {
+		os.Unsetenv("NIX_DAEMON_SOCKET_PATH")
+		t.Cleanup(func() { os.Setenv("NIX_DAEMON_SOCKET_PATH", old) })
+	}
 	checkAgainstNix(t, "unix://"+DefaultSocket, false)
 }
 
