@@ -12,6 +12,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"time"
 
 	"golang.org/x/crypto/ssh"
 )
@@ -123,21 +124,36 @@ func createHostKey(path string) error {
 }
 
 // LoadAuthorizedKeys reads public keys in OpenSSH authorized_keys format.
-// Comment and blank lines are skipped; an options prefix (command="...",
-// no-pty, ...) is accepted but not enforced, because the server only ever
-// runs its own handler. Errors name the offending line.
+// Comment and blank lines are skipped. Every key is returned as an
+// *AuthorizedKey carrying its line's restrictions, which Server enforces:
+//
+//   - from="pattern-list" limits the client addresses, with sshd's syntax
+//     (addresses, CIDR networks, * and ? wildcards, ! to exclude). Only the
+//     address is matched, never a host name, so host name patterns are
+//     refused.
+//   - expiry-time="YYYYMMDD[HHMM[SS]]" ends the key's validity. As in
+//     sshd(8) the time is local, meaning the server's time zone when the
+//     file is loaded; a trailing Z makes it UTC.
+//   - restrict, no-pty, no-port-forwarding, no-agent-forwarding,
+//     no-X11-forwarding and no-user-rc are accepted: the server never
+//     grants what they take away.
+//
+// Any other option (command=, cert-authority, principals=, environment=,
+// permitopen=, permitlisten=, tunnel=, pty, ..., or one not known) would
+// grant or change something the server cannot honour, so the file is
+// refused. Errors name the offending line.
 func LoadAuthorizedKeys(path string) ([]ssh.PublicKey, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("load authorized keys: %w", err)
 	}
 	defer f.Close()
-	return parseAuthorizedKeys(io.LimitReader(f, maxAuthorizedKeysFile+1), path)
+	return parseAuthorizedKeys(io.LimitReader(f, maxAuthorizedKeysFile+1), path, time.Local)
 }
 
 // parseAuthorizedKeys parses authorized_keys text; name prefixes errors,
-// compiler-style, as name:line.
-func parseAuthorizedKeys(r io.Reader, name string) ([]ssh.PublicKey, error) {
+// compiler-style, as name:line. loc is the zone of expiry times.
+func parseAuthorizedKeys(r io.Reader, name string, loc *time.Location) ([]ssh.PublicKey, error) {
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 0, 4096), maxAuthorizedKeysLine)
 	var (
@@ -158,11 +174,15 @@ func parseAuthorizedKeys(r io.Reader, name string) ([]ssh.PublicKey, error) {
 		}
 		// ParseAuthorizedKey skips lines it cannot parse and reports only
 		// "no key found", so feed it one line and name the line ourselves.
-		key, _, _, _, err := ssh.ParseAuthorizedKey(line)
+		key, _, opts, _, err := ssh.ParseAuthorizedKey(line)
 		if err != nil {
 			return nil, fmt.Errorf("authorized keys %s:%d: not a valid public key line", name, n)
 		}
-		keys = append(keys, key)
+		ak := &AuthorizedKey{PublicKey: key, Source: fmt.Sprintf("%s:%d", name, n)}
+		if err := applyOptions(ak, opts, loc); err != nil {
+			return nil, fmt.Errorf("authorized keys %s:%d: %w", name, n, err)
+		}
+		keys = append(keys, ak)
 	}
 	if err := sc.Err(); err != nil {
 		if errors.Is(err, bufio.ErrTooLong) {

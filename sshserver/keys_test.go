@@ -5,11 +5,13 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/pem"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"golang.org/x/crypto/ssh"
 )
@@ -149,7 +151,7 @@ func TestLoadAuthorizedKeys(t *testing.T) {
 			content: "# decross-store clients\n\n" +
 				line(k1) + " alice@laptop\n" +
 				"   \t\n" +
-				`command="nix-daemon --stdio",no-pty,no-port-forwarding ` + line(k2) + " builder\r\n" +
+				`restrict,no-pty,NO-X11-Forwarding,from="127.0.0.1,::1" ` + line(k2) + " builder\r\n" +
 				"  # indented comment\n" +
 				line(k3),
 			want: []ssh.PublicKey{k1, k2, k3},
@@ -163,6 +165,11 @@ func TestLoadAuthorizedKeys(t *testing.T) {
 			name:    "private key pasted by mistake",
 			content: "-----BEGIN OPENSSH PRIVATE KEY-----\n",
 			wantErr: ":1: not a valid public key line",
+		},
+		{
+			name:    "forced command names its line",
+			content: line(k1) + "\n" + `command="nix-daemon --stdio" ` + line(k2) + "\n",
+			wantErr: ":2: option command is not supported",
 		},
 		{
 			name:    "no keys",
@@ -213,8 +220,9 @@ func FuzzParseAuthorizedKeys(f *testing.F) {
 	f.Add([]byte("# comment\n\nssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMWEJSl0oFXDBioIWttFQF/oJhMYWnuDQhCZH+P+QfLS alice\n"))
 	f.Add([]byte(`command="nix-daemon --stdio",no-pty ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMWEJSl0oFXDBioIWttFQF/oJhMYWnuDQhCZH+P+QfLS` + "\r\n"))
 	f.Add([]byte("ssh-ed25519 AAAAnot-base64\n"))
+	f.Add([]byte(`from="10.0.0.0/8,!10.1.2.*",expiry-time="20300101Z",restrict ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMWEJSl0oFXDBioIWttFQF/oJhMYWnuDQhCZH+P+QfLS` + "\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		keys, err := parseAuthorizedKeys(bytes.NewReader(data), "fuzz")
+		keys, err := parseAuthorizedKeys(bytes.NewReader(data), "fuzz", time.UTC)
 		if err != nil {
 			if keys != nil {
 				t.Fatalf("error %v with %d keys", err, len(keys))
@@ -224,12 +232,16 @@ func FuzzParseAuthorizedKeys(f *testing.F) {
 		if len(keys) == 0 {
 			t.Fatal("no error and no keys")
 		}
+		// Restrictions that parsed must be checkable.
+		for _, k := range keys {
+			_ = k.(*AuthorizedKey).Permits(&net.TCPAddr{IP: net.IPv4(10, 1, 2, 3), Port: 22}, time.Unix(1e9, 0))
+		}
 		// What was accepted must survive a round trip through the format.
 		var buf bytes.Buffer
 		for _, k := range keys {
 			buf.Write(ssh.MarshalAuthorizedKey(k))
 		}
-		again, err := parseAuthorizedKeys(&buf, "fuzz")
+		again, err := parseAuthorizedKeys(&buf, "fuzz", time.UTC)
 		if err != nil || len(again) != len(keys) {
 			t.Fatalf("round trip: %d keys, %v; want %d", len(again), err, len(keys))
 		}

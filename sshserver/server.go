@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"runtime/debug"
 	"sync"
 	"syscall"
@@ -19,17 +20,40 @@ import (
 // and stdout. ctx is cancelled when the client closes the session or the
 // connection, on Close, and when Shutdown gives up waiting. A non-nil error
 // is reported to the client on stderr with exit status 1; stdout only ever
-// carries what the handler writes.
+// carries what the handler writes. Once the handler returns, the session is
+// closed, which also ends any Read of rw still blocked in another goroutine.
+//
+// Shutdown leaves ctx live so that requests in flight complete; a handler
+// that may sit idle between requests should also watch ShuttingDown(ctx).
 type Handler func(ctx context.Context, rw io.ReadWriter) error
+
+type shutdownKey struct{}
+
+// ShuttingDown returns a channel that is closed when Shutdown or Close
+// begins on the server that started the handler with ctx (or with a parent
+// of ctx). For any other context it returns nil, which never becomes ready.
+//
+// It lets a handler stop between requests rather than hold Shutdown until
+// its deadline. The intended use is to read the next request in a goroutine
+// and select on its arrival and on ShuttingDown(ctx): when shutdown wins,
+// return nil, which ends the session and so the blocked read. A request
+// that arrives in the same instant should be served first, so a handler
+// that finds both ready prefers the request.
+func ShuttingDown(ctx context.Context) <-chan struct{} {
+	ch, _ := ctx.Value(shutdownKey{}).(chan struct{})
+	return ch
+}
 
 // ErrServerClosed is returned by Serve and ListenAndServe after Shutdown or
 // Close.
 var ErrServerClosed = errors.New("sshserver: server closed")
 
 const (
-	defaultHandshakeTimeout   = 30 * time.Second
-	defaultMaxConnections     = 64
-	defaultMaxSessionsPerConn = 4
+	defaultHandshakeTimeout        = 30 * time.Second
+	defaultMaxConnections          = 64
+	defaultMaxUnauthenticated      = 16
+	defaultMaxUnauthenticatedPerIP = 4
+	defaultMaxSessionsPerConn      = 4
 
 	fingerprintExt = "decross-store-key"
 	serverVersion  = "SSH-2.0-decross-store"
@@ -50,24 +74,40 @@ type Server struct {
 	// channel, and the wait for its exec request. Clients that stall
 	// cannot hold connection slots. Zero means 30s.
 	HandshakeTimeout time.Duration
-	// MaxConnections caps open connections, including those still in the
-	// handshake; connections beyond it are closed on accept. Zero means 64.
+	// MaxConnections caps authenticated connections. A client that
+	// authenticates beyond it is refused. Zero means 64.
 	MaxConnections int
+	// MaxUnauthenticated caps connections still in the handshake, which
+	// may each take HandshakeTimeout; new TCP connections beyond it are
+	// closed at once. It is kept apart from MaxConnections so that clients
+	// that connect and never authenticate cannot lock real clients out.
+	// Zero means 16.
+	MaxUnauthenticated int
+	// MaxUnauthenticatedPerIP caps connections still in the handshake from
+	// one remote address, so that one address cannot take every slot of
+	// MaxUnauthenticated. Zero means 4.
+	MaxUnauthenticatedPerIP int
 	// MaxSessionsPerConn caps concurrently open session channels on one
 	// connection. Nix uses one per connection. Zero means 4.
 	MaxSessionsPerConn int
 
-	mu         sync.Mutex
-	inShutdown bool
-	listeners  map[*net.Listener]struct{}
-	conns      map[*conn]struct{}
-	ctx        context.Context // parent of every session context
-	cancel     context.CancelFunc
+	mu          sync.Mutex
+	inShutdown  bool
+	listeners   map[*net.Listener]struct{}
+	conns       map[*conn]struct{}
+	authed      int                // conns with authed set
+	pending     int                // conns without
+	pendingByIP map[netip.Addr]int // pending, by remote address
+	ctx         context.Context    // parent of every session context
+	cancel      context.CancelFunc
+	shutdownCh  chan struct{} // closed when Shutdown or Close begins
 }
 
 // conn is the server's record of one TCP connection, guarded by Server.mu.
 type conn struct {
 	nc         net.Conn
+	ip         netip.Addr // zero if the remote is not an IP address
+	authed     bool
 	sessions   int
 	hadSession bool
 	closed     bool
@@ -157,7 +197,7 @@ func retryableAccept(err error) bool {
 // remaining sessions, closes their connections, and returns ctx.Err().
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
-	s.inShutdown = true
+	s.beginShutdownLocked()
 	err := s.closeListenersLocked()
 	s.mu.Unlock()
 
@@ -191,11 +231,18 @@ func (s *Server) Shutdown(ctx context.Context) error {
 // closes every connection at once.
 func (s *Server) Close() error {
 	s.mu.Lock()
-	s.inShutdown = true
+	s.beginShutdownLocked()
 	err := s.closeListenersLocked()
 	s.mu.Unlock()
 	s.closeAll()
 	return err
+}
+
+func (s *Server) beginShutdownLocked() {
+	if !s.inShutdown && s.shutdownCh != nil {
+		close(s.shutdownCh)
+	}
+	s.inShutdown = true
 }
 
 func (s *Server) closeAll() {
@@ -260,30 +307,36 @@ func (s *Server) trackListener(l *net.Listener, add bool) (context.Context, bool
 		s.listeners = make(map[*net.Listener]struct{})
 	}
 	if s.ctx == nil {
-		s.ctx, s.cancel = context.WithCancel(context.Background())
+		s.shutdownCh = make(chan struct{})
+		s.ctx, s.cancel = context.WithCancel(context.WithValue(context.Background(), shutdownKey{}, s.shutdownCh))
 	}
 	s.listeners[l] = struct{}{}
 	return s.ctx, true
 }
 
+// trackConn records a new, unauthenticated connection, or says why it
+// is refused.
 func (s *Server) trackConn(nc net.Conn) (*conn, string) {
+	ip, _ := remoteIP(nc.RemoteAddr())
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.inShutdown {
 		return nil, "server shutting down"
 	}
-	limit := s.MaxConnections
-	if limit <= 0 {
-		limit = defaultMaxConnections
+	if limit := orDefault(s.MaxUnauthenticated, defaultMaxUnauthenticated); s.pending >= limit {
+		return nil, fmt.Sprintf("unauthenticated connection limit %d reached", limit)
 	}
-	if len(s.conns) >= limit {
-		return nil, fmt.Sprintf("connection limit %d reached", limit)
+	if limit := orDefault(s.MaxUnauthenticatedPerIP, defaultMaxUnauthenticatedPerIP); s.pendingByIP[ip] >= limit {
+		return nil, fmt.Sprintf("unauthenticated connection limit %d per address reached", limit)
 	}
 	if s.conns == nil {
 		s.conns = make(map[*conn]struct{})
+		s.pendingByIP = make(map[netip.Addr]int)
 	}
-	c := &conn{nc: nc}
+	c := &conn{nc: nc, ip: ip}
 	s.conns[c] = struct{}{}
+	s.pending++
+	s.pendingByIP[ip]++
 	return c, ""
 }
 
@@ -292,7 +345,56 @@ func (s *Server) untrackConn(c *conn) {
 	defer s.mu.Unlock()
 	c.nc.Close()
 	c.closed = true
+	if _, ok := s.conns[c]; !ok {
+		return
+	}
 	delete(s.conns, c)
+	if c.authed {
+		s.authed--
+	} else {
+		s.dropPendingLocked(c)
+	}
+}
+
+func (s *Server) dropPendingLocked(c *conn) {
+	s.pending--
+	if s.pendingByIP[c.ip]--; s.pendingByIP[c.ip] <= 0 {
+		delete(s.pendingByIP, c.ip)
+	}
+}
+
+// authSlotFree reports whether an authenticated connection could be
+// admitted now, so that a client over the limit is refused while it can
+// still be told so (as an authentication failure) rather than being
+// dropped after success.
+func (s *Server) authSlotFree() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.authed < orDefault(s.MaxConnections, defaultMaxConnections)
+}
+
+// promote moves c from the handshake limits to MaxConnections. It is the
+// binding check: connections racing past authSlotFree are refused here.
+func (s *Server) promote(c *conn) (bool, string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.inShutdown || c.closed {
+		return false, "server shutting down"
+	}
+	if limit := orDefault(s.MaxConnections, defaultMaxConnections); s.authed >= limit {
+		return false, fmt.Sprintf("connection limit %d reached", limit)
+	}
+	s.dropPendingLocked(c)
+	c.authed = true
+	s.authed++
+	return true, ""
+}
+
+func orDefault(v, def int) int {
+	if v <= 0 {
+		return def
+	}
+	return v
 }
 
 // startSession claims a session slot on c; a closing server or connection
@@ -350,19 +452,38 @@ func (s *Server) handshakeTimeout() time.Duration {
 // sshConfig builds the per-Serve SSH configuration. The key set is copied
 // so that the callback never reads the caller's slice concurrently.
 func (s *Server) sshConfig(log *slog.Logger) *ssh.ServerConfig {
-	allowed := make(map[string]struct{}, len(s.AuthorizedKeys))
+	allowed := make(map[string][]*AuthorizedKey, len(s.AuthorizedKeys))
 	for _, k := range s.AuthorizedKeys {
-		allowed[string(k.Marshal())] = struct{}{}
+		ak, ok := k.(*AuthorizedKey)
+		if !ok {
+			ak = &AuthorizedKey{PublicKey: k}
+		}
+		id := string(k.Marshal())
+		allowed[id] = append(allowed[id], ak)
 	}
 	cfg := &ssh.ServerConfig{
 		// Only PublicKeyCallback is set, so password and
 		// keyboard-interactive are never offered and always fail.
 		PublicKeyCallback: func(md ssh.ConnMetadata, key ssh.PublicKey) (*ssh.Permissions, error) {
-			if _, ok := allowed[string(key.Marshal())]; !ok {
+			lines, ok := allowed[string(key.Marshal())]
+			if !ok {
 				log.Info("public key refused", "remote", md.RemoteAddr().String(), "user", md.User(), "key", fingerprint(key))
 				return nil, errors.New("public key not authorized")
 			}
-			return &ssh.Permissions{Extensions: map[string]string{fingerprintExt: fingerprint(key)}}, nil
+			now := time.Now()
+			for _, ak := range lines {
+				if err := ak.Permits(md.RemoteAddr(), now); err != nil {
+					log.Info("public key refused", "remote", md.RemoteAddr().String(), "user", md.User(), "key", fingerprint(key), "line", ak.Source, "reason", err)
+					continue
+				}
+				if !s.authSlotFree() {
+					log.Warn("public key refused", "remote", md.RemoteAddr().String(), "user", md.User(), "key", fingerprint(key),
+						"reason", fmt.Sprintf("connection limit %d reached", orDefault(s.MaxConnections, defaultMaxConnections)))
+					return nil, errors.New("connection limit reached")
+				}
+				return &ssh.Permissions{Extensions: map[string]string{fingerprintExt: fingerprint(key)}}, nil
+			}
+			return nil, errors.New("public key not permitted")
 		},
 		AuthLogCallback: func(md ssh.ConnMetadata, method string, err error) {
 			// Clients always probe "none" first; it carries no information.
@@ -392,6 +513,10 @@ func (s *Server) serveConn(base context.Context, cfg *ssh.ServerConfig, c *conn)
 	defer sc.Close()
 	_ = c.nc.SetDeadline(time.Time{})
 	log = log.With("user", sc.User(), "key", sc.Permissions.Extensions[fingerprintExt])
+	if ok, why := s.promote(c); !ok {
+		log.Warn("connection refused after authentication", "reason", why)
+		return
+	}
 	log.Info("authenticated", "client", clip(string(sc.ClientVersion())))
 
 	idle := time.AfterFunc(s.handshakeTimeout(), func() {

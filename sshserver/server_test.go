@@ -387,7 +387,10 @@ func TestConcurrentSessions(t *testing.T) {
 		started.Done()
 		<-release // all sessions are open at once before any finishes
 		return reverseHandler(ctx, rw)
-	}, nil)
+	}, func(s *Server) {
+		// Every client dials from 127.0.0.1 at the same moment.
+		s.MaxUnauthenticated, s.MaxUnauthenticatedPerIP = n, n
+	})
 
 	results := make(chan error, n)
 	for i := range n {
