@@ -70,8 +70,14 @@ func New(entries []Entry) (*Mapping, error) {
 }
 
 func checkStorePath(p string) error {
-	if _, err := storepath.FromAbsolutePath(p); err != nil {
+	sp, err := storepath.FromAbsolutePath(p)
+	if err != nil {
 		return fmt.Errorf("not a store path: %w", err)
+	}
+	// FromAbsolutePath cleans its argument first, so "/nix/store/<h>-x/"
+	// and "/nix/store/<h>-x/../<h>-y" would pass; only the plain form may.
+	if sp.Absolute() != p {
+		return fmt.Errorf("not a store path: only /nix/store/<hash>-<name> itself, without anything after the name")
 	}
 	return nil
 }

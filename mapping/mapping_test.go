@@ -61,6 +61,8 @@ func TestParseInvalid(t *testing.T) {
 		{"unknown field", `{"paths": [{"natve": "` + nHello + `", "cross": "` + cHello + `"}]}`, "unknown field"},
 		{"native not a store path", `{"paths": [{"native": "/tmp/hello", "cross": "` + cHello + `"}]}`, `native "/tmp/hello"`},
 		{"cross not a store path", `{"paths": [{"native": "` + nHello + `", "cross": "/nix/store/short-x"}]}`, `cross "/nix/store/short-x"`},
+		{"trailing slash", `{"paths": [{"native": "` + nHello + `/", "cross": "` + cHello + `"}]}`, "without anything after the name"},
+		{"dot-dot", `{"paths": [{"native": "` + nHello + `/../00000000000000000000000000000009-x", "cross": "` + cHello + `"}]}`, "without anything after the name"},
 		{"same path", `{"paths": [{"native": "` + nHello + `", "cross": "` + nHello + `"}]}`, "same path"},
 		{"native twice", `{"paths": [{"native": "` + nHello + `", "cross": "` + cHello + `"}, {"native": "` + nHello + `", "cross": "` + cGlibc + `"}]}`, "native path " + nHello + " is already mapped by entry 0"},
 		{"cross twice", `{"paths": [{"native": "` + nHello + `", "cross": "` + cHello + `"}, {"native": "` + nGlibc + `", "cross": "` + cHello + `"}]}`, "cross path " + cHello + " is already used by entry 0"},

@@ -9,6 +9,8 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"runtime/debug"
+	"syscall"
 	"time"
 
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
@@ -75,10 +77,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	proto := &daemonproto.Server{Store: st, Logger: logger, NixVersion: "decross-store"}
 
 	if f.stdio {
-		return proto.ServeConn(ctx, struct {
-			io.Reader
-			io.Writer
-		}{os.Stdin, os.Stdout})
+		return serveStdio(ctx, proto, logger)
 	}
 
 	hostKey, err := sshserver.LoadOrCreateHostKey(f.hostKey)
@@ -180,4 +179,38 @@ func trimSpace(b []byte) []byte {
 		b = b[:len(b)-1]
 	}
 	return b
+}
+
+// stdio is the protocol channel of --stdio mode. Closing it closes stdin,
+// which is how a signal ends a session blocked waiting for the next request:
+// stdin is switched to non-blocking mode so that it goes through Go's
+// poller, where Close interrupts a pending Read (a blocking read(2) would
+// not return until the client sent something).
+type stdio struct{ in *os.File }
+
+func newStdio() stdio {
+	if err := syscall.SetNonblock(0, true); err == nil {
+		return stdio{in: os.NewFile(0, "/dev/stdin")}
+	}
+	return stdio{in: os.Stdin}
+}
+
+func (s stdio) Read(p []byte) (int, error) { return s.in.Read(p) }
+func (stdio) Write(p []byte) (int, error)  { return os.Stdout.Write(p) }
+func (s stdio) Close() error               { return s.in.Close() }
+
+// serveStdio serves one session on stdin/stdout; a panic ends the session
+// with an error on stderr rather than a crash dump on the user's terminal.
+func serveStdio(ctx context.Context, proto *daemonproto.Server, logger *slog.Logger) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			logger.Error("panic while serving", "panic", r, "stack", string(debug.Stack()))
+			err = fmt.Errorf("internal error: %v", r)
+		}
+	}()
+	err = proto.ServeConn(ctx, newStdio())
+	if ctx.Err() != nil {
+		return nil // stopped by a signal: a clean end
+	}
+	return err
 }
