@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"slices"
+	"sync/atomic"
 
 	"github.com/decross-store/decross-store/pathinfo"
 )
@@ -54,6 +55,13 @@ type Server struct {
 	// MaxDrainLen caps a string or frame the server discards unread, such
 	// as the text of AddTextToStore (default 1 GiB).
 	MaxDrainLen int64
+
+	// Draining, when set, returns for a connection's ctx a channel that is
+	// closed when the server wants sessions to end (a graceful shutdown).
+	// ServeConn then finishes the request in progress and returns nil
+	// instead of waiting for the next one; a session idle at that moment
+	// ends at once (rw is closed if it is an io.Closer).
+	Draining func(ctx context.Context) <-chan struct{}
 }
 
 const (
@@ -127,19 +135,30 @@ func (s *Server) ServeConn(ctx context.Context, rw io.ReadWriter) error {
 		return fmt.Errorf("handshake: %w", err)
 	}
 	log.Debug("client connected", "protocol", fmt.Sprintf("1.%d", minor(c.ver)))
+	drain := c.watchDrain(ctx, rw)
+	defer drain.stop()
 	for {
 		if err := ctx.Err(); err != nil {
 			return err
+		}
+		if drain.between() {
+			return nil
 		}
 		op, err := c.r.first()
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
+			if drain.busy() {
+				return nil // closed by the drain while idle
+			}
 			if errors.Is(err, io.EOF) {
 				return nil
 			}
 			return fmt.Errorf("read opcode: %w", err)
+		}
+		if drain.busy() {
+			return nil
 		}
 		c.budget = c.lim.request
 		if err := c.dispatch(ctx, op); err != nil {
@@ -158,6 +177,59 @@ func (s *Server) ServeConn(ctx context.Context, rw io.ReadWriter) error {
 			return fmt.Errorf("op %d: write reply: %w", op, err)
 		}
 	}
+}
+
+// drainWatch ends a session at a request boundary once the server drains.
+// States: idle (waiting for an opcode), busy (serving a request), drained.
+type drainWatch struct {
+	state atomic.Int32
+	stop  func() bool
+}
+
+const (
+	drainIdle int32 = iota
+	drainBusy
+	drainDone
+)
+
+func (c *serverConn) watchDrain(ctx context.Context, rw io.ReadWriter) *drainWatch {
+	d := &drainWatch{stop: func() bool { return false }}
+	var ch <-chan struct{}
+	if c.srv.Draining != nil {
+		ch = c.srv.Draining(ctx)
+	}
+	if ch == nil {
+		return d
+	}
+	done := make(chan struct{})
+	d.stop = func() bool { close(done); return true }
+	go func() {
+		select {
+		case <-ch:
+		case <-done:
+			return
+		}
+		// Idle: nothing is lost by hanging up now. Busy: the request
+		// finishes and the loop stops before reading the next one.
+		if d.state.Swap(drainDone) == drainIdle {
+			if cl, ok := rw.(io.Closer); ok {
+				_ = cl.Close()
+			}
+		}
+	}()
+	return d
+}
+
+// between marks the session idle and reports whether it has drained. Data
+// the client already sent keeps it busy: that request is served first.
+func (d *drainWatch) between() bool {
+	return !d.state.CompareAndSwap(drainBusy, drainIdle) && d.state.Load() == drainDone
+}
+
+// busy marks a request as started and reports whether the session drained
+// meanwhile (then the caller stops).
+func (d *drainWatch) busy() bool {
+	return !d.state.CompareAndSwap(drainIdle, drainBusy)
 }
 
 type serverConn struct {
