@@ -73,19 +73,6 @@ func BenchmarkRewriteNAR(b *testing.B) {
 	}
 }
 
-// BenchmarkFindForbidden measures the leftover scan alone on random bytes.
-func BenchmarkFindForbidden(b *testing.B) {
-	data := make([]byte, 1<<20)
-	_, _ = rand.NewChaCha8([32]byte{2}).Read(data)
-	set := map[string]struct{}{hashOf(other): {}}
-	b.SetBytes(int64(len(data)))
-	for b.Loop() {
-		if _, ok := findForbidden(set, data); ok {
-			b.Fatal("unexpected hit")
-		}
-	}
-}
-
 // BenchmarkReplacePadded measures the replacement scan alone.
 func BenchmarkReplacePadded(b *testing.B) {
 	data := make([]byte, 1<<20)

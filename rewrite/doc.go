@@ -2,14 +2,13 @@
 // the native path it stands in for, by replacing every occurrence of the
 // cross store paths with their native counterparts.
 //
-// A Rewriter streams: it parses the NAR with a strict pull parser, keeps
-// only bounded buffers, so memory does not grow with the size of the NAR,
-// and writes the output with a matching encoder. Both are small and local
-// rather than go-nix's pkg/nar Reader and Writer: that Reader accepts
-// non-zero padding after tokens and truncation at a token boundary, and
-// allocates per token; that Writer fails on valid entry names starting with
-// "..". The parser is fuzzed against go-nix's Reader as an oracle
-// (FuzzNARReader), and go-nix's nar types are used for headers.
+// A Rewriter streams: it parses the NAR with narstream's strict pull
+// parser, keeps only bounded buffers, so memory does not grow with the size
+// of the NAR, and writes the output with a matching encoder. The encoder is
+// local rather than go-nix's pkg/nar Writer, which fails on valid entry
+// names starting with ".." and needs a goroutine per NAR; it tracks only the
+// number of open directories, so deep trees (up to narstream.MaxDepth) cost
+// no more than shallow ones.
 //
 // # Matching
 //
@@ -51,7 +50,8 @@
 // cross paths being replaced plus any extra ones the caller names. The scan
 // follows Nix's reference scanner, so any occurrence of the 32-character
 // hash anywhere counts, e.g. a cross path whose name differs from the one in
-// the replacement set and was therefore not rewritten. A hit fails the
+// the replacement set and was therefore not rewritten. The scan is
+// refscan's, the same one the classify package uses. A hit fails the
 // rewrite with a *LeftoverError naming the file: serving such a NAR would
 // leave a dangling reference to a path that does not exist on the client.
 package rewrite

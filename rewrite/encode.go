@@ -6,28 +6,32 @@ import (
 	"fmt"
 	"path"
 
-	"github.com/nix-community/go-nix/pkg/nar"
+	"strings"
+
+	"github.com/decross-store/decross-store/narstream"
 )
 
-// narEncoder writes a NAR from headers in NAR order, as narReader returns
-// them. It replaces go-nix's Writer, which mistakes entry names that start
+// narEncoder writes a NAR from headers in NAR order, as narstream.Reader
+// returns them. It replaces go-nix's Writer, which mistakes entry names that start
 // with ".." (valid, e.g. "..data") for a step up the tree and fails on
 // them, and which needs a goroutine and channel round trips per header.
-// Names and order have already been validated on the reading side.
+// Names and order have already been validated on the reading side, so it
+// tracks only how many directories are open, not their paths: memory stays
+// constant however deep the tree.
 type narEncoder struct {
 	w    *bufio.Writer
-	dirs []string // open directories, innermost last
-	left int64    // content bytes still expected for the current file
-	size int64    // size of the current file
-	file bool     // inside a regular file's contents
-	root bool     // the root node has been written
-	err  error    // first write error; everything after it is dropped
-	num  [8]byte  // scratch; a local would escape to the heap
+	dirs int     // open directories, the root counting as one
+	left int64   // content bytes still expected for the current file
+	size int64   // size of the current file
+	file bool    // inside a regular file's contents
+	root bool    // the root node has been written
+	err  error   // first write error; everything after it is dropped
+	num  [8]byte // scratch; a local would escape to the heap
 	zero [8]byte
 }
 
 func (e *narEncoder) reset(w *bufio.Writer) {
-	*e = narEncoder{w: w, dirs: e.dirs[:0]}
+	*e = narEncoder{w: w}
 	e.str("nix-archive-1")
 }
 
@@ -53,7 +57,7 @@ func (e *narEncoder) pad(n int64) {
 
 // begin opens the node for h: closes finished directories and writes the
 // entry and node preamble.
-func (e *narEncoder) begin(h *nar.Header) error {
+func (e *narEncoder) begin(h *narstream.Header) error {
 	if e.file {
 		return fmt.Errorf("%s: previous file incomplete", h.Path)
 	}
@@ -63,12 +67,14 @@ func (e *narEncoder) begin(h *nar.Header) error {
 		}
 		e.root = true
 	} else {
-		parent := path.Dir(h.Path)
-		for len(e.dirs) > 0 && e.dirs[len(e.dirs)-1] != parent {
-			e.closeDir()
-		}
-		if len(e.dirs) == 0 {
+		// An entry at depth d ("/a/b" is at 2) lives in the directory
+		// open at depth d-1; deeper ones are complete.
+		depth := strings.Count(h.Path, "/")
+		if h.Path == "/" || depth > e.dirs {
 			return fmt.Errorf("%s: parent directory is not open", h.Path)
+		}
+		for e.dirs > depth {
+			e.closeDir()
 		}
 		e.str("entry")
 		e.str("(")
@@ -83,9 +89,9 @@ func (e *narEncoder) begin(h *nar.Header) error {
 }
 
 func (e *narEncoder) closeDir() {
-	e.dirs = e.dirs[:len(e.dirs)-1]
+	e.dirs--
 	e.str(")") // the directory node
-	if len(e.dirs) > 0 {
+	if e.dirs > 0 {
 		e.str(")") // its entry
 	}
 }
@@ -93,20 +99,20 @@ func (e *narEncoder) closeDir() {
 // endNode closes a non-directory node and, below the root, its entry.
 func (e *narEncoder) endNode() {
 	e.str(")")
-	if len(e.dirs) > 0 {
+	if e.dirs > 0 {
 		e.str(")")
 	}
 }
 
-func (e *narEncoder) directory(h *nar.Header) error {
+func (e *narEncoder) directory(h *narstream.Header) error {
 	if err := e.begin(h); err != nil {
 		return err
 	}
-	e.dirs = append(e.dirs, h.Path)
+	e.dirs++
 	return e.err
 }
 
-func (e *narEncoder) symlink(h *nar.Header, target string) error {
+func (e *narEncoder) symlink(h *narstream.Header, target string) error {
 	if err := e.begin(h); err != nil {
 		return err
 	}
@@ -118,7 +124,7 @@ func (e *narEncoder) symlink(h *nar.Header, target string) error {
 
 // beginFile starts a regular file of size bytes; its contents follow through
 // write, and endFile closes it.
-func (e *narEncoder) beginFile(h *nar.Header, size int64) error {
+func (e *narEncoder) beginFile(h *narstream.Header, size int64) error {
 	if err := e.begin(h); err != nil {
 		return err
 	}
@@ -165,7 +171,7 @@ func (e *narEncoder) finish() error {
 	if e.file || !e.root {
 		return fmt.Errorf("incomplete NAR")
 	}
-	for len(e.dirs) > 0 {
+	for e.dirs > 0 {
 		e.closeDir()
 	}
 	if e.err != nil {

@@ -1,17 +1,13 @@
 package rewrite
 
 import (
-	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
-
-	"github.com/nix-community/go-nix/pkg/nar"
 )
 
 const fuzzTextMax = 40
@@ -38,9 +34,7 @@ func fuzzSeeds() map[string][]byte {
 // TestFuzzSeeds checks the committed seed corpus; regenerate it with
 // go test ./rewrite -run TestFuzzSeeds -update.
 func TestFuzzSeeds(t *testing.T) {
-	for _, target := range []string{"FuzzRewriteNAR", "FuzzNARReader"} {
-		checkSeeds(t, target)
-	}
+	checkSeeds(t, "FuzzRewriteNAR")
 }
 
 func checkSeeds(t *testing.T, target string) {
@@ -128,91 +122,4 @@ func FuzzRewriteNAR(f *testing.F) {
 			}
 		}
 	})
-}
-
-// FuzzNARReader holds narReader to go-nix's Reader: whatever narReader
-// accepts, go-nix reads the same way and it re-encodes to the same bytes;
-// whatever go-nix accepts and re-encodes to the input, narReader accepts.
-func FuzzNARReader(f *testing.F) {
-	f.Fuzz(func(t *testing.T, data []byte) {
-		var p narReader
-		src := bytes.NewReader(data)
-		p.reset(src)
-		mine, err := readAll(&p)
-		theirs, terr := parseNAR(data)
-		if err == nil {
-			if terr != nil {
-				t.Fatalf("narReader accepted what go-nix rejects: %v", terr)
-			}
-			if fmt.Sprint(mine) != fmt.Sprint(theirs) {
-				t.Fatalf("entries differ\n  mine: %+v\ngo-nix: %+v", mine, theirs)
-			}
-			enc, eerr := encodeEntries(mine)
-			consumed := data[:len(data)-src.Len()]
-			if eerr != nil || !bytes.Equal(enc, consumed) {
-				t.Fatalf("accepted a NAR that does not re-encode to itself (%v)", eerr)
-			}
-			return
-		}
-		if terr != nil {
-			return
-		}
-		for _, e := range theirs {
-			if e.Type == "symlink" && e.Target == "" {
-				return // rejected on purpose: no such symlink can exist
-			}
-		}
-		enc, eerr := encodeEntries(theirs)
-		if eerr == nil && bytes.HasPrefix(data, enc) {
-			t.Fatalf("narReader rejected a canonical NAR go-nix accepts: %v", err)
-		}
-	})
-}
-
-func readAll(p *narReader) ([]entry, error) {
-	var es []entry
-	for {
-		h, err := p.Next()
-		if err == io.EOF {
-			return es, nil
-		}
-		if err != nil {
-			return nil, err
-		}
-		c, err := io.ReadAll(p)
-		if err != nil {
-			return nil, err
-		}
-		es = append(es, entry{h.Path, h.Type, h.LinkTarget, h.Executable, string(c)})
-	}
-}
-
-func encodeEntries(es []entry) ([]byte, error) {
-	var out bytes.Buffer
-	bw := bufio.NewWriter(&out)
-	var e narEncoder
-	e.reset(bw)
-	for _, x := range es {
-		h := &nar.Header{Path: x.Path, Type: x.Type, Executable: x.Executable}
-		var err error
-		switch x.Type {
-		case nar.TypeDirectory:
-			err = e.directory(h)
-		case nar.TypeSymlink:
-			err = e.symlink(h, x.Target)
-		default:
-			if err = e.beginFile(h, int64(len(x.Contents))); err == nil {
-				if err = e.write([]byte(x.Contents)); err == nil {
-					err = e.endFile()
-				}
-			}
-		}
-		if err != nil {
-			return nil, err
-		}
-	}
-	if err := e.finish(); err != nil {
-		return nil, err
-	}
-	return out.Bytes(), nil
 }

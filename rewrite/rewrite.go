@@ -9,14 +9,16 @@ import (
 	"strings"
 	"sync"
 
-	"github.com/nix-community/go-nix/pkg/nar"
 	"github.com/nix-community/go-nix/pkg/nixbase32"
 	"github.com/nix-community/go-nix/pkg/storepath"
+
+	"github.com/decross-store/decross-store/narstream"
+	"github.com/decross-store/decross-store/refscan"
 )
 
 const (
 	storePrefix = storepath.StoreDir + "/"
-	hashLen     = 32
+	hashLen     = refscan.HashLen
 
 	// DefaultTextMax is the TextMax used when Options.TextMax is zero.
 	DefaultTextMax = 64 << 10
@@ -71,7 +73,7 @@ type Rewriter struct {
 	to        []string
 	padded    []string // To padded with '/' to len(From)
 	maxFrom   int
-	forbidden map[string]struct{}
+	forbidden *refscan.Set
 	textMax   int64
 	chunk     int // bytes of a large file scanned per step; tests shrink it
 
@@ -81,11 +83,11 @@ type Rewriter struct {
 // New validates the replacements and builds a Rewriter.
 func New(repls []Replacement, opts Options) (*Rewriter, error) {
 	r := &Rewriter{
-		byHash:    make(map[string]int, len(repls)),
-		forbidden: make(map[string]struct{}, len(repls)+len(opts.Forbidden)),
-		textMax:   opts.TextMax,
-		chunk:     chunkSize,
+		byHash:  make(map[string]int, len(repls)),
+		textMax: opts.TextMax,
+		chunk:   chunkSize,
 	}
+	forbidden := make([]string, 0, len(repls)+len(opts.Forbidden))
 	switch {
 	case r.textMax == 0:
 		r.textMax = DefaultTextMax
@@ -116,26 +118,35 @@ func New(repls []Replacement, opts Options) (*Rewriter, error) {
 		pad := len(rp.From) - len(rp.To)
 		r.padded = append(r.padded, storePrefix+strings.Repeat("/", pad)+rp.To[len(storePrefix):])
 		r.maxFrom = max(r.maxFrom, len(rp.From))
-		r.forbidden[h] = struct{}{}
+		forbidden = append(forbidden, h)
 	}
 	for _, f := range opts.Forbidden {
 		h, err := parseForbidden(f)
 		if err != nil {
 			return nil, err
 		}
-		r.forbidden[h] = struct{}{}
+		forbidden = append(forbidden, h)
+	}
+	var err error
+	if r.forbidden, err = refscan.NewSet(forbidden...); err != nil {
+		return nil, fmt.Errorf("forbidden hash parts: %w", err)
 	}
 	for i, to := range r.to {
-		if _, ok := r.forbidden[hashPart(to)]; ok {
+		if r.forbidden.Has(hashPart(to)) {
 			return nil, fmt.Errorf("replacement %s -> %s: native hash part %s is forbidden in the output", r.from[i], to, hashPart(to))
 		}
 	}
 
 	r.states.New = func() any {
-		return &callState{
+		st := &callState{
 			chunk: make([]byte, r.chunk+r.carry()),
 			bw:    bufio.NewWriterSize(nil, writeBufSize),
+			scan:  *refscan.NewScanner(r.forbidden),
 		}
+		// Made once per state rather than per chunk, so scanning does
+		// not allocate.
+		st.found = func(h string) bool { st.hit = h; return false }
+		return st
 	}
 	return r, nil
 }
@@ -165,9 +176,11 @@ type callState struct {
 	text  []byte
 	out   []byte
 	bw    *bufio.Writer
-	rd    narReader
+	rd    narstream.Reader
 	enc   narEncoder
-	scan  leftoverScanner
+	scan  refscan.Scanner
+	hit   string // the leftover the scan found
+	found func(hash string) bool
 }
 
 // RewriteNAR reads one NAR from src and writes its rewritten form to dst.
@@ -175,15 +188,14 @@ type callState struct {
 // holds a partial NAR that must be discarded.
 func (r *Rewriter) RewriteNAR(dst io.Writer, src io.Reader) error {
 	st := r.states.Get().(*callState)
-	st.scan.set = r.forbidden
 	st.bw.Reset(dst)
 	defer func() {
 		st.bw.Reset(nil)
-		st.rd.reset(nil)
+		st.rd.Reset(nil)
 		r.states.Put(st)
 	}()
 
-	st.rd.reset(src)
+	st.rd.Reset(src)
 	st.enc.reset(st.bw)
 	for {
 		hdr, err := st.rd.Next()
@@ -211,27 +223,36 @@ func narFile(p string) string {
 	return p
 }
 
-func (r *Rewriter) rewriteEntry(st *callState, hdr *nar.Header) error {
+// leftover returns the first forbidden hash part in b.
+func (r *Rewriter) leftover(b []byte) (string, bool) {
+	i := refscan.Index(r.forbidden, b)
+	if i < 0 {
+		return "", false
+	}
+	return string(b[i : i+hashLen]), true
+}
+
+func (r *Rewriter) rewriteEntry(st *callState, hdr *narstream.Header) error {
 	file := narFile(hdr.Path)
 	if file != "" {
-		if h, ok := findForbidden(r.forbidden, []byte(path.Base(file))); ok {
+		if h, ok := r.leftover([]byte(path.Base(file))); ok {
 			return &LeftoverError{File: file, HashPart: h}
 		}
 	}
 	switch hdr.Type {
-	case nar.TypeDirectory:
+	case narstream.TypeDirectory:
 		if err := st.enc.directory(hdr); err != nil {
 			return fmt.Errorf("write nar: %s: %w", hdr.Path, err)
 		}
-	case nar.TypeSymlink:
+	case narstream.TypeSymlink:
 		target := r.replaceExact(nil, []byte(hdr.LinkTarget))
-		if h, ok := findForbidden(r.forbidden, target); ok {
+		if h, ok := r.leftover(target); ok {
 			return &LeftoverError{File: file, HashPart: h}
 		}
 		if err := st.enc.symlink(hdr, string(target)); err != nil {
 			return fmt.Errorf("write nar: %s: %w", hdr.Path, err)
 		}
-	case nar.TypeRegular:
+	case narstream.TypeRegular:
 		if hdr.Size <= r.textMax {
 			return r.rewriteSmall(st, hdr)
 		}
@@ -244,7 +265,7 @@ func (r *Rewriter) rewriteEntry(st *callState, hdr *nar.Header) error {
 
 // rewriteSmall buffers a file of at most textMax bytes: exact when it is
 // text, padded in place when it holds a NUL.
-func (r *Rewriter) rewriteSmall(st *callState, hdr *nar.Header) error {
+func (r *Rewriter) rewriteSmall(st *callState, hdr *narstream.Header) error {
 	file := narFile(hdr.Path)
 	if int64(cap(st.text)) < hdr.Size {
 		st.text = make([]byte, hdr.Size)
@@ -261,7 +282,7 @@ func (r *Rewriter) rewriteSmall(st *callState, hdr *nar.Header) error {
 		st.out = r.replaceExact(st.out[:0], in)
 		out = st.out
 	}
-	if h, ok := findForbidden(r.forbidden, out); ok {
+	if h, ok := r.leftover(out); ok {
 		return &LeftoverError{File: file, HashPart: h}
 	}
 	if err := st.enc.beginFile(hdr, int64(len(out))); err != nil {
@@ -277,12 +298,12 @@ func (r *Rewriter) rewriteSmall(st *callState, hdr *nar.Header) error {
 }
 
 // rewriteLarge streams a file through the chunk buffer, padding in place.
-func (r *Rewriter) rewriteLarge(st *callState, hdr *nar.Header) error {
+func (r *Rewriter) rewriteLarge(st *callState, hdr *narstream.Header) error {
 	file := narFile(hdr.Path)
 	if err := st.enc.beginFile(hdr, hdr.Size); err != nil {
 		return fmt.Errorf("write nar: %s: %w", hdr.Path, err)
 	}
-	st.scan.reset()
+	st.scan.Reset()
 	buf := st.chunk
 	n := 0 // bytes held in buf
 	remaining := hdr.Size
@@ -298,8 +319,8 @@ func (r *Rewriter) rewriteLarge(st *callState, hdr *nar.Header) error {
 		}
 		final := remaining == 0
 		done := r.replacePadded(buf[:n], final)
-		if h, ok := st.scan.write(buf[:done]); ok {
-			return &LeftoverError{File: file, HashPart: h}
+		if !st.scan.Write(buf[:done], st.found) {
+			return &LeftoverError{File: file, HashPart: st.hit}
 		}
 		if err := st.enc.write(buf[:done]); err != nil {
 			return fmt.Errorf("write nar: %s: %w", hdr.Path, err)

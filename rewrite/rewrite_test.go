@@ -14,6 +14,8 @@ import (
 	"testing"
 	"testing/iotest"
 	"time"
+
+	"github.com/decross-store/decross-store/narstream"
 )
 
 var update = flag.Bool("update", false, "rewrite golden files under testdata/")
@@ -304,64 +306,6 @@ func TestRewriteNARSplitEverywhere(t *testing.T) {
 	}
 }
 
-func TestLeftoverScannerSplits(t *testing.T) {
-	h := hashOf(other)
-	set := map[string]struct{}{h: {}}
-	for _, s := range []string{h, "--" + h + "--", "zz" + h + "zz", "\x00" + h} {
-		for i := 0; i <= len(s); i++ {
-			for j := i; j <= len(s); j++ {
-				sc := leftoverScanner{set: set}
-				var got string
-				for _, part := range []string{s[:i], s[i:j], s[j:]} {
-					if x, ok := sc.write([]byte(part)); ok {
-						got = x
-						break
-					}
-				}
-				if got != h {
-					t.Fatalf("%q split at %d,%d: not found", s, i, j)
-				}
-			}
-		}
-	}
-	// 31 bytes of the hash are not a hit, however they are split.
-	s := "x" + h[:31] + "x" + h[1:]
-	for i := 0; i <= len(s); i++ {
-		sc := leftoverScanner{set: set}
-		_, ok1 := sc.write([]byte(s[:i]))
-		_, ok2 := sc.write([]byte(s[i:]))
-		if ok1 || ok2 {
-			t.Fatalf("split at %d: false positive", i)
-		}
-	}
-}
-
-func TestFindForbidden(t *testing.T) {
-	h := hashOf(other)
-	set := map[string]struct{}{h: {}}
-	tests := []struct {
-		in   string
-		want bool
-	}{
-		{"", false},
-		{h, true},
-		{h[:31], false},
-		{"/nix/store/" + h + "-zlib", true},
-		{strings.Repeat("a", 100) + h, true},
-		// A run of 33 base32 bytes before the hash: a scanner that
-		// restarts after every 32 bytes would miss it.
-		{strings.Repeat("a", 33) + h + strings.Repeat("b", 5), true},
-		{strings.Repeat("a", 200), false},
-		{h[:16] + "e" + h[16:], false}, // 'e' is not in the nixbase32 alphabet
-	}
-	for _, tt := range tests {
-		_, got := findForbidden(set, []byte(tt.in))
-		if got != tt.want {
-			t.Errorf("findForbidden(%q) = %v, want %v", tt.in, got, tt.want)
-		}
-	}
-}
-
 func TestNewValidation(t *testing.T) {
 	longer := storePath("glibc-native-long", "glibc-aarch64-unknown-linux-gnu-2.36-extra")
 	tests := []struct {
@@ -434,6 +378,7 @@ func TestRewriteNARRejectsInvalid(t *testing.T) {
 		{"entry in a file", narOf(node{"(", "type", "regular", "contents", "", "entry", ")"})},
 		{"huge content length", append(narOf(node{"(", "type", "regular", "contents"}), 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff)},
 		{"huge name length", append(narOf(node{"(", "type", "directory", "entry", "(", "name"}), 0, 0, 0, 0, 0, 0, 0, 1)},
+		{"nested too deep", narOf(nested(narstream.MaxDepth+1, reg("")))},
 	}
 	for n := 0; n < len(valid); n++ {
 		tests = append(tests, struct {
@@ -454,6 +399,33 @@ func TestRewriteNARRejectsInvalid(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestRewriteNARDeepTree rewrites a tree nested as deep as allowed, with
+// files at every level, so the encoder must close many directories at once.
+func TestRewriteNARDeepTree(t *testing.T) {
+	r := mustNew(t, testRepls, Options{})
+	leaf := dir(ent{"f", reg(helloX)})
+	want := dir(ent{"f", reg(helloN)})
+	for range narstream.MaxDepth - 1 {
+		leaf = dir(ent{"a", leaf}, ent{"b", sym(glibcX)})
+		want = dir(ent{"a", want}, ent{"b", sym(glibcN)})
+	}
+	got, err := rewrite(r, narOf(leaf))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, narOf(want)) {
+		t.Fatal("deep tree rewritten wrongly")
+	}
+}
+
+// nested is a chain of depth directories named "d" around n.
+func nested(depth int, n node) node {
+	for range depth {
+		n = dir(ent{"d", n})
+	}
+	return n
 }
 
 // TestRewriteNARReadsExactlyTheNAR checks that bytes after the NAR stay in
