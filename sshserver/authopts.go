@@ -268,13 +268,16 @@ func parseAddrPatterns(list string) ([]addrPattern, error) {
 // matchAddrPatterns applies sshd's rule: a matching negated entry refuses
 // outright, otherwise any matching entry permits.
 func matchAddrPatterns(ps []addrPattern, ip netip.Addr) bool {
-	text := ip.String()
+	var text string // formatted only if a wildcard entry needs it
 	matched := false
 	for _, p := range ps {
 		var m bool
 		if p.prefix.IsValid() {
 			m = p.prefix.Contains(ip)
 		} else {
+			if text == "" {
+				text = ip.String()
+			}
 			m = matchGlob(p.glob, text)
 		}
 		if m {

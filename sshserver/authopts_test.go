@@ -184,3 +184,53 @@ func TestMatchGlob(t *testing.T) {
 		}
 	}
 }
+
+func FuzzParseAddrPatterns(f *testing.F) {
+	f.Add("10.0.0.0/8,!10.1.2.*", "10.1.2.3")
+	f.Add("2001:db8::/32,::ffff:192.0.2.0/120", "192.0.2.1")
+	f.Add("*", "::1")
+	f.Fuzz(func(t *testing.T, list, client string) {
+		ps, err := parseAddrPatterns(list)
+		if err != nil {
+			if ps != nil {
+				t.Fatalf("error %v with %d patterns", err, len(ps))
+			}
+			return
+		}
+		ip, err := netip.ParseAddr(client)
+		if err != nil {
+			return
+		}
+		ip = ip.Unmap().WithZone("")
+		got := matchAddrPatterns(ps, ip)
+		// Excluding the client explicitly always wins.
+		if matchAddrPatterns(append(ps, addrPattern{negate: true, prefix: netip.PrefixFrom(ip, ip.BitLen())}), ip) {
+			t.Fatalf("%q matched %s despite !%s", list, ip, ip)
+		}
+		// Admitting the client explicitly changes nothing if a negated
+		// entry already excluded it.
+		admitted := matchAddrPatterns(append(ps, addrPattern{prefix: netip.PrefixFrom(ip, ip.BitLen())}), ip)
+		if got && !admitted {
+			t.Fatalf("%q: adding %s un-matched it", list, ip)
+		}
+	})
+}
+
+// BenchmarkPermits measures the per-attempt cost of a restricted key: a
+// from= list of a dozen entries and an expiry.
+func BenchmarkPermits(b *testing.B) {
+	k := &AuthorizedKey{}
+	var err error
+	if k.from, err = parseAddrPatterns("10.0.0.0/8,!10.1.0.0/16,192.168.*.*,172.16.?.1,2001:db8::/32,::1,127.0.0.1,198.51.100.0/24,203.0.113.*,fd00::/8,!fd00::1,100.64.0.0/10"); err != nil {
+		b.Fatal(err)
+	}
+	k.expiry = time.Now().Add(time.Hour)
+	remote := tcpAddr("[::ffff:100.64.1.2]:2222")
+	now := time.Now()
+	b.ReportAllocs()
+	for range b.N {
+		if err := k.Permits(remote, now); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
