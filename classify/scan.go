@@ -3,23 +3,22 @@ package classify
 import (
 	"debug/elf"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"io"
 	"sort"
 	"strings"
 
-	"github.com/nix-community/go-nix/pkg/nar"
 	"github.com/nix-community/go-nix/pkg/nixbase32"
 	"github.com/nix-community/go-nix/pkg/storepath"
+
+	"github.com/decross-store/decross-store/narstream"
+	"github.com/decross-store/decross-store/refscan"
 )
 
 // MaxFiles is how many file names a Scan keeps per machine and per
 // reference; the counts stay exact. A path with thousands of binaries that
 // all name the same library needs a few examples, not the whole list.
 const MaxFiles = 16
-
-const hashLen = 32 // nixbase32 hash part of a store path
 
 // Files is a bounded list of NAR-internal file names ("/bin/hello"; "/"
 // for a NAR whose root is a file) with the exact number of matches.
@@ -43,9 +42,9 @@ type Result struct {
 	// Refs lists, per candidate store path found, the files (regular file
 	// contents or symlink targets) that name it.
 	Refs map[string]*Files
-	// NarSize is the number of bytes read. The NAR reader reports some
-	// truncations as a clean end, so callers that know the size (a path
-	// info's NarSize) compare it.
+	// NarSize is the size of the NAR in bytes. Scan rejects invalid and
+	// truncated NARs, so a caller that knows the size (a path info's
+	// NarSize) and finds another was sent a different NAR.
 	NarSize uint64
 }
 
@@ -67,37 +66,54 @@ func (r *Result) Has(m elf.Machine) bool { return r.Machines[m] != nil }
 // candidate store paths. It is not safe for concurrent use.
 type Scanner struct {
 	byHash map[string]string // hash part -> absolute store path
+	set    *refscan.Set      // the keys of byHash
+	refs   *refscan.Scanner
+	nr     narstream.Reader
 	buf    []byte
+	hits   map[string]bool // candidates named by the current file
+	found  func(hash string) bool
 }
 
 // NewScanner prepares a scanner for the given candidate store paths
 // (absolute, /nix/store/<hash>-<name>).
 func NewScanner(candidates []string) (*Scanner, error) {
-	s := &Scanner{byHash: make(map[string]string, len(candidates)), buf: make([]byte, 64<<10)}
+	s := &Scanner{
+		byHash: make(map[string]string, len(candidates)),
+		buf:    make([]byte, 64<<10),
+		hits:   map[string]bool{},
+	}
+	hashes := make([]string, 0, len(candidates))
 	for _, c := range candidates {
 		sp, err := storepath.FromAbsolutePath(c)
 		if err != nil {
 			return nil, fmt.Errorf("reference candidate %q: %w", c, err)
 		}
-		s.byHash[nixbase32.EncodeToString(sp.Digest)] = c
+		h := nixbase32.EncodeToString(sp.Digest)
+		s.byHash[h] = c
+		hashes = append(hashes, h)
+	}
+	set, err := refscan.NewSet(hashes...)
+	if err != nil {
+		return nil, fmt.Errorf("reference candidates: %w", err)
+	}
+	s.set = set
+	s.refs = refscan.NewScanner(set)
+	s.found = func(h string) bool {
+		s.hits[s.byHash[h]] = true
+		return true
 	}
 	return s, nil
 }
 
-// Scan reads the NAR from r to its end.
+// Scan reads one NAR from r, exactly its bytes and nothing after it. An
+// invalid or truncated NAR is an error.
 func (s *Scanner) Scan(r io.Reader) (*Result, error) {
 	cr := &counter{r: r}
-	nr, err := nar.NewReader(cr)
-	if err != nil {
-		return nil, fmt.Errorf("read nar: %w", err)
-	}
-	defer nr.Close()
+	s.nr.Reset(cr)
+	defer s.nr.Reset(nil)
 	res := &Result{Machines: map[elf.Machine]*Files{}, Refs: map[string]*Files{}}
-	hits := map[string]bool{}
 	for {
-		h, err := nr.Next()
-		// The reader signals the end with a bare io.EOF; a wrapped one
-		// means the NAR was cut short.
+		h, err := s.nr.Next()
 		if err == io.EOF {
 			res.NarSize = cr.n
 			return res, nil
@@ -105,14 +121,15 @@ func (s *Scanner) Scan(r io.Reader) (*Result, error) {
 		if err != nil {
 			return nil, fmt.Errorf("read nar: %w", err)
 		}
-		clear(hits)
+		clear(s.hits)
+		s.refs.Reset()
 		switch h.Type {
-		case nar.TypeSymlink:
-			s.search([]byte(h.LinkTarget), hits)
-		case nar.TypeRegular:
-			m, err := s.scanFile(nr, hits)
+		case narstream.TypeSymlink:
+			s.refs.Write([]byte(h.LinkTarget), s.found)
+		case narstream.TypeRegular:
+			m, err := s.scanFile(h.Size)
 			if err != nil {
-				return nil, fmt.Errorf("read nar file %s: %w", h.Path, err)
+				return nil, fmt.Errorf("read nar: %w", err)
 			}
 			if m != elf.EM_NONE {
 				f := res.Machines[m]
@@ -123,7 +140,7 @@ func (s *Scanner) Scan(r io.Reader) (*Result, error) {
 				f.add(h.Path)
 			}
 		}
-		for p := range hits {
+		for p := range s.hits {
 			f := res.Refs[p]
 			if f == nil {
 				f = &Files{}
@@ -134,32 +151,22 @@ func (s *Scanner) Scan(r io.Reader) (*Result, error) {
 	}
 }
 
-// scanFile streams one file through the reference search, keeping the last
-// hashLen-1 bytes of each chunk so hashes that straddle chunks are found.
-// It returns the ELF machine, or EM_NONE when the file is not ELF.
-func (s *Scanner) scanFile(r io.Reader, hits map[string]bool) (elf.Machine, error) {
+// scanFile streams the current file's size bytes through the reference
+// scanner. It returns the ELF machine, or EM_NONE when the file is not ELF.
+func (s *Scanner) scanFile(size int64) (elf.Machine, error) {
 	machine := elf.EM_NONE
-	keep := 0
-	first := true
-	for {
-		n, err := io.ReadFull(r, s.buf[keep:])
-		n += keep
-		if first && n > 0 {
-			machine = elfMachine(s.buf[:n])
-			first = false
-		}
-		if n > 0 {
-			s.search(s.buf[:n], hits)
-		}
-		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-			return machine, nil
-		}
+	for first := true; size > 0; first = false {
+		n, err := io.ReadFull(&s.nr, s.buf[:min(int64(len(s.buf)), size)])
 		if err != nil {
 			return machine, err
 		}
-		keep = min(n, hashLen-1)
-		copy(s.buf, s.buf[n-keep:n])
+		if first {
+			machine = elfMachine(s.buf[:n])
+		}
+		s.refs.Write(s.buf[:n], s.found)
+		size -= int64(n)
 	}
+	return machine, nil
 }
 
 // elfMachine decodes e_machine from an ELF header prefix.
@@ -177,29 +184,6 @@ func elfMachine(b []byte) elf.Machine {
 		return elf.EM_NONE
 	}
 	return elf.Machine(order.Uint16(b[18:20]))
-}
-
-// search finds candidate hashes in b: at each window it checks characters
-// from the end backwards and skips past the first one that cannot be part
-// of a hash, as Nix's own scanner does.
-func (s *Scanner) search(b []byte, hits map[string]bool) {
-	if len(s.byHash) == 0 {
-		return
-	}
-	for i := 0; i+hashLen <= len(b); {
-		j := hashLen - 1
-		for j >= 0 && nixbase32.Is(b[i+j]) {
-			j--
-		}
-		if j >= 0 {
-			i += j + 1
-			continue
-		}
-		if p, ok := s.byHash[string(b[i:i+hashLen])]; ok {
-			hits[p] = true
-		}
-		i++
-	}
 }
 
 // Summary describes r in one line, for reports: "aarch64 ELF (3 files)".

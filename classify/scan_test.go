@@ -3,6 +3,8 @@ package classify
 import (
 	"bytes"
 	"debug/elf"
+	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -176,32 +178,60 @@ func TestScanErrors(t *testing.T) {
 		t.Fatal(err)
 	}
 	good := narOf(t, func(dir string) { write(t, filepath.Join(dir, "x"), []byte("hello"), 0o644) })
-	for name, in := range map[string][]byte{
-		"empty":     nil,
-		"not a nar": []byte("hello world, this is not a nar file at all"),
-		"truncated": good[:len(good)-60],
-	} {
-		if _, err := s.Scan(bytes.NewReader(in)); err == nil || !strings.Contains(err.Error(), "read nar") {
-			t.Errorf("%s: err = %v, want a read nar error", name, err)
+	// "hello" is followed by three zero bytes of padding.
+	badPadding := bytes.Clone(good)
+	badPadding[bytes.Index(badPadding, []byte("hello"))+6] = 1
+	deep := narOf(t, func(dir string) {
+		write(t, filepath.Join(dir, strings.Repeat("d/", 300), "x"), nil, 0o644)
+	})
+	tests := map[string]struct {
+		in      []byte
+		wantSub string
+	}{
+		"empty":             {nil, "magic"},
+		"not a nar":         {[]byte("hello world, this is not a nar file at all"), "magic"},
+		"non-zero padding":  {badPadding, "/x: non-zero padding"},
+		"nested too deeply": {deep, "nested more than"},
+	}
+	// Cut anywhere, including at token boundaries that a lenient reader
+	// takes for a clean end.
+	for n := range len(good) {
+		tests[fmt.Sprintf("truncated at %d", n)] = struct {
+			in      []byte
+			wantSub string
+		}{good[:n], "unexpected EOF"}
+	}
+	for name, tt := range tests {
+		res, err := s.Scan(bytes.NewReader(tt.in))
+		if err == nil {
+			t.Errorf("%s: accepted, NarSize %d", name, res.NarSize)
+			continue
 		}
+		if !strings.Contains(err.Error(), "read nar") || !strings.Contains(err.Error(), tt.wantSub) {
+			t.Errorf("%s: err = %v, want a read nar error mentioning %q", name, err, tt.wantSub)
+		}
+	}
+	// The scanner is usable again after an error.
+	if _, err := s.Scan(bytes.NewReader(good)); err != nil {
+		t.Errorf("after errors: %v", err)
 	}
 }
 
-func TestScanCountsBytes(t *testing.T) {
+// TestScanReadsExactlyTheNAR checks NarSize and that bytes after the NAR
+// stay unread, as they must when the NAR comes from a protocol stream.
+func TestScanReadsExactlyTheNAR(t *testing.T) {
 	s, err := NewScanner(nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	good := narOf(t, func(dir string) { write(t, filepath.Join(dir, "x"), []byte("hello"), 0o644) })
-	res, err := s.Scan(bytes.NewReader(good))
+	src := bytes.NewReader(append(bytes.Clone(good), "TRAILER"...))
+	res, err := s.Scan(src)
 	if err != nil || res.NarSize != uint64(len(good)) {
 		t.Fatalf("Scan = %+v, %v; want NarSize %d", res, err, len(good))
 	}
-	// Cut at a token boundary: the NAR reader sees a clean end, the size
-	// tells the truth.
-	res, err = s.Scan(bytes.NewReader(good[:len(good)-16]))
-	if err == nil && res.NarSize == uint64(len(good)) {
-		t.Fatal("truncated NAR not detectable")
+	if rest, _ := io.ReadAll(src); string(rest) != "TRAILER" {
+		t.Errorf("left unread: %q, want %q", rest, "TRAILER")
 	}
 }
 
