@@ -8,7 +8,6 @@ import (
 	"io"
 	"log/slog"
 	"slices"
-	"sync/atomic"
 
 	"github.com/decross-store/decross-store/pathinfo"
 )
@@ -135,13 +134,15 @@ func (s *Server) ServeConn(ctx context.Context, rw io.ReadWriter) error {
 		return fmt.Errorf("handshake: %w", err)
 	}
 	log.Debug("client connected", "protocol", fmt.Sprintf("1.%d", minor(c.ver)))
-	drain := c.watchDrain(ctx, rw)
-	defer drain.stop()
+	var draining <-chan struct{}
+	if s.Draining != nil {
+		draining = s.Draining(ctx)
+	}
 	for {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		if drain.between() {
+		if !c.awaitRequest(draining) {
 			return nil
 		}
 		op, err := c.r.first()
@@ -149,16 +150,10 @@ func (s *Server) ServeConn(ctx context.Context, rw io.ReadWriter) error {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
-			if drain.busy() {
-				return nil // closed by the drain while idle
-			}
 			if errors.Is(err, io.EOF) {
 				return nil
 			}
 			return fmt.Errorf("read opcode: %w", err)
-		}
-		if drain.busy() {
-			return nil
 		}
 		c.budget = c.lim.request
 		if err := c.dispatch(ctx, op); err != nil {
@@ -179,57 +174,37 @@ func (s *Server) ServeConn(ctx context.Context, rw io.ReadWriter) error {
 	}
 }
 
-// drainWatch ends a session at a request boundary once the server drains.
-// States: idle (waiting for an opcode), busy (serving a request), drained.
-type drainWatch struct {
-	state atomic.Int32
-	stop  func() bool
-}
-
-const (
-	drainIdle int32 = iota
-	drainBusy
-	drainDone
-)
-
-func (c *serverConn) watchDrain(ctx context.Context, rw io.ReadWriter) *drainWatch {
-	d := &drainWatch{stop: func() bool { return false }}
-	var ch <-chan struct{}
-	if c.srv.Draining != nil {
-		ch = c.srv.Draining(ctx)
+// awaitRequest waits until the next request starts arriving (or the
+// connection ends: the read that follows reports it) and reports false when
+// the server drains first. The wait runs in a goroutine so a drain can end
+// an idle session; that goroutine is abandoned then, and its read ends when
+// the caller returns and the connection is closed. A request already
+// (partly) received is always served.
+func (c *serverConn) awaitRequest(draining <-chan struct{}) bool {
+	if draining == nil || c.r.r.Buffered() > 0 {
+		return true
 	}
-	if ch == nil {
-		return d
+	select {
+	case <-draining:
+		return false
+	default:
 	}
-	done := make(chan struct{})
-	d.stop = func() bool { close(done); return true }
+	arrived := make(chan struct{})
 	go func() {
-		select {
-		case <-ch:
-		case <-done:
-			return
-		}
-		// Idle: nothing is lost by hanging up now. Busy: the request
-		// finishes and the loop stops before reading the next one.
-		if d.state.Swap(drainDone) == drainIdle {
-			if cl, ok := rw.(io.Closer); ok {
-				_ = cl.Close()
-			}
-		}
+		_, _ = c.r.r.Peek(1)
+		close(arrived)
 	}()
-	return d
-}
-
-// between marks the session idle and reports whether it has drained. Data
-// the client already sent keeps it busy: that request is served first.
-func (d *drainWatch) between() bool {
-	return !d.state.CompareAndSwap(drainBusy, drainIdle) && d.state.Load() == drainDone
-}
-
-// busy marks a request as started and reports whether the session drained
-// meanwhile (then the caller stops).
-func (d *drainWatch) busy() bool {
-	return !d.state.CompareAndSwap(drainIdle, drainBusy)
+	select {
+	case <-arrived:
+		return true
+	case <-draining:
+		select {
+		case <-arrived:
+			return true
+		default:
+			return false
+		}
+	}
 }
 
 type serverConn struct {

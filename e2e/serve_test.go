@@ -400,6 +400,27 @@ func TestServeOverSSH(t *testing.T) {
 	})
 
 	t.Run("graceful-shutdown", func(t *testing.T) {
+		// An idle session, as a substituter keeps open between requests:
+		// the handshake done, no request pending.
+		ssh := exec.CommandContext(ctx, "ssh", "-p", srv.port, "-i", srv.clientKey, "-o", "StrictHostKeyChecking=no",
+			"-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-o", "BatchMode=yes", "root@127.0.0.1", "nix-daemon --stdio")
+		stdin, _ := ssh.StdinPipe()
+		stdout, _ := ssh.StdoutPipe()
+		if err := ssh.Start(); err != nil {
+			t.Fatal(err)
+		}
+		defer ssh.Process.Kill()
+		hello := []byte{0x63, 0x78, 0x69, 0x6e, 0, 0, 0, 0}
+		stdin.Write(hello)
+		if _, err := io.ReadFull(stdout, make([]byte, 16)); err != nil {
+			t.Fatalf("handshake over ssh: %v", err)
+		}
+		stdin.Write([]byte{0x22, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0})
+		if _, err := io.ReadFull(stdout, make([]byte, 32)); err != nil { // nix version string, LAST
+			t.Fatalf("handshake over ssh: %v", err)
+		}
+
+		start := time.Now()
 		if err := srv.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 			t.Fatal(err)
 		}
@@ -408,8 +429,12 @@ func TestServeOverSSH(t *testing.T) {
 			if err != nil {
 				t.Fatalf("server exited with %v after SIGTERM", err)
 			}
-		case <-time.After(30 * time.Second):
-			t.Fatal("server did not exit after SIGTERM")
+		case <-time.After(20 * time.Second):
+			t.Fatal("server did not exit after SIGTERM (an idle session held it)")
+		}
+		t.Logf("server stopped %v after SIGTERM with an idle session open", time.Since(start).Round(time.Millisecond))
+		if err := ssh.Wait(); err != nil {
+			t.Logf("ssh: %v", err)
 		}
 	})
 }
