@@ -1,6 +1,7 @@
 package pairing
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -10,9 +11,10 @@ import (
 	"strings"
 	"sync"
 
-	"github.com/decross-store/decross-store/pathinfo"
 	"github.com/nix-community/go-nix/pkg/derivation"
-	"github.com/nix-community/go-nix/pkg/nar"
+
+	"github.com/decross-store/decross-store/narstream"
+	"github.com/decross-store/decross-store/pathinfo"
 )
 
 // Store is the part of the upstream store this package reads.
@@ -49,22 +51,29 @@ func ReadDerivation(ctx context.Context, store Store, drvPath string) (*derivati
 }
 
 func parseDrvNAR(r io.Reader) (*derivation.Derivation, error) {
-	nr, err := nar.NewReader(r)
-	if err != nil {
-		return nil, err
-	}
-	defer nr.Close()
+	nr := narstream.NewReader(r)
 	h, err := nr.Next()
 	if err != nil {
 		return nil, err
 	}
-	if h.Type != nar.TypeRegular || h.Path != "/" {
+	if h.Type != narstream.TypeRegular || h.Path != "/" {
 		return nil, fmt.Errorf("NAR does not hold a single regular file")
 	}
 	if h.Size > MaxDrvSize {
 		return nil, fmt.Errorf("%d bytes, more than the %d allowed for a derivation", h.Size, MaxDrvSize)
 	}
-	drv, err := derivation.ReadDerivation(io.LimitReader(nr, h.Size))
+	data, err := io.ReadAll(nr)
+	if err != nil {
+		return nil, err
+	}
+	// The NAR must end here: anything else is not the .drv file we asked for.
+	if _, err := nr.Next(); err != io.EOF {
+		if err == nil {
+			err = errors.New("NAR holds more than one file")
+		}
+		return nil, err
+	}
+	drv, err := derivation.ReadDerivation(bytes.NewReader(data))
 	if err != nil {
 		return nil, fmt.Errorf("parse: %w", err)
 	}
