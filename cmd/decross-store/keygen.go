@@ -20,7 +20,7 @@ func runKeygen(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	name := fs.String("name", "", "key name, e.g. decross-store-1")
 	secretFile := fs.String("secret-key-file", "", "where to write the secret key")
 	publicFile := fs.String("public-key-file", "", "where to write the public key")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if *name == "" || *secretFile == "" || *publicFile == "" {

@@ -4,6 +4,8 @@ package main
 
 import (
 	"context"
+	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -56,8 +58,26 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := cmd.run(ctx, os.Args[2:], os.Stdout, os.Stderr); err != nil {
+	if err := cmd.run(ctx, os.Args[2:], os.Stdout, os.Stderr); err != nil && !errors.Is(err, errHelp) {
 		fmt.Fprintf(os.Stderr, "decross-store %s: %v\n", os.Args[1], err)
 		os.Exit(1)
 	}
+}
+
+// errHelp ends a command that printed its usage because -h was given.
+var errHelp = errors.New("help requested")
+
+// parseFlags parses args into fs and rejects positional arguments; -h
+// returns errHelp, which main treats as success.
+func parseFlags(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return errHelp
+		}
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	return nil
 }

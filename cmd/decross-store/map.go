@@ -51,14 +51,8 @@ func runMap(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	strict := fs.Bool("strict", false, "exit with an error when there is any problem or leak")
 	verbose := fs.Bool("v", false, "list every path of the runtime closure")
 	out := fs.String("o", "", "write the mapping to `file` (- for stdout)")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
+	if err := parseFlags(fs, args); err != nil {
 		return err
-	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
 	if *out == "" {
 		return errors.New("-o is required")
@@ -195,14 +189,8 @@ func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	suffix := fs.String("host-suffix", "", "host platform suffix of cross names (default: inferred from the mapping)")
 	addr := fs.String("upstream", "daemon", "upstream store: daemon or unix:///path/to/socket")
 	storeDir := fs.String("store-dir", defaultStoreDir, storeDirUsage)
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
+	if err := parseFlags(fs, args); err != nil {
 		return err
-	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
 	if *mapFile == "" {
 		return errors.New("--mapping is required")
