@@ -153,43 +153,45 @@ func TestRejectsNonStorePath(t *testing.T) {
 	}
 }
 
-// TestDamageAfterVerificationIsCaught overwrites the NAR in place, keeping
-// inode, size and mtime, after the process has verified it once: the
-// streaming check must still fail the read and remove the entry.
+// TestDamageAfterVerificationIsCaught flips bytes of the NAR in place,
+// keeping inode, size and mtime, after the process has verified it once:
+// the streaming checks must still fail the read and remove the entry.
 func TestDamageAfterVerificationIsCaught(t *testing.T) {
-	dir := t.TempDir()
-	c, _ := Open(dir)
-	data := bytes.Repeat([]byte("0123456789abcdef"), 50000)
-	e := put(t, c, "k", data)
-	if b, err := readAll(t, c, e); err != nil || !bytes.Equal(b, data) {
-		t.Fatalf("first read: %d bytes, %v", len(b), err)
-	}
+	for _, off := range []string{"start", "middle", "end"} {
+		t.Run(off, func(t *testing.T) {
+			dir := t.TempDir()
+			c, _ := Open(dir)
+			data := make([]byte, 300000)
+			for i := range data {
+				data[i] = byte(i * 7 % 251)
+			}
+			e := put(t, c, "k", data)
+			if b, err := readAll(t, c, e); err != nil || !bytes.Equal(b, data) {
+				t.Fatalf("first read: %d bytes, %v", len(b), err)
+			}
+			narFile := filepath.Join(dir, testPath[11:43]+".nar.zst")
+			fi, _ := os.Stat(narFile)
+			at := map[string]int64{"start": 20, "middle": fi.Size() / 2, "end": fi.Size() - 6}[off]
+			f, err := os.OpenFile(narFile, os.O_RDWR, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b := make([]byte, 4)
+			f.ReadAt(b, at)
+			for i := range b {
+				b[i] ^= 0x5a
+			}
+			f.WriteAt(b, at)
+			f.Close()
+			os.Chtimes(narFile, fi.ModTime(), fi.ModTime())
 
-	narFile := filepath.Join(dir, testPath[11:43]+".nar.zst")
-	fi, _ := os.Stat(narFile)
-	// A valid zstd stream of the same length but other content.
-	other, _ := Open(t.TempDir())
-	w, _ := other.Create(testPath)
-	forgedData := bytes.Repeat([]byte("fedcba9876543210"), 50000)
-	w.Write(forgedData)
-	w.Commit(Entry{})
-	forged, _ := os.ReadFile(filepath.Join(other.Dir(), testPath[11:43]+".nar.zst"))
-	if len(forged) != int(fi.Size()) {
-		t.Skipf("forged stream has %d bytes, original %d: cannot keep the size", len(forged), fi.Size())
-	}
-	f, err := os.OpenFile(narFile, os.O_WRONLY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f.WriteAt(forged, 0)
-	f.Close()
-	os.Chtimes(narFile, fi.ModTime(), fi.ModTime())
-
-	_, err = readAll(t, c, e)
-	if !errors.Is(err, ErrDamaged) {
-		t.Fatalf("read of a NAR damaged after verification: err = %v, want ErrDamaged", err)
-	}
-	if got, _ := c.Lookup(testPath, "k"); got != nil {
-		t.Fatal("damaged entry still in the cache")
+			got, err := readAll(t, c, e)
+			if !errors.Is(err, ErrDamaged) {
+				t.Fatalf("read of a NAR damaged after verification: %d bytes, err = %v, want ErrDamaged", len(got), err)
+			}
+			if got, _ := c.Lookup(testPath, "k"); got != nil {
+				t.Fatal("damaged entry still in the cache")
+			}
+		})
 	}
 }
