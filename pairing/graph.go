@@ -140,9 +140,10 @@ func LoadGraph(ctx context.Context, src DrvSource, roots ...string) (*Graph, err
 		err  error
 	}
 	jobs := make(chan string)
-	// One slot per worker: a worker holds at most one result, so none
-	// blocks when the walk stops early.
 	results := make(chan result, workers)
+	// quit lets workers drop their result when the walk stops early: the
+	// results buffer may be full of results nobody will read.
+	quit := make(chan struct{})
 	var wg sync.WaitGroup
 	for range workers {
 		wg.Add(1)
@@ -150,11 +151,15 @@ func LoadGraph(ctx context.Context, src DrvSource, roots ...string) (*Graph, err
 			defer wg.Done()
 			for p := range jobs {
 				d, err := src.ReadDerivation(ctx, p)
-				results <- result{p, d, err}
+				select {
+				case results <- result{p, d, err}:
+				case <-quit:
+					return
+				}
 			}
 		}()
 	}
-	stop := func() { close(jobs); wg.Wait() }
+	stop := func() { close(quit); close(jobs); wg.Wait() }
 
 	drvs := map[string]*derivation.Derivation{}
 	seen := map[string]bool{}
