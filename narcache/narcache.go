@@ -15,6 +15,7 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/nix-community/go-nix/pkg/storepath"
+	"golang.org/x/sync/singleflight"
 
 	"github.com/decross-store/decross-store/internal/asynchash"
 	"github.com/decross-store/decross-store/pathinfo"
@@ -62,8 +63,9 @@ func (e *Entry) PathInfo() *pathinfo.PathInfo {
 type Cache struct {
 	dir string
 
-	mu       sync.Mutex
-	verified map[string]fileID // by path: identity of the NAR file last verified
+	mu        sync.Mutex
+	verified  map[string]fileID // by path: identity of the NAR file last verified
+	verifying singleflight.Group
 }
 
 type fileID struct {
@@ -321,19 +323,15 @@ func (c *Cache) Open(e *Entry) (io.ReadCloser, error) {
 	if err != nil {
 		return nil, err
 	}
-	// One descriptor for the check and the stream, so a file replaced in
-	// between cannot slip through.
+	// The descriptor streamed is the one whose identity was verified, so a
+	// file replaced in between cannot slip through.
 	f, err := os.Open(narFile)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
-			return nil, fmt.Errorf("cache open %s: NAR file missing: %w", e.Path, ErrDamaged)
-		}
-		return nil, fmt.Errorf("cache open %s: %w", e.Path, err)
-	}
-	damaged := func(err error) (io.ReadCloser, error) {
-		f.Close()
-		if rmErr := c.Remove(e.Path); rmErr != nil {
-			err = errors.Join(err, rmErr)
+			err = fmt.Errorf("NAR file missing: %w", ErrDamaged)
+			if rmErr := c.removeDamaged(e.Path, fileID{}); rmErr != nil {
+				err = errors.Join(err, rmErr)
+			}
 		}
 		return nil, fmt.Errorf("cache open %s: %w", e.Path, err)
 	}
@@ -343,26 +341,74 @@ func (c *Cache) Open(e *Entry) (io.ReadCloser, error) {
 		return nil, fmt.Errorf("cache open %s: %w", e.Path, err)
 	}
 	id := identityOf(fi)
-	c.mu.Lock()
-	known, ok := c.verified[e.Path]
-	c.mu.Unlock()
-	if !ok || known != id {
-		if err := verify(f, e); err != nil {
-			return damaged(err)
+	damaged := func(err error) (io.ReadCloser, error) {
+		f.Close()
+		if rmErr := c.removeDamaged(e.Path, id); rmErr != nil {
+			err = errors.Join(err, rmErr)
 		}
-		if _, err := f.Seek(0, io.SeekStart); err != nil {
-			f.Close()
-			return nil, fmt.Errorf("cache open %s: %w", e.Path, err)
-		}
-		c.mu.Lock()
-		c.verified[e.Path] = id
-		c.mu.Unlock()
+		return nil, fmt.Errorf("cache open %s: %w", e.Path, err)
+	}
+	if err := c.verifyOnce(narFile, e, id); err != nil {
+		return damaged(err)
 	}
 	zr, err := newZstdFile(f)
 	if err != nil {
 		return damaged(err)
 	}
-	return &checkedReader{zr: zr, entry: e, cache: c}, nil
+	return &checkedReader{zr: zr, entry: e, cache: c, id: id}, nil
+}
+
+// verifyOnce checks the NAR file with identity id against e, unless that
+// was done before; concurrent requests for the same file share one check.
+func (c *Cache) verifyOnce(narFile string, e *Entry, id fileID) error {
+	c.mu.Lock()
+	known, ok := c.verified[e.Path]
+	c.mu.Unlock()
+	if ok && known == id {
+		return nil
+	}
+	key := fmt.Sprintf("%s\x00%d\x00%d\x00%d", e.Path, id.ino, id.size, id.mtime.UnixNano())
+	_, err, _ := c.verifying.Do(key, func() (any, error) {
+		f, err := os.Open(narFile)
+		if err != nil {
+			return nil, err
+		}
+		defer f.Close()
+		fi, err := f.Stat()
+		if err != nil {
+			return nil, err
+		}
+		if identityOf(fi) != id {
+			return nil, fmt.Errorf("%w: NAR file replaced while being opened", ErrDamaged)
+		}
+		if err := verify(f, e); err != nil {
+			return nil, err
+		}
+		c.mu.Lock()
+		c.verified[e.Path] = id
+		c.mu.Unlock()
+		return nil, nil
+	})
+	return err
+}
+
+// removeDamaged removes the entry for path if its NAR file is still the
+// damaged one (identity id), or is missing: a reader of an old file must
+// not delete an entry rebuilt meanwhile.
+func (c *Cache) removeDamaged(path string, id fileID) error {
+	narFile, _, err := c.files(path)
+	if err != nil {
+		return err
+	}
+	current, err := identity(narFile)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+	case err != nil:
+		return fmt.Errorf("cache remove %s: %w", path, err)
+	case current != id:
+		return nil // already rebuilt
+	}
+	return c.Remove(path)
 }
 
 func verify(f *os.File, e *Entry) error {
@@ -390,6 +436,7 @@ type checkedReader struct {
 	zr    *zstdFile
 	entry *Entry
 	cache *Cache
+	id    fileID
 	n     uint64
 	err   error
 }
@@ -411,7 +458,7 @@ func (r *checkedReader) Read(p []byte) (int, error) {
 			err = fmt.Errorf("%w: %v", ErrDamaged, err)
 		}
 		err = fmt.Errorf("read cached NAR of %s: %w", r.entry.Path, err)
-		if rmErr := r.cache.Remove(r.entry.Path); rmErr != nil {
+		if rmErr := r.cache.removeDamaged(r.entry.Path, r.id); rmErr != nil {
 			err = errors.Join(err, rmErr)
 		}
 	}

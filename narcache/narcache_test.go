@@ -195,3 +195,45 @@ func TestDamageAfterVerificationIsCaught(t *testing.T) {
 		})
 	}
 }
+
+func TestMissingNARRemovesEntry(t *testing.T) {
+	dir := t.TempDir()
+	c, _ := Open(dir)
+	e := put(t, c, "k", []byte("some nar"))
+	os.Remove(filepath.Join(dir, testPath[11:43]+".nar.zst"))
+	if _, err := c.Open(e); !errors.Is(err, ErrDamaged) {
+		t.Fatalf("Open with the NAR file gone: err = %v, want ErrDamaged", err)
+	}
+	if got, _ := c.Lookup(testPath, "k"); got != nil {
+		t.Fatal("metadata of an entry without NAR is still found: the path could never be rebuilt")
+	}
+}
+
+// TestStaleReaderKeepsRebuiltEntry: a reader of a damaged file that fails
+// only after the entry was rebuilt must not delete the new entry.
+func TestStaleReaderKeepsRebuiltEntry(t *testing.T) {
+	dir := t.TempDir()
+	c, _ := Open(dir)
+	data := make([]byte, 1<<20)
+	for i := range data {
+		data[i] = byte(i * 13 % 253)
+	}
+	e := put(t, c, "k", data)
+	r, err := c.Open(e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	// Truncate the open file: its reader will fail at the end.
+	narFile := filepath.Join(dir, testPath[11:43]+".nar.zst")
+	fi, _ := os.Stat(narFile)
+	os.Truncate(narFile, fi.Size()-8)
+	// Meanwhile the entry is rebuilt (a new file under the same name).
+	put(t, c, "k2", data)
+	if _, err := io.ReadAll(r); !errors.Is(err, ErrDamaged) {
+		t.Fatalf("stale reader: err = %v, want ErrDamaged", err)
+	}
+	if got, _ := c.Lookup(testPath, "k2"); got == nil {
+		t.Fatal("the stale reader removed the rebuilt entry")
+	}
+}

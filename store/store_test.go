@@ -490,3 +490,14 @@ func TestNotServedMatchesInvalidPath(t *testing.T) {
 		t.Fatalf("err = %v: want one matching daemonproto.ErrInvalidPath and saying 'is not valid'", err)
 	}
 }
+
+func TestMissingCacheFileIsRebuilt(t *testing.T) {
+	f := newFixture(t)
+	want := readNAR(t, f.store(t), nativeHello)
+	os.Remove(filepath.Join(f.cacheDir, hashPart(nativeHello)+".nar.zst"))
+	for i := 0; i < 2; i++ { // also after a restart
+		if got := readNAR(t, f.store(t), nativeHello); !bytes.Equal(got, want) {
+			t.Fatalf("round %d: NAR differs after the cache file was lost", i)
+		}
+	}
+}
