@@ -169,7 +169,7 @@ func (c *serverConn) queryInfo(ctx context.Context, p string) (*pathinfo.PathInf
 func (c *serverConn) validInfo(ctx context.Context, p string) (info *pathinfo.PathInfo, whyNot, err error) {
 	info, err = c.srv.Store.QueryPathInfo(ctx, p)
 	if errors.Is(err, ErrInvalidPath) {
-		c.log.Warn("path not valid", "path", p, "reason", err)
+		c.log.Debug("path not valid", "path", p, "reason", err)
 		return nil, err, nil
 	}
 	if err != nil {

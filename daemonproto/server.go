@@ -124,6 +124,18 @@ func (s *Server) ServeConn(ctx context.Context, rw io.ReadWriter) error {
 		r:   wireReader{r: bufio.NewReaderSize(rw, ioBufferSize)},
 		w:   wireWriter{w: bufio.NewWriterSize(rw, ioBufferSize)},
 	}
+	var draining <-chan struct{}
+	if s.Draining != nil {
+		draining = s.Draining(ctx)
+	}
+	// A client that connected but has not started the handshake is as idle
+	// as one between requests.
+	if !c.awaitRequest(draining) {
+		if cl, ok := rw.(io.Closer); ok {
+			_ = cl.Close()
+		}
+		return nil
+	}
 	if err := c.handshake(); err != nil {
 		if ctx.Err() != nil {
 			return ctx.Err()
@@ -134,15 +146,15 @@ func (s *Server) ServeConn(ctx context.Context, rw io.ReadWriter) error {
 		return fmt.Errorf("handshake: %w", err)
 	}
 	log.Debug("client connected", "protocol", fmt.Sprintf("1.%d", minor(c.ver)))
-	var draining <-chan struct{}
-	if s.Draining != nil {
-		draining = s.Draining(ctx)
-	}
 	for {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
 		if !c.awaitRequest(draining) {
+			log.Debug("session idle while the server drains: closing it")
+			if cl, ok := rw.(io.Closer); ok {
+				_ = cl.Close() // also ends the abandoned wait for a request
+			}
 			return nil
 		}
 		op, err := c.r.first()

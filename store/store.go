@@ -1,6 +1,7 @@
 package store
 
 import (
+	"bufio"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -42,6 +43,12 @@ type Config struct {
 	Logger     *slog.Logger     // nil discards
 	Now        func() time.Time // registration time of new entries; nil = time.Now
 	Rewrite    rewrite.Options  // zero value = the rewriter's defaults
+
+	// Limits on upstream work, which runs detached from the requests that
+	// wait for it (they share it), so that a stuck upstream fails the work
+	// rather than holding it forever. Zero selects the default.
+	UpstreamQueryTimeout time.Duration // one path info query (default 1 minute)
+	UpstreamStallTimeout time.Duration // no NAR bytes for this long (default 2 minutes)
 }
 
 // Store serves native paths. It is safe for concurrent use.
@@ -74,14 +81,6 @@ type prepared struct {
 	info  *pathinfo.PathInfo // signed
 }
 
-// Limits on upstream work, which runs detached from the requests that
-// wait for it (they share it): a stuck upstream must fail the work rather
-// than hold every waiting client forever.
-const (
-	upstreamQueryTimeout = time.Minute
-	upstreamStallTimeout = 2 * time.Minute // no NAR bytes for this long
-)
-
 // caRewalkInterval bounds how often unknown paths trigger another walk of
 // mapped closures that could not be walked completely (a cross path not
 // built yet, say): later builds are picked up without a restart, but a
@@ -95,6 +94,12 @@ func New(cfg Config) (*Store, error) {
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
+	}
+	if cfg.UpstreamQueryTimeout <= 0 {
+		cfg.UpstreamQueryTimeout = time.Minute
+	}
+	if cfg.UpstreamStallTimeout <= 0 {
+		cfg.UpstreamStallTimeout = 2 * time.Minute
 	}
 	s := &Store{
 		cfg:     cfg,
@@ -145,7 +150,7 @@ func (s *Store) upstreamPathInfo(ctx context.Context, p string) (*pathinfo.PathI
 		return v.(*pathinfo.PathInfo), nil
 	}
 	v, err := s.shared(ctx, &s.infoFlight, p, func(work context.Context) (any, error) {
-		work, cancel := context.WithTimeout(work, upstreamQueryTimeout)
+		work, cancel := context.WithTimeout(work, s.cfg.UpstreamQueryTimeout)
 		defer cancel()
 		info, err := s.cfg.Upstream.QueryPathInfo(work, p)
 		if err != nil {
@@ -366,7 +371,7 @@ func (s *Store) isServedCA(ctx context.Context, p string) (bool, error) {
 	}
 	// The walk runs without caMu, so lookups of indexed paths go on
 	// meanwhile; concurrent callers share one walk.
-	_, err := s.shared(ctx, &s.caFlight, "", func(work context.Context) (any, error) {
+	_, err := s.shared(ctx, &s.caFlight, "index of content-addressed paths", func(work context.Context) (any, error) {
 		found := make(map[string]bool)
 		complete := true
 		for _, e := range s.cfg.Mapping.Entries() {
@@ -488,17 +493,15 @@ func (s *Store) build(ctx context.Context, src *source) (*prepared, error) {
 // new cache entry, checking the upstream hash on the way.
 func (s *Store) rewriteInto(ctx context.Context, src *source, key string, refs []string) (*narcache.Entry, error) {
 	// Bounded: each rewrite holds buffers, a compressor and an upstream
-	// connection.
-	select {
-	case s.builds <- struct{}{}:
-		defer func() { <-s.builds }()
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
+	// connection. The wait is not: this work is shared and detached, and
+	// every waiting request leaves on its own deadline.
+	s.builds <- struct{}{}
+	defer func() { <-s.builds }()
+	stallAfter := s.cfg.UpstreamStallTimeout
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	stall := time.AfterFunc(upstreamStallTimeout, func() {
-		cancel(fmt.Errorf("upstream sent no NAR data for %v", upstreamStallTimeout))
+	stall := time.AfterFunc(stallAfter, func() {
+		cancel(fmt.Errorf("upstream sent no NAR data for %v", stallAfter))
 	})
 	defer stall.Stop()
 
@@ -515,13 +518,18 @@ func (s *Store) rewriteInto(ctx context.Context, src *source, key string, refs [
 
 	// The upstream path info tells how long the NAR is; reading no further
 	// keeps us from waiting on a connection that has nothing more to say.
-	in := &hashingReader{r: io.LimitReader(rc, int64(src.info.NarSize)), h: asynchash.New(sha256.New()), progress: func() { stall.Reset(upstreamStallTimeout) }}
+	in := &hashingReader{r: io.LimitReader(rc, int64(src.info.NarSize)), h: asynchash.New(sha256.New()), progress: func() { stall.Reset(stallAfter) }}
 	defer in.h.Close()
-	if err := s.rewriter.RewriteNAR(w, in); err != nil {
+	// The NAR parser reads token by token; batch those reads.
+	br := bufio.NewReaderSize(in, 64<<10)
+	if err := s.rewriter.RewriteNAR(w, br); err != nil {
 		if cause := context.Cause(ctx); cause != nil {
 			err = fmt.Errorf("%w (%v)", err, cause)
 		}
 		return nil, fmt.Errorf("rewrite %s (from %s): %w", src.served, src.from, err)
+	}
+	if extra, err := io.Copy(io.Discard, br); err != nil || extra > 0 {
+		return nil, fmt.Errorf("upstream NAR of %s: %d bytes after the end of the archive (%v)", src.from, extra, err)
 	}
 	if in.h.Size() != src.info.NarSize {
 		return nil, fmt.Errorf("upstream NAR of %s has %d bytes, its path info says %d", src.from, in.h.Size(), src.info.NarSize)
@@ -638,10 +646,12 @@ func (s *Store) ValidPaths(ctx context.Context) ([]string, error) {
 	}
 	var out []string
 	for _, e := range s.cfg.Mapping.Entries() {
-		if _, err := s.resolve(ctx, e.Native); err == nil {
+		_, err := s.resolve(ctx, e.Native)
+		switch {
+		case err == nil:
 			out = append(out, e.Native)
-		} else if ctx.Err() != nil {
-			return nil, err
+		case !errors.Is(err, daemonproto.ErrInvalidPath):
+			return nil, fmt.Errorf("list valid paths: %w", err) // the upstream failed: no partial list
 		}
 	}
 	s.caMu.Lock()

@@ -501,3 +501,43 @@ func TestMissingCacheFileIsRebuilt(t *testing.T) {
 		}
 	}
 }
+
+// stallingUpstream sends the first bytes of a NAR, then nothing, until the
+// request is cancelled.
+type stallingUpstream struct{ *fakeUpstream }
+
+func (u stallingUpstream) NarFromPath(ctx context.Context, p string) (io.ReadCloser, error) {
+	rc, err := u.fakeUpstream.NarFromPath(ctx, p)
+	if err != nil {
+		return nil, err
+	}
+	return io.NopCloser(io.MultiReader(io.LimitReader(rc, 40), &blockUntil{ctx})), nil
+}
+
+type blockUntil struct{ ctx context.Context }
+
+func (b *blockUntil) Read([]byte) (int, error) {
+	<-b.ctx.Done()
+	return 0, b.ctx.Err()
+}
+
+func TestStalledUpstreamFailsTheRewrite(t *testing.T) {
+	f := newFixture(t)
+	c, _ := narcache.Open(f.cacheDir)
+	s, err := New(Config{Mapping: f.mapping, Upstream: stallingUpstream{f.up}, Cache: c, SigningKey: f.key,
+		UpstreamStallTimeout: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	_, err = s.QueryPathInfo(context.Background(), nativeGlibc)
+	if err == nil || !strings.Contains(err.Error(), "no NAR data") {
+		t.Fatalf("err = %v, want the stall named", err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("stall detected only after %v", d)
+	}
+	if ents, _ := os.ReadDir(f.cacheDir); len(ents) != 0 {
+		t.Fatalf("cache holds %v after a stalled rewrite", ents)
+	}
+}

@@ -149,8 +149,8 @@ func (d *Daemon) QueryPathFromHashPart(ctx context.Context, hashPart string) (st
 }
 
 // NarFromPath streams the NAR of a valid path on a connection of its own,
-// closed with the reader. The reader does not end at the end of the NAR:
-// the caller parses it. Cancelling ctx closes the connection.
+// closed with the reader. The reader ends after the narSize bytes the
+// daemon's path info announced. Cancelling ctx closes the connection.
 func (d *Daemon) NarFromPath(ctx context.Context, path string) (io.ReadCloser, error) {
 	c, err := d.get(ctx)
 	if err != nil {

@@ -10,7 +10,6 @@ import (
 	"net"
 	"os"
 	"runtime/debug"
-	"syscall"
 	"time"
 
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
@@ -74,7 +73,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	proto := &daemonproto.Server{Store: st, Logger: logger, NixVersion: "decross-store", Draining: sshserver.ShuttingDown}
 
 	if f.stdio {
-		return serveStdio(ctx, proto, logger)
+		return serveStdio(ctx, proto, f.shutdownTimeout, logger)
 	}
 
 	hostKey, err := sshserver.LoadOrCreateHostKey(f.hostKey)
@@ -178,36 +177,43 @@ func trimSpace(b []byte) []byte {
 	return b
 }
 
-// stdio is the protocol channel of --stdio mode. Closing it closes stdin,
-// which is how a signal ends a session blocked waiting for the next request:
-// stdin is switched to non-blocking mode so that it goes through Go's
-// poller, where Close interrupts a pending Read (a blocking read(2) would
-// not return until the client sent something).
-type stdio struct{ in *os.File }
+// stdio is the protocol channel of --stdio mode.
+type stdio struct{}
 
-func newStdio() stdio {
-	if err := syscall.SetNonblock(0, true); err == nil {
-		return stdio{in: os.NewFile(0, "/dev/stdin")}
-	}
-	return stdio{in: os.Stdin}
-}
+func (stdio) Read(p []byte) (int, error)  { return os.Stdin.Read(p) }
+func (stdio) Write(p []byte) (int, error) { return os.Stdout.Write(p) }
 
-func (s stdio) Read(p []byte) (int, error) { return s.in.Read(p) }
-func (stdio) Write(p []byte) (int, error)  { return os.Stdout.Write(p) }
-func (s stdio) Close() error               { return s.in.Close() }
-
-// serveStdio serves one session on stdin/stdout; a panic ends the session
-// with an error on stderr rather than a crash dump on the user's terminal.
-func serveStdio(ctx context.Context, proto *daemonproto.Server, logger *slog.Logger) (err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			logger.Error("panic while serving", "panic", r, "stack", string(debug.Stack()))
-			err = fmt.Errorf("internal error: %v", r)
-		}
+// serveStdio serves one session on stdin/stdout. A signal (ctx done)
+// drains the session like the SSH server's shutdown: a request in progress
+// finishes, an idle session ends at once; after the shutdown timeout the
+// request is cancelled too. A panic ends the session with an error on
+// stderr rather than a crash dump on the user's terminal.
+func serveStdio(ctx context.Context, proto *daemonproto.Server, shutdownTimeout time.Duration, logger *slog.Logger) (err error) {
+	serveCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancel()
+	stop := context.AfterFunc(ctx, func() { time.AfterFunc(shutdownTimeout, cancel) })
+	defer stop()
+	p := *proto
+	p.Draining = func(context.Context) <-chan struct{} { return ctx.Done() }
+	done := make(chan error, 1)
+	go func() {
+		defer func() {
+			if r := recover(); r != nil {
+				logger.Error("panic while serving", "panic", r, "stack", string(debug.Stack()))
+				done <- fmt.Errorf("internal error: %v", r)
+			}
+		}()
+		done <- p.ServeConn(serveCtx, stdio{})
 	}()
-	err = proto.ServeConn(ctx, newStdio())
-	if ctx.Err() != nil {
-		return nil // stopped by a signal: a clean end
+	select {
+	case err = <-done:
+	case <-serveCtx.Done():
+		// Past the shutdown timeout: stdin cannot be interrupted, so leave
+		// the session behind; the process is about to exit.
+		return nil
+	}
+	if ctx.Err() != nil && (err == nil || serveCtx.Err() != nil) {
+		return nil // ended by a signal
 	}
 	return err
 }
