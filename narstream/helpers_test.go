@@ -2,54 +2,38 @@ package narstream
 
 import (
 	"bytes"
-	"encoding/binary"
 	"errors"
 	"io"
 	"strings"
 
 	"github.com/nix-community/go-nix/pkg/nar"
+
+	"github.com/decross-store/decross-store/internal/nartest"
 )
 
-// The NAR builders below encode the format by hand, independently of the
-// code under test and of go-nix.
-
-// wireStr encodes one NAR string: little-endian length, bytes, zero padding.
-func wireStr(s string) []byte {
-	b := binary.LittleEndian.AppendUint64(nil, uint64(len(s)))
-	b = append(b, s...)
-	for len(b)%8 != 0 {
-		b = append(b, 0)
-	}
-	return b
-}
-
-type node []string // the tokens of one NAR node
-
-func reg(contents string) node {
-	return node{"(", "type", "regular", "contents", contents, ")"}
-}
-
-func exe(contents string) node {
-	return node{"(", "type", "regular", "executable", "", "contents", contents, ")"}
-}
-
-func sym(target string) node {
-	return node{"(", "type", "symlink", "target", target, ")"}
-}
+// The NAR builders come from internal/nartest, which encodes the format by
+// hand, independently of the code under test and of go-nix.
+type node = nartest.Node
 
 type ent struct {
 	name string
 	n    node
 }
 
+var (
+	wireStr = nartest.Str
+	reg     = nartest.Reg
+	exe     = nartest.Exe
+	sym     = nartest.Sym
+	narOf   = nartest.Encode
+)
+
 func dir(entries ...ent) node {
-	n := node{"(", "type", "directory"}
-	for _, e := range entries {
-		n = append(n, "entry", "(", "name", e.name, "node")
-		n = append(n, e.n...)
-		n = append(n, ")")
+	es := make([]nartest.Ent, len(entries))
+	for i, e := range entries {
+		es[i] = nartest.Ent{Name: e.name, Node: e.n}
 	}
-	return append(n, ")")
+	return nartest.Dir(es...)
 }
 
 // nested is a chain of depth directories named "d" ending in an empty file.
@@ -59,14 +43,6 @@ func nested(depth int) node {
 		n = dir(ent{"d", n})
 	}
 	return n
-}
-
-func narOf(n node) []byte {
-	b := wireStr("nix-archive-1")
-	for _, t := range n {
-		b = append(b, wireStr(t)...)
-	}
-	return b
 }
 
 // entry is one node of a parsed NAR, for comparisons.

@@ -3,7 +3,6 @@ package rewrite
 import (
 	"bytes"
 	"crypto/sha256"
-	"encoding/binary"
 	"errors"
 	"io"
 	"strings"
@@ -11,6 +10,8 @@ import (
 
 	"github.com/nix-community/go-nix/pkg/nar"
 	"github.com/nix-community/go-nix/pkg/nixbase32"
+
+	"github.com/decross-store/decross-store/internal/nartest"
 )
 
 // storePath returns a syntactically valid store path whose hash part is
@@ -20,54 +21,29 @@ func storePath(seed, name string) string {
 	return "/nix/store/" + nixbase32.EncodeToString(sum[:20]) + "-" + name
 }
 
-// The NAR builders below encode the format by hand, independently of
-// go-nix's Writer, so expected bytes do not come from the code under test.
-
-// wireStr encodes one NAR string: little-endian length, bytes, zero padding.
-func wireStr(s string) []byte {
-	b := binary.LittleEndian.AppendUint64(nil, uint64(len(s)))
-	b = append(b, s...)
-	for len(b)%8 != 0 {
-		b = append(b, 0)
-	}
-	return b
-}
-
-type node []string // the tokens of one NAR node
-
-func reg(contents string) node {
-	return node{"(", "type", "regular", "contents", contents, ")"}
-}
-
-func exe(contents string) node {
-	return node{"(", "type", "regular", "executable", "", "contents", contents, ")"}
-}
-
-func sym(target string) node {
-	return node{"(", "type", "symlink", "target", target, ")"}
-}
+// The NAR builders come from internal/nartest, which encodes the format by
+// hand, independently of the code under test and of go-nix.
+type node = nartest.Node
 
 type ent struct {
 	name string
 	n    node
 }
 
-func dir(entries ...ent) node {
-	n := node{"(", "type", "directory"}
-	for _, e := range entries {
-		n = append(n, "entry", "(", "name", e.name, "node")
-		n = append(n, e.n...)
-		n = append(n, ")")
-	}
-	return append(n, ")")
-}
+var (
+	wireStr = nartest.Str
+	reg     = nartest.Reg
+	exe     = nartest.Exe
+	sym     = nartest.Sym
+	narOf   = nartest.Encode
+)
 
-func narOf(n node) []byte {
-	b := wireStr("nix-archive-1")
-	for _, t := range n {
-		b = append(b, wireStr(t)...)
+func dir(entries ...ent) node {
+	es := make([]nartest.Ent, len(entries))
+	for i, e := range entries {
+		es[i] = nartest.Ent{Name: e.name, Node: e.n}
 	}
-	return b
+	return nartest.Dir(es...)
 }
 
 // entry is one node of a parsed NAR, for assertions.
