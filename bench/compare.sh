@@ -5,7 +5,10 @@
 #   warm      decross-store again, cache filled
 # and the peak RSS of the decross-store server.
 #
-#   bench/compare.sh [SIZE_MIB] [RUNS]     (defaults 256 and 3)
+#   bench/compare.sh [SIZE_MIB] [RUNS] [DATA]   (defaults 256, 3, random)
+#
+# DATA=random is incompressible; DATA=code is the host's binaries, which
+# compress like real packages and so cost more on the cold path.
 #
 # Debian 12, root. Installs openssh-server (for the baseline) if missing.
 set -euo pipefail
@@ -13,6 +16,7 @@ cd "$(dirname "$0")/.."
 export PATH=$PATH:/usr/local/go/bin
 size=${1:-256}
 runs=${2:-3}
+data=${3:-random}
 scripts/install-deps
 command -v sshd >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server >/dev/null; }
 command -v sshd >/dev/null || export PATH=$PATH:/usr/sbin
@@ -25,8 +29,8 @@ export NIX_REMOTE=daemon
 nix store ping --store daemon >/dev/null 2>&1 || { env -u NIX_REMOTE setsid nix-daemon >/tmp/nix-daemon.log 2>&1 </dev/null & sleep 1; }
 
 echo "bench: building a $size MiB path" >&2
-attr() { nix-build --no-out-link bench/big.nix --arg cross true --arg sizeMiB "$size" -A "$1"; }
-native_attr() { nix eval --raw --impure --expr "(import $PWD/bench/big.nix { cross = false; sizeMiB = $size; }).$1.outPath"; }
+attr() { nix-build --no-out-link bench/big.nix --arg cross true --arg sizeMiB "$size" --argstr data "$data" -A "$1"; }
+native_attr() { nix eval --raw --impure --expr "(import $PWD/bench/big.nix { cross = false; sizeMiB = $size; data = \"$data\"; }).$1.outPath"; }
 cross=$(attr big)
 crossdep=$(attr dep)
 native=$(native_attr big)

@@ -148,7 +148,7 @@ func (c *Cache) Create(path string) (*Writer, error) {
 	}
 	// Fastest level: the cache write is on the critical path of a cold
 	// request, and NARs of binaries compress well even at this level.
-	zw, err := zstd.NewWriter(tmp, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1), zstd.WithWindowSize(1<<20))
+	zw, err := zstd.NewWriter(tmp, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(2), zstd.WithWindowSize(1<<20))
 	if err != nil {
 		tmp.Close()
 		os.Remove(tmp.Name())

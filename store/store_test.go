@@ -121,7 +121,7 @@ type fixture struct {
 	mapping  *mapping.Mapping
 }
 
-func newFixture(t *testing.T) *fixture {
+func newFixture(t testing.TB) *fixture {
 	up := &fakeUpstream{infos: map[string]*pathinfo.PathInfo{}, nars: map[string][]byte{}}
 	up.add(srcPath, "fixed:r:sha256:1b8m03r63zqhnjf7l5wnldhh7c134ap5vpj0850ymkq1iyzicy5s", makeNAR(t, file{path: "/", contents: "int main(){}\n"}))
 	up.add(crossGlibc, "", makeNAR(t,
