@@ -63,10 +63,24 @@ func (e *Entry) PathInfo() *pathinfo.PathInfo {
 type Cache struct {
 	dir string
 
+	// mu guards the maps and every rename or removal of an entry's files,
+	// so that a commit, a compaction and a removal of one path never
+	// interleave.
 	mu        sync.Mutex
-	verified  map[string]fileID // by path: identity of the NAR file last verified
+	verified  map[string]fileID // by NAR file name: identity last verified
+	readers   map[string]int    // by store path: readers open now
+	queued    map[string]bool   // by store path: waiting for compaction
 	verifying singleflight.Group
+
+	compactDelay time.Duration // quiet time before compacting an entry
+	compactQ     chan *Entry
+	startOnce    sync.Once
+	closeOnce    sync.Once
+	closed       chan struct{}
+	worker       sync.WaitGroup
 }
+
+const defaultCompactDelay = 2 * time.Second
 
 type fileID struct {
 	ino   uint64
@@ -79,27 +93,47 @@ func Open(dir string) (*Cache, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("open cache: %w", err)
 	}
-	return &Cache{dir: dir, verified: make(map[string]fileID)}, nil
+	return &Cache{
+		dir:          dir,
+		verified:     make(map[string]fileID),
+		readers:      make(map[string]int),
+		queued:       make(map[string]bool),
+		compactDelay: defaultCompactDelay,
+		compactQ:     make(chan *Entry, 1024),
+		closed:       make(chan struct{}),
+	}, nil
 }
 
-func (c *Cache) files(path string) (nar, meta string, err error) {
+// Close stops background compaction, waiting for one in progress. Entries
+// left plain are compacted when a later process opens them.
+func (c *Cache) Close() error {
+	c.closeOnce.Do(func() { close(c.closed) })
+	c.worker.Wait()
+	return nil
+}
+
+type entryFiles struct {
+	plain, zst, meta string
+}
+
+func (c *Cache) files(path string) (entryFiles, error) {
 	if _, err := storepath.FromAbsolutePath(path); err != nil {
-		return "", "", fmt.Errorf("cache file name for %q: %w", path, err)
+		return entryFiles{}, fmt.Errorf("cache file name for %q: %w", path, err)
 	}
 	hashPart := path[len(storepath.StoreDir)+1:][:32]
 	base := filepath.Join(c.dir, hashPart)
-	return base + ".nar.zst", base + ".json", nil
+	return entryFiles{plain: base + ".nar", zst: base + ".nar.zst", meta: base + ".json"}, nil
 }
 
 // Lookup returns the entry for path if it exists with the given key. A
 // missing, foreign-keyed or unreadable entry is a miss (nil, nil); only I/O
 // errors other than "not found" are returned.
 func (c *Cache) Lookup(path, key string) (*Entry, error) {
-	_, metaFile, err := c.files(path)
+	files, err := c.files(path)
 	if err != nil {
 		return nil, err
 	}
-	f, err := os.Open(metaFile)
+	f, err := os.Open(files.meta)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
@@ -126,40 +160,31 @@ func (c *Cache) Lookup(path, key string) (*Entry, error) {
 // Writer receives one NAR for the cache. Commit makes it visible; Abort
 // (safe after Commit) discards it.
 type Writer struct {
-	cache    *Cache
-	path     string
-	tmp      *os.File
-	zw       *zstd.Encoder
-	hash     *asynchash.Hasher
-	done     bool
-	narFile  string
-	metaFile string
+	cache *Cache
+	path  string
+	tmp   *os.File
+	hash  *asynchash.Hasher
+	done  bool
+	files entryFiles
 }
 
-// Create starts a new entry for path.
+// Create starts a new entry for path. The NAR is written plain; it is
+// compressed later, off the request's path.
 func (c *Cache) Create(path string) (*Writer, error) {
-	narFile, metaFile, err := c.files(path)
+	files, err := c.files(path)
 	if err != nil {
 		return nil, err
 	}
-	tmp, err := os.CreateTemp(c.dir, ".tmp-*.nar.zst")
+	tmp, err := os.CreateTemp(c.dir, ".tmp-*.nar")
 	if err != nil {
 		return nil, fmt.Errorf("cache create %s: %w", path, err)
 	}
-	// Fastest level: the cache write is on the critical path of a cold
-	// request, and NARs of binaries compress well even at this level.
-	zw, err := zstd.NewWriter(tmp, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(2), zstd.WithWindowSize(1<<20))
-	if err != nil {
-		tmp.Close()
-		os.Remove(tmp.Name())
-		return nil, fmt.Errorf("cache create %s: %w", path, err)
-	}
-	return &Writer{cache: c, path: path, tmp: tmp, zw: zw, hash: asynchash.New(sha256.New()), narFile: narFile, metaFile: metaFile}, nil
+	return &Writer{cache: c, path: path, tmp: tmp, hash: asynchash.New(sha256.New()), files: files}, nil
 }
 
 func (w *Writer) Write(p []byte) (int, error) {
 	w.hash.Write(p)
-	return w.zw.Write(p)
+	return w.tmp.Write(p)
 }
 
 // Size and Sum report what has been written so far.
@@ -185,9 +210,6 @@ func (w *Writer) Commit(meta Entry) (*Entry, error) {
 		os.Remove(w.tmp.Name())
 		return nil, fmt.Errorf("cache commit %s: %w", w.path, err)
 	}
-	if err := w.zw.Close(); err != nil {
-		return fail(err)
-	}
 	if err := w.tmp.Sync(); err != nil {
 		return fail(err)
 	}
@@ -206,26 +228,32 @@ func (w *Writer) Commit(meta Entry) (*Entry, error) {
 	if err != nil {
 		return fail(err)
 	}
-	// The metadata of a previous entry must not survive next to the new
-	// NAR, even for a moment: remove it first.
-	if err := os.Remove(w.metaFile); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	c := w.cache
+	c.mu.Lock()
+	// Nothing of a previous entry may survive next to the new NAR, even
+	// for a moment: its metadata and compressed NAR go first.
+	err = removeFiles(w.files.meta, w.files.zst)
+	if err == nil {
+		err = os.Rename(w.tmp.Name(), w.files.plain)
+	}
+	if err == nil {
+		delete(c.verified, w.files.zst)
+		// Freshly written from the bytes we hashed: no need to re-verify.
+		if id, idErr := identity(w.files.plain); idErr == nil {
+			c.verified[w.files.plain] = id
+		}
+	}
+	c.mu.Unlock()
+	if err != nil {
 		return fail(err)
 	}
-	if err := os.Rename(w.tmp.Name(), w.narFile); err != nil {
-		return fail(err)
-	}
-	if err := writeFileAtomic(w.metaFile, append(js, '\n')); err != nil {
+	if err := writeFileAtomic(w.files.meta, append(js, '\n')); err != nil {
 		return nil, fmt.Errorf("cache commit %s: %w", w.path, err)
 	}
-	if err := syncDir(w.cache.dir); err != nil {
+	if err := syncDir(c.dir); err != nil {
 		return nil, fmt.Errorf("cache commit %s: %w", w.path, err)
 	}
-	// Freshly written from the bytes we hashed: no need to re-verify.
-	if id, err := identity(w.narFile); err == nil {
-		w.cache.mu.Lock()
-		w.cache.verified[w.path] = id
-		w.cache.mu.Unlock()
-	}
+	c.scheduleCompaction(&meta)
 	return &meta, nil
 }
 
@@ -236,7 +264,6 @@ func (w *Writer) Abort() {
 	}
 	w.done = true
 	w.hash.Close()
-	w.zw.Close()
 	w.tmp.Close()
 	os.Remove(w.tmp.Name())
 }
@@ -290,16 +317,24 @@ func identityOf(fi fs.FileInfo) fileID {
 
 // Remove deletes the entry for path.
 func (c *Cache) Remove(path string) error {
-	narFile, metaFile, err := c.files(path)
+	files, err := c.files(path)
 	if err != nil {
 		return err
 	}
 	c.mu.Lock()
-	delete(c.verified, path)
-	c.mu.Unlock()
-	for _, f := range []string{metaFile, narFile} {
+	defer c.mu.Unlock()
+	delete(c.verified, files.plain)
+	delete(c.verified, files.zst)
+	if err := removeFiles(files.meta, files.zst, files.plain); err != nil {
+		return fmt.Errorf("cache remove %s: %w", path, err)
+	}
+	return nil
+}
+
+func removeFiles(names ...string) error {
+	for _, f := range names {
 		if err := os.Remove(f); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return fmt.Errorf("cache remove %s: %w", path, err)
+			return err
 		}
 	}
 	return nil
@@ -319,17 +354,27 @@ func (c *Cache) Remove(path string) error {
 // of the same length would need write access to the cache, which could as
 // well rewrite the metadata.
 func (c *Cache) Open(e *Entry) (io.ReadCloser, error) {
-	narFile, _, err := c.files(e.Path)
+	files, err := c.files(e.Path)
 	if err != nil {
 		return nil, err
 	}
 	// The descriptor streamed is the one whose identity was verified, so a
-	// file replaced in between cannot slip through.
-	f, err := os.Open(narFile)
+	// file replaced in between cannot slip through. Compaction may rename
+	// the plain NAR away between two opens: look for the compressed one
+	// again before calling the NAR missing.
+	name, compressed := files.zst, true
+	f, err := os.Open(name)
+	for _, next := range []string{files.plain, files.zst} {
+		if !errors.Is(err, fs.ErrNotExist) {
+			break
+		}
+		name, compressed = next, next == files.zst
+		f, err = os.Open(name)
+	}
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			err = fmt.Errorf("NAR file missing: %w", ErrDamaged)
-			if rmErr := c.removeDamaged(e.Path, fileID{}); rmErr != nil {
+			if rmErr := c.removeDamaged(e.Path, name, fileID{}); rmErr != nil {
 				err = errors.Join(err, rmErr)
 			}
 		}
@@ -343,31 +388,39 @@ func (c *Cache) Open(e *Entry) (io.ReadCloser, error) {
 	id := identityOf(fi)
 	damaged := func(err error) (io.ReadCloser, error) {
 		f.Close()
-		if rmErr := c.removeDamaged(e.Path, id); rmErr != nil {
+		if rmErr := c.removeDamaged(e.Path, name, id); rmErr != nil {
 			err = errors.Join(err, rmErr)
 		}
 		return nil, fmt.Errorf("cache open %s: %w", e.Path, err)
 	}
-	if err := c.verifyOnce(narFile, e, id); err != nil {
+	if err := c.verifyOnce(name, compressed, e, id); err != nil {
 		return damaged(err)
 	}
-	zr, err := newZstdFile(f)
-	if err != nil {
-		return damaged(err)
+	var body io.ReadCloser = f
+	if compressed {
+		if body, err = newZstdFile(f); err != nil {
+			return damaged(err)
+		}
+	} else {
+		// Left plain by an earlier process, or not compacted yet.
+		c.scheduleCompaction(e)
 	}
-	return &checkedReader{zr: zr, entry: e, cache: c, id: id}, nil
+	c.mu.Lock()
+	c.readers[e.Path]++
+	c.mu.Unlock()
+	return &checkedReader{body: body, entry: e, cache: c, name: name, id: id}, nil
 }
 
 // verifyOnce checks the NAR file with identity id against e, unless that
 // was done before; concurrent requests for the same file share one check.
-func (c *Cache) verifyOnce(narFile string, e *Entry, id fileID) error {
+func (c *Cache) verifyOnce(narFile string, compressed bool, e *Entry, id fileID) error {
 	c.mu.Lock()
-	known, ok := c.verified[e.Path]
+	known, ok := c.verified[narFile]
 	c.mu.Unlock()
 	if ok && known == id {
 		return nil
 	}
-	key := fmt.Sprintf("%s\x00%d\x00%d\x00%d", e.Path, id.ino, id.size, id.mtime.UnixNano())
+	key := fmt.Sprintf("%s\x00%d\x00%d\x00%d", narFile, id.ino, id.size, id.mtime.UnixNano())
 	_, err, _ := c.verifying.Do(key, func() (any, error) {
 		f, err := os.Open(narFile)
 		if err != nil {
@@ -381,28 +434,43 @@ func (c *Cache) verifyOnce(narFile string, e *Entry, id fileID) error {
 		if identityOf(fi) != id {
 			return nil, fmt.Errorf("%w: NAR file replaced while being opened", ErrDamaged)
 		}
-		if err := verify(f, e); err != nil {
+		var body io.Reader = f
+		if compressed {
+			zr, err := newZstdFile(f)
+			if err != nil {
+				return nil, err
+			}
+			defer zr.zr.Close()
+			body = zr
+		}
+		if err := verify(body, e); err != nil {
 			return nil, err
 		}
 		c.mu.Lock()
-		c.verified[e.Path] = id
+		c.verified[narFile] = id
 		c.mu.Unlock()
 		return nil, nil
 	})
 	return err
 }
 
-// removeDamaged removes the entry for path if its NAR file is still the
-// damaged one (identity id), or is missing: a reader of an old file must
-// not delete an entry rebuilt meanwhile.
-func (c *Cache) removeDamaged(path string, id fileID) error {
-	narFile, _, err := c.files(path)
-	if err != nil {
-		return err
-	}
-	current, err := identity(narFile)
+// removeDamaged removes the entry for path if its NAR file name is still
+// the damaged one (identity id), or is missing: a reader of an old file must
+// not delete an entry rebuilt or compacted meanwhile.
+func (c *Cache) removeDamaged(path, name string, id fileID) error {
+	current, err := identity(name)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
+		files, ferr := c.files(path)
+		if ferr != nil {
+			return ferr
+		}
+		// Gone because it was compacted or rebuilt, not because it is lost.
+		for _, other := range []string{files.zst, files.plain} {
+			if _, err := os.Stat(other); err == nil && other != name {
+				return nil
+			}
+		}
 	case err != nil:
 		return fmt.Errorf("cache remove %s: %w", path, err)
 	case current != id:
@@ -411,14 +479,9 @@ func (c *Cache) removeDamaged(path string, id fileID) error {
 	return c.Remove(path)
 }
 
-func verify(f *os.File, e *Entry) error {
-	zr, err := newZstdFile(f)
-	if err != nil {
-		return err
-	}
-	defer zr.zr.Close()
+func verify(body io.Reader, e *Entry) error {
 	h := sha256.New()
-	n, err := io.Copy(h, io.LimitReader(zr, int64(e.NarSize)+1))
+	n, err := io.Copy(h, io.LimitReader(body, int64(e.NarSize)+1))
 	if err != nil {
 		return err
 	}
@@ -433,19 +496,21 @@ func verify(f *os.File, e *Entry) error {
 // checkedReader streams a cached NAR and fails its final Read when the
 // stream is damaged or not as long as the entry says.
 type checkedReader struct {
-	zr    *zstdFile
-	entry *Entry
-	cache *Cache
-	id    fileID
-	n     uint64
-	err   error
+	body   io.ReadCloser
+	entry  *Entry
+	cache  *Cache
+	name   string
+	id     fileID
+	n      uint64
+	err    error
+	closed bool
 }
 
 func (r *checkedReader) Read(p []byte) (int, error) {
 	if r.err != nil {
 		return 0, r.err
 	}
-	n, err := r.zr.Read(p)
+	n, err := r.body.Read(p)
 	r.n += uint64(n)
 	switch {
 	case r.n > r.entry.NarSize:
@@ -458,7 +523,7 @@ func (r *checkedReader) Read(p []byte) (int, error) {
 			err = fmt.Errorf("%w: %v", ErrDamaged, err)
 		}
 		err = fmt.Errorf("read cached NAR of %s: %w", r.entry.Path, err)
-		if rmErr := r.cache.removeDamaged(r.entry.Path, r.id); rmErr != nil {
+		if rmErr := r.cache.removeDamaged(r.entry.Path, r.name, r.id); rmErr != nil {
 			err = errors.Join(err, rmErr)
 		}
 	}
@@ -468,7 +533,17 @@ func (r *checkedReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
-func (r *checkedReader) Close() error { return r.zr.Close() }
+func (r *checkedReader) Close() error {
+	if !r.closed {
+		r.closed = true
+		r.cache.mu.Lock()
+		if r.cache.readers[r.entry.Path]--; r.cache.readers[r.entry.Path] <= 0 {
+			delete(r.cache.readers, r.entry.Path)
+		}
+		r.cache.mu.Unlock()
+	}
+	return r.body.Close()
+}
 
 type zstdFile struct {
 	f  *os.File

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 )
 
 const testPath = "/nix/store/0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a-hello-2.12"
@@ -24,6 +25,19 @@ func put(t *testing.T, c *Cache, key string, data []byte) *Entry {
 	e, err := w.Commit(Entry{Key: key, References: []string{testPath}, RegistrationTime: 42})
 	if err != nil {
 		t.Fatal(err)
+	}
+	return e
+}
+
+// putCompacted is put, then compaction to the zstd form.
+func putCompacted(t *testing.T, c *Cache, key string, data []byte) *Entry {
+	t.Helper()
+	e := put(t, c, key, data)
+	if err := c.Compact(e); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(c.Dir(), testPath[11:43]+".nar.zst")); err != nil {
+		t.Fatalf("no compressed NAR after Compact: %v", err)
 	}
 	return e
 }
@@ -76,16 +90,12 @@ func TestDamagedNARIsNotServed(t *testing.T) {
 	dir := t.TempDir()
 	c, _ := Open(dir)
 	data := bytes.Repeat([]byte{1, 2, 3, 4, 5, 6, 7, 8}, 4096)
-	put(t, c, "k", data)
+	putCompacted(t, c, "k", data)
 
 	// Replace the NAR with a valid zstd stream of other bytes: only the
 	// hash check can catch this.
 	other, _ := Open(t.TempDir())
-	w, _ := other.Create(testPath)
-	w.Write(bytes.Repeat([]byte{9}, len(data)))
-	if _, err := w.Commit(Entry{Key: "x"}); err != nil {
-		t.Fatal(err)
-	}
+	putCompacted(t, other, "x", bytes.Repeat([]byte{9}, len(data)))
 	hashPart := testPath[11:43]
 	forged, _ := os.ReadFile(filepath.Join(other.dir, hashPart+".nar.zst"))
 	if err := os.WriteFile(filepath.Join(dir, hashPart+".nar.zst"), forged, 0o644); err != nil {
@@ -108,12 +118,20 @@ func TestDamagedNARIsNotServed(t *testing.T) {
 func TestTruncatedNARIsDamaged(t *testing.T) {
 	dir := t.TempDir()
 	c, _ := Open(dir)
-	e := put(t, c, "k", bytes.Repeat([]byte("abcdefgh"), 10000))
-	nar := filepath.Join(dir, testPath[11:43]+".nar.zst")
-	b, _ := os.ReadFile(nar)
-	os.WriteFile(nar, b[:len(b)/2], 0o644)
-	if _, err := c.Open(e); !errors.Is(err, ErrDamaged) {
-		t.Fatalf("Open of truncated entry: err = %v, want ErrDamaged", err)
+	for _, form := range []string{".nar", ".nar.zst"} {
+		e := put(t, c, "k", bytes.Repeat([]byte("abcdefgh"), 10000))
+		if form == ".nar.zst" {
+			c.Compact(e)
+		}
+		nar := filepath.Join(dir, testPath[11:43]+form)
+		b, err := os.ReadFile(nar)
+		if err != nil {
+			t.Fatal(err)
+		}
+		os.WriteFile(nar, b[:len(b)/2], 0o644)
+		if _, err := c.Open(e); !errors.Is(err, ErrDamaged) {
+			t.Fatalf("Open of truncated %s entry: err = %v, want ErrDamaged", form, err)
+		}
 	}
 }
 
@@ -165,7 +183,7 @@ func TestDamageAfterVerificationIsCaught(t *testing.T) {
 			for i := range data {
 				data[i] = byte(i * 7 % 251)
 			}
-			e := put(t, c, "k", data)
+			e := putCompacted(t, c, "k", data)
 			if b, err := readAll(t, c, e); err != nil || !bytes.Equal(b, data) {
 				t.Fatalf("first read: %d bytes, %v", len(b), err)
 			}
@@ -200,7 +218,7 @@ func TestMissingNARRemovesEntry(t *testing.T) {
 	dir := t.TempDir()
 	c, _ := Open(dir)
 	e := put(t, c, "k", []byte("some nar"))
-	os.Remove(filepath.Join(dir, testPath[11:43]+".nar.zst"))
+	os.Remove(filepath.Join(dir, testPath[11:43]+".nar"))
 	if _, err := c.Open(e); !errors.Is(err, ErrDamaged) {
 		t.Fatalf("Open with the NAR file gone: err = %v, want ErrDamaged", err)
 	}
@@ -218,7 +236,7 @@ func TestStaleReaderKeepsRebuiltEntry(t *testing.T) {
 	for i := range data {
 		data[i] = byte(i * 13 % 253)
 	}
-	e := put(t, c, "k", data)
+	e := putCompacted(t, c, "k", data)
 	r, err := c.Open(e)
 	if err != nil {
 		t.Fatal(err)
@@ -235,5 +253,79 @@ func TestStaleReaderKeepsRebuiltEntry(t *testing.T) {
 	}
 	if got, _ := c.Lookup(testPath, "k2"); got == nil {
 		t.Fatal("the stale reader removed the rebuilt entry")
+	}
+}
+
+func TestCompaction(t *testing.T) {
+	dir := t.TempDir()
+	c, _ := Open(dir)
+	c.compactDelay = 10 * time.Millisecond
+	defer c.Close()
+	data := bytes.Repeat([]byte("compressible nar bytes "), 100000)
+	e := put(t, c, "k", data)
+	plain := filepath.Join(dir, testPath[11:43]+".nar")
+	zst := plain + ".zst"
+
+	// A reader opened on the plain NAR keeps it from being compacted and
+	// reads it whole even if compaction happens right after.
+	r, err := c.Open(e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond)
+	if _, err := os.Stat(zst); err == nil {
+		t.Fatal("compacted while a reader had the entry open")
+	}
+	got, err := io.ReadAll(r)
+	r.Close()
+	if err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("plain read: %d bytes, %v", len(got), err)
+	}
+
+	// Then the background compactor replaces the plain NAR.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		_, zerr := os.Stat(zst)
+		_, perr := os.Stat(plain)
+		if zerr == nil && errors.Is(perr, os.ErrNotExist) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not compacted: zst %v, plain %v", zerr, perr)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	zfi, _ := os.Stat(zst)
+	if zfi.Size() >= int64(len(data))/4 {
+		t.Errorf("compressed NAR has %d bytes for %d of repetitive data", zfi.Size(), len(data))
+	}
+	if got, err := readAll(t, c, e); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("compressed read: %d bytes, %v", len(got), err)
+	}
+	// A restarted process verifies the compressed NAR and serves it.
+	c2, _ := Open(dir)
+	if got, err := readAll(t, c2, e); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("read after restart: %d bytes, %v", len(got), err)
+	}
+}
+
+// TestCompactionChecksThePlainNAR: damage to the plain NAR after it was
+// written is caught when it is compacted, and the entry removed.
+func TestCompactionChecksThePlainNAR(t *testing.T) {
+	dir := t.TempDir()
+	c, _ := Open(dir)
+	e := put(t, c, "k", bytes.Repeat([]byte("abcdefgh"), 10000))
+	plain := filepath.Join(dir, testPath[11:43]+".nar")
+	f, _ := os.OpenFile(plain, os.O_RDWR, 0)
+	f.WriteAt([]byte("XXXX"), 100)
+	f.Close()
+	if err := c.Compact(e); !errors.Is(err, ErrDamaged) {
+		t.Fatalf("Compact of a damaged plain NAR: err = %v, want ErrDamaged", err)
+	}
+	if got, _ := c.Lookup(testPath, "k"); got != nil {
+		t.Fatal("damaged entry still in the cache")
+	}
+	if _, err := os.Stat(plain + ".zst"); err == nil {
+		t.Fatal("damaged bytes were compacted")
 	}
 }

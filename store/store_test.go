@@ -362,14 +362,9 @@ func TestRestartServesFromCache(t *testing.T) {
 func TestDamagedCacheIsRebuilt(t *testing.T) {
 	f := newFixture(t)
 	want := readNAR(t, f.store(t), nativeHello)
-	// Corrupt the cached NAR behind a new store's back.
-	narFile := filepath.Join(f.cacheDir, hashPart(nativeHello)+".nar.zst")
-	other, _ := narcache.Open(t.TempDir())
-	w, _ := other.Create(nativeHello)
-	w.Write(bytes.Repeat([]byte{'x'}, len(want)))
-	w.Commit(narcache.Entry{})
-	b, _ := os.ReadFile(filepath.Join(other.Dir(), hashPart(nativeHello)+".nar.zst"))
-	if err := os.WriteFile(narFile, b, 0o644); err != nil {
+	// Corrupt the cached NAR (same length) behind a new store's back.
+	narFile := filepath.Join(f.cacheDir, hashPart(nativeHello)+".nar")
+	if err := os.WriteFile(narFile, bytes.Repeat([]byte{'x'}, len(want)), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	reads := f.up.narReads.Load()
@@ -494,7 +489,9 @@ func TestNotServedMatchesInvalidPath(t *testing.T) {
 func TestMissingCacheFileIsRebuilt(t *testing.T) {
 	f := newFixture(t)
 	want := readNAR(t, f.store(t), nativeHello)
-	os.Remove(filepath.Join(f.cacheDir, hashPart(nativeHello)+".nar.zst"))
+	base := filepath.Join(f.cacheDir, hashPart(nativeHello))
+	os.Remove(base + ".nar")
+	os.Remove(base + ".nar.zst")
 	for i := 0; i < 2; i++ { // also after a restart
 		if got := readNAR(t, f.store(t), nativeHello); !bytes.Equal(got, want) {
 			t.Fatalf("round %d: NAR differs after the cache file was lost", i)

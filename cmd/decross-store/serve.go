@@ -142,10 +142,13 @@ func openStore(f serveFlags, logger *slog.Logger) (*store.Store, func(), error) 
 		Logger:     logger,
 	})
 	if err != nil {
+		cache.Close()
 		up.Close()
 		return nil, nil, err
 	}
-	return st, func() { up.Close() }, nil
+	// Closing the cache waits for a compaction in progress, so that exit
+	// does not leave a half-written temporary file behind.
+	return st, func() { cache.Close(); up.Close() }, nil
 }
 
 func loadSecretKey(path string) (signature.SecretKey, error) {
