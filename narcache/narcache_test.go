@@ -29,6 +29,18 @@ func put(t *testing.T, c *Cache, key string, data []byte) *Entry {
 	return e
 }
 
+// openCache opens a cache whose background compactor stops with the test,
+// so it cannot write into a directory being removed.
+func openCache(t *testing.T, dir string) *Cache {
+	t.Helper()
+	c, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
 // putCompacted is put, then compaction to the zstd form.
 func putCompacted(t *testing.T, c *Cache, key string, data []byte) *Entry {
 	t.Helper()
@@ -54,10 +66,7 @@ func readAll(t *testing.T, c *Cache, e *Entry) ([]byte, error) {
 
 func TestRoundTrip(t *testing.T) {
 	dir := t.TempDir()
-	c, err := Open(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := openCache(t, dir)
 	data := bytes.Repeat([]byte("nix-archive-1 some bytes "), 100000)
 	e := put(t, c, "k1", data)
 	if e.NarSize != uint64(len(data)) || e.NarHash != sha256.Sum256(data) {
@@ -66,7 +75,7 @@ func TestRoundTrip(t *testing.T) {
 
 	// A new Cache on the same directory (a restarted server) sees the entry
 	// and verifies it before serving.
-	c2, _ := Open(dir)
+	c2 := openCache(t, dir)
 	got, err := c2.Lookup(testPath, "k1")
 	if err != nil || got == nil {
 		t.Fatalf("Lookup = %v, %v", got, err)
@@ -88,13 +97,13 @@ func TestRoundTrip(t *testing.T) {
 
 func TestDamagedNARIsNotServed(t *testing.T) {
 	dir := t.TempDir()
-	c, _ := Open(dir)
+	c := openCache(t, dir)
 	data := bytes.Repeat([]byte{1, 2, 3, 4, 5, 6, 7, 8}, 4096)
 	putCompacted(t, c, "k", data)
 
 	// Replace the NAR with a valid zstd stream of other bytes: only the
 	// hash check can catch this.
-	other, _ := Open(t.TempDir())
+	other := openCache(t, t.TempDir())
 	putCompacted(t, other, "x", bytes.Repeat([]byte{9}, len(data)))
 	hashPart := testPath[11:43]
 	forged, _ := os.ReadFile(filepath.Join(other.dir, hashPart+".nar.zst"))
@@ -102,7 +111,7 @@ func TestDamagedNARIsNotServed(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	c2, _ := Open(dir)
+	c2 := openCache(t, dir)
 	e, err := c2.Lookup(testPath, "k")
 	if err != nil || e == nil {
 		t.Fatalf("Lookup = %v, %v", e, err)
@@ -117,7 +126,7 @@ func TestDamagedNARIsNotServed(t *testing.T) {
 
 func TestTruncatedNARIsDamaged(t *testing.T) {
 	dir := t.TempDir()
-	c, _ := Open(dir)
+	c := openCache(t, dir)
 	for _, form := range []string{".nar", ".nar.zst"} {
 		e := put(t, c, "k", bytes.Repeat([]byte("abcdefgh"), 10000))
 		if form == ".nar.zst" {
@@ -137,7 +146,7 @@ func TestTruncatedNARIsDamaged(t *testing.T) {
 
 func TestGarbageMetadataIsAMiss(t *testing.T) {
 	dir := t.TempDir()
-	c, _ := Open(dir)
+	c := openCache(t, dir)
 	put(t, c, "k", []byte("x"))
 	os.WriteFile(filepath.Join(dir, testPath[11:43]+".json"), []byte("{not json"), 0o644)
 	if e, err := c.Lookup(testPath, "k"); e != nil || err != nil {
@@ -147,7 +156,7 @@ func TestGarbageMetadataIsAMiss(t *testing.T) {
 
 func TestAbortLeavesNothing(t *testing.T) {
 	dir := t.TempDir()
-	c, _ := Open(dir)
+	c := openCache(t, dir)
 	w, err := c.Create(testPath)
 	if err != nil {
 		t.Fatal(err)
@@ -165,7 +174,7 @@ func TestAbortLeavesNothing(t *testing.T) {
 }
 
 func TestRejectsNonStorePath(t *testing.T) {
-	c, _ := Open(t.TempDir())
+	c := openCache(t, t.TempDir())
 	if _, err := c.Create("/tmp/../etc/passwd"); err == nil {
 		t.Fatal("Create accepted a non-store path")
 	}
@@ -178,7 +187,7 @@ func TestDamageAfterVerificationIsCaught(t *testing.T) {
 	for _, off := range []string{"start", "middle", "end"} {
 		t.Run(off, func(t *testing.T) {
 			dir := t.TempDir()
-			c, _ := Open(dir)
+			c := openCache(t, dir)
 			data := make([]byte, 300000)
 			for i := range data {
 				data[i] = byte(i * 7 % 251)
@@ -216,7 +225,7 @@ func TestDamageAfterVerificationIsCaught(t *testing.T) {
 
 func TestMissingNARRemovesEntry(t *testing.T) {
 	dir := t.TempDir()
-	c, _ := Open(dir)
+	c := openCache(t, dir)
 	e := put(t, c, "k", []byte("some nar"))
 	os.Remove(filepath.Join(dir, testPath[11:43]+".nar"))
 	if _, err := c.Open(e); !errors.Is(err, ErrDamaged) {
@@ -231,7 +240,7 @@ func TestMissingNARRemovesEntry(t *testing.T) {
 // only after the entry was rebuilt must not delete the new entry.
 func TestStaleReaderKeepsRebuiltEntry(t *testing.T) {
 	dir := t.TempDir()
-	c, _ := Open(dir)
+	c := openCache(t, dir)
 	data := make([]byte, 1<<20)
 	for i := range data {
 		data[i] = byte(i * 13 % 253)
@@ -258,7 +267,7 @@ func TestStaleReaderKeepsRebuiltEntry(t *testing.T) {
 
 func TestCompaction(t *testing.T) {
 	dir := t.TempDir()
-	c, _ := Open(dir)
+	c := openCache(t, dir)
 	c.compactDelay = 10 * time.Millisecond
 	defer c.Close()
 	data := bytes.Repeat([]byte("compressible nar bytes "), 100000)
@@ -303,7 +312,7 @@ func TestCompaction(t *testing.T) {
 		t.Fatalf("compressed read: %d bytes, %v", len(got), err)
 	}
 	// A restarted process verifies the compressed NAR and serves it.
-	c2, _ := Open(dir)
+	c2 := openCache(t, dir)
 	if got, err := readAll(t, c2, e); err != nil || !bytes.Equal(got, data) {
 		t.Fatalf("read after restart: %d bytes, %v", len(got), err)
 	}
@@ -313,7 +322,7 @@ func TestCompaction(t *testing.T) {
 // written is caught when it is compacted, and the entry removed.
 func TestCompactionChecksThePlainNAR(t *testing.T) {
 	dir := t.TempDir()
-	c, _ := Open(dir)
+	c := openCache(t, dir)
 	e := put(t, c, "k", bytes.Repeat([]byte("abcdefgh"), 10000))
 	plain := filepath.Join(dir, testPath[11:43]+".nar")
 	f, _ := os.OpenFile(plain, os.O_RDWR, 0)

@@ -51,5 +51,8 @@ func BenchmarkColdPrepare(b *testing.B) {
 		if err != nil || info == nil || !strings.HasSuffix(info.Path, "hello-2.12") {
 			b.Fatalf("%v %v", info, err)
 		}
+		b.StopTimer()
+		c.Close()
+		b.StartTimer()
 	}
 }

@@ -161,6 +161,7 @@ func (f *fixture) store(t *testing.T) *Store {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { c.Close() })
 	s, err := New(Config{Mapping: f.mapping, Upstream: f.up, Cache: c, SigningKey: f.key, Now: func() time.Time { return time.Unix(1700000000, 0) }})
 	if err != nil {
 		t.Fatal(err)
@@ -432,6 +433,7 @@ func TestStuckUpstreamDoesNotHoldRequests(t *testing.T) {
 	f := newFixture(t)
 	up := &stuckUpstream{fakeUpstream: f.up, release: make(chan struct{})}
 	c, _ := narcache.Open(f.cacheDir)
+	t.Cleanup(func() { c.Close() })
 	s, err := New(Config{Mapping: f.mapping, Upstream: up, Cache: c, SigningKey: f.key})
 	if err != nil {
 		t.Fatal(err)
@@ -467,6 +469,7 @@ func (panickyUpstream) NarFromPath(context.Context, string) (io.ReadCloser, erro
 func TestPanicInSharedWorkIsAnError(t *testing.T) {
 	f := newFixture(t)
 	c, _ := narcache.Open(f.cacheDir)
+	t.Cleanup(func() { c.Close() })
 	s, err := New(Config{Mapping: f.mapping, Upstream: panickyUpstream{f.up}, Cache: c, SigningKey: f.key})
 	if err != nil {
 		t.Fatal(err)
@@ -521,6 +524,7 @@ func (b *blockUntil) Read([]byte) (int, error) {
 func TestStalledUpstreamFailsTheRewrite(t *testing.T) {
 	f := newFixture(t)
 	c, _ := narcache.Open(f.cacheDir)
+	t.Cleanup(func() { c.Close() })
 	s, err := New(Config{Mapping: f.mapping, Upstream: stallingUpstream{f.up}, Cache: c, SigningKey: f.key,
 		UpstreamStallTimeout: 100 * time.Millisecond})
 	if err != nil {
