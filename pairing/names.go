@@ -14,7 +14,9 @@ import (
 // removed. ok is false when the name has no suffix.
 func NormalizeName(name, hostSuffix string) (normalized string, ok bool) {
 	s := "-" + strings.TrimPrefix(hostSuffix, "-")
-	if s == "-" {
+	// A host suffix is one or more whole dash-separated segments: empty or
+	// ending in a dash, it is not one (and InferHostSuffix never yields it).
+	if s == "-" || strings.HasSuffix(s, "-") {
 		return name, false
 	}
 	for end := len(name); end > 0; {
