@@ -4,10 +4,10 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"os"
-	"path/filepath"
 	"slices"
 	"testing"
+
+	"github.com/decross-store/decross-store/internal/fuzzseed"
 )
 
 // fuzzVersions are the client versions FuzzServeConn picks from with the
@@ -115,27 +115,21 @@ var fuzzClientSeeds = [][]byte{
 	(&enc{}).u64(stderrStartActivity, 1, 0, 0).str("x").u64(1, 1).str("f").u64(0, stderrStopActivity, 1, stderrLast, 0).Bytes(),
 }
 
-// TestWriteFuzzCorpus writes the seeds as corpus files with -update, so
-// that `go test -fuzz` starts from real requests.
-func TestWriteFuzzCorpus(t *testing.T) {
-	if !*update {
-		t.Skip("run with -update to rewrite testdata/fuzz")
-	}
-	write := func(name string, seeds [][]byte) {
-		dir := filepath.Join("testdata", "fuzz", name)
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			t.Fatal(err)
-		}
+// TestFuzzSeeds checks the committed seed corpora, so that `go test -fuzz`
+// starts from real requests; regenerate them with
+// go test ./daemonproto -run TestFuzzSeeds -update.
+func TestFuzzSeeds(t *testing.T) {
+	named := func(seeds [][]byte) map[string][]byte {
+		m := make(map[string][]byte, len(seeds))
 		for i, s := range seeds {
-			body := fmt.Sprintf("go test fuzz v1\n[]byte(%q)\n", s)
-			if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("seed-%02d", i)), []byte(body), 0o644); err != nil {
-				t.Fatal(err)
-			}
+			m[fmt.Sprintf("seed-%02d", i)] = s
 		}
+		return m
 	}
 	seeds := fuzzSeeds()
 	// Map iteration order varies; sort for stable file names.
 	slices.SortFunc(seeds, bytes.Compare)
-	write("FuzzServeConn", seeds)
-	write("FuzzClientReply", fuzzClientSeeds)
+	const regen = "go test ./daemonproto -run TestFuzzSeeds -update"
+	fuzzseed.Check(t, "FuzzServeConn", named(seeds), *update, regen)
+	fuzzseed.Check(t, "FuzzClientReply", named(fuzzClientSeeds), *update, regen)
 }

@@ -6,12 +6,12 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"os"
-	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
 	"testing/iotest"
+
+	"github.com/decross-store/decross-store/internal/fuzzseed"
 )
 
 var update = flag.Bool("update", false, "rewrite files under testdata/")
@@ -281,22 +281,7 @@ func fuzzSeeds() map[string][]byte {
 // TestFuzzSeeds checks the committed seed corpus; regenerate it with
 // go test ./narstream -run TestFuzzSeeds -update.
 func TestFuzzSeeds(t *testing.T) {
-	for name, data := range fuzzSeeds() {
-		file := filepath.Join("testdata", "fuzz", "FuzzReader", name)
-		want := fmt.Appendf(nil, "go test fuzz v1\n[]byte(%q)\n", data)
-		if *update {
-			if err := os.MkdirAll(filepath.Dir(file), 0o755); err != nil {
-				t.Fatal(err)
-			}
-			if err := os.WriteFile(file, want, 0o644); err != nil {
-				t.Fatal(err)
-			}
-		}
-		got, err := os.ReadFile(file)
-		if err != nil || !bytes.Equal(got, want) {
-			t.Errorf("%s is missing or stale; run: go test ./narstream -run TestFuzzSeeds -update", file)
-		}
-	}
+	fuzzseed.Check(t, "FuzzReader", fuzzSeeds(), *update, "go test ./narstream -run TestFuzzSeeds -update")
 }
 
 // FuzzReader holds Reader to go-nix's Reader: whatever Reader accepts,

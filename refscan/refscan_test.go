@@ -3,13 +3,12 @@ package refscan
 import (
 	"bytes"
 	"flag"
-	"fmt"
 	"math/rand/v2"
-	"os"
-	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/decross-store/decross-store/internal/fuzzseed"
 )
 
 var update = flag.Bool("update", false, "rewrite files under testdata/")
@@ -169,22 +168,7 @@ func seeds() map[string][]byte {
 // TestFuzzSeeds checks the committed seed corpus; regenerate it with
 // go test ./refscan -run TestFuzzSeeds -update.
 func TestFuzzSeeds(t *testing.T) {
-	for name, data := range seeds() {
-		file := filepath.Join("testdata", "fuzz", "FuzzScanner", name)
-		want := fmt.Appendf(nil, "go test fuzz v1\n[]byte(%q)\n", data)
-		if *update {
-			if err := os.MkdirAll(filepath.Dir(file), 0o755); err != nil {
-				t.Fatal(err)
-			}
-			if err := os.WriteFile(file, want, 0o644); err != nil {
-				t.Fatal(err)
-			}
-		}
-		got, err := os.ReadFile(file)
-		if err != nil || !bytes.Equal(got, want) {
-			t.Errorf("%s is missing or stale; run: go test ./refscan -run TestFuzzSeeds -update", file)
-		}
-	}
+	fuzzseed.Check(t, "FuzzScanner", seeds(), *update, "go test ./refscan -run TestFuzzSeeds -update")
 }
 
 // FuzzScanner holds Each and Scanner to the naive definition. The first

@@ -3,11 +3,10 @@ package rewrite
 import (
 	"bytes"
 	"errors"
-	"fmt"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/decross-store/decross-store/internal/fuzzseed"
 )
 
 const fuzzTextMax = 40
@@ -34,26 +33,7 @@ func fuzzSeeds() map[string][]byte {
 // TestFuzzSeeds checks the committed seed corpus; regenerate it with
 // go test ./rewrite -run TestFuzzSeeds -update.
 func TestFuzzSeeds(t *testing.T) {
-	checkSeeds(t, "FuzzRewriteNAR")
-}
-
-func checkSeeds(t *testing.T, target string) {
-	for name, data := range fuzzSeeds() {
-		file := filepath.Join("testdata", "fuzz", target, name)
-		want := fmt.Appendf(nil, "go test fuzz v1\n[]byte(%q)\n", data)
-		if *update {
-			if err := os.MkdirAll(filepath.Dir(file), 0o755); err != nil {
-				t.Fatal(err)
-			}
-			if err := os.WriteFile(file, want, 0o644); err != nil {
-				t.Fatal(err)
-			}
-		}
-		got, err := os.ReadFile(file)
-		if err != nil || !bytes.Equal(got, want) {
-			t.Errorf("%s is missing or stale; run: go test ./rewrite -run TestFuzzSeeds -update", file)
-		}
-	}
+	fuzzseed.Check(t, "FuzzRewriteNAR", fuzzSeeds(), *update, "go test ./rewrite -run TestFuzzSeeds -update")
 }
 
 func FuzzRewriteNAR(f *testing.F) {
