@@ -15,32 +15,21 @@ import (
 // hand, independently of the code under test and of go-nix.
 type node = nartest.Node
 
-type ent struct {
-	name string
-	n    node
-}
-
 var (
 	wireStr = nartest.Str
 	reg     = nartest.Reg
 	exe     = nartest.Exe
 	sym     = nartest.Sym
 	narOf   = nartest.Encode
+	ent     = nartest.E
+	dir     = nartest.Dir
 )
-
-func dir(entries ...ent) node {
-	es := make([]nartest.Ent, len(entries))
-	for i, e := range entries {
-		es[i] = nartest.Ent{Name: e.name, Node: e.n}
-	}
-	return nartest.Dir(es...)
-}
 
 // nested is a chain of depth directories named "d" ending in an empty file.
 func nested(depth int) node {
 	n := reg("")
 	for range depth {
-		n = dir(ent{"d", n})
+		n = dir(ent("d", n))
 	}
 	return n
 }

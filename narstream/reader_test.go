@@ -12,6 +12,8 @@ import (
 	"testing/iotest"
 
 	"github.com/decross-store/decross-store/internal/fuzzseed"
+
+	"github.com/decross-store/decross-store/internal/nartest"
 )
 
 var update = flag.Bool("update", false, "rewrite files under testdata/")
@@ -27,11 +29,11 @@ func TestReader(t *testing.T) {
 		{"symlink", sym("../lib"), []entry{{Path: "/", Type: "symlink", Target: "../lib"}}},
 		{"empty directory", dir(), []entry{{Path: "/", Type: "directory"}}},
 		{"tree", dir(
-			ent{"..data", reg("12345678")},
-			ent{"bin", dir(ent{"a", exe("x")}, ent{"b", sym("a")})},
-			ent{"empty", dir()},
-			ent{"lib", dir(ent{"sub", dir(ent{"f", reg("deep")})})},
-			ent{"z", reg("last")},
+			ent("..data", reg("12345678")),
+			ent("bin", dir(ent("a", exe("x")), ent("b", sym("a")))),
+			ent("empty", dir()),
+			ent("lib", dir(ent("sub", dir(ent("f", reg("deep")))))),
+			ent("z", reg("last")),
 		), []entry{
 			{Path: "/", Type: "directory"},
 			{Path: "/..data", Type: "regular", Contents: "12345678"},
@@ -44,7 +46,7 @@ func TestReader(t *testing.T) {
 			{Path: "/lib/sub/f", Type: "regular", Contents: "deep"},
 			{Path: "/z", Type: "regular", Contents: "last"},
 		}},
-		{"longest name and target", dir(ent{strings.Repeat("n", MaxNameLen), sym(strings.Repeat("t", MaxTargetLen))}), []entry{
+		{"longest name and target", dir(ent(strings.Repeat("n", MaxNameLen), sym(strings.Repeat("t", MaxTargetLen)))), []entry{
 			{Path: "/", Type: "directory"},
 			{Path: "/" + strings.Repeat("n", MaxNameLen), Type: "symlink", Target: strings.Repeat("t", MaxTargetLen)},
 		}},
@@ -74,7 +76,7 @@ func TestReader(t *testing.T) {
 }
 
 func TestReaderRejectsInvalid(t *testing.T) {
-	valid := narOf(dir(ent{"a", reg("abc")}, ent{"b", sym("/x")}))
+	valid := narOf(dir(ent("a", reg("abc")), ent("b", sym("/x"))))
 	badPadding := bytes.Clone(valid)
 	// "abc" is followed by five padding bytes; make one non-zero.
 	i := bytes.Index(badPadding, []byte("abc"))
@@ -90,16 +92,16 @@ func TestReaderRejectsInvalid(t *testing.T) {
 		{"bad node type", narOf(node{"(", "type", "fifo", ")"}), "fifo"},
 		{"bad token", narOf(node{"(", "type", "regular", "contentz", "", ")"}), "contentz"},
 		{"missing close", narOf(node{"(", "type", "regular", "contents", "x"}), "unexpected EOF"},
-		{"dotdot name", narOf(dir(ent{"..", reg("x")})), `".."`},
-		{"nested dotdot name", narOf(dir(ent{"a", dir(ent{"..", reg("x")})})), "/a: invalid entry name"},
-		{"dot name", narOf(dir(ent{"a", dir(ent{".", reg("x")})})), `"."`},
-		{"empty name", narOf(dir(ent{"", reg("x")})), "empty entry name"},
-		{"slash in name", narOf(dir(ent{"a/b", reg("x")})), "'/'"},
-		{"NUL in name", narOf(dir(ent{"a\x00b", reg("x")})), "NUL"},
-		{"duplicate names", narOf(dir(ent{"a", reg("x")}, ent{"a", reg("y")})), "not sorted or duplicate"},
-		{"unsorted entries", narOf(dir(ent{"b", reg("x")}, ent{"a", reg("y")})), "not sorted or duplicate"},
-		{"unsorted nested", narOf(dir(ent{"a", dir(ent{"y", reg("")}, ent{"x", reg("")})})), "/a: entry \"x\" after \"y\""},
-		{"unsorted after subdirectory", narOf(dir(ent{"b", dir(ent{"z", reg("")})}, ent{"a", reg("")})), "entry \"a\" after \"b\""},
+		{"dotdot name", narOf(dir(ent("..", reg("x")))), `".."`},
+		{"nested dotdot name", narOf(dir(ent("a", dir(ent("..", reg("x")))))), "/a: invalid entry name"},
+		{"dot name", narOf(dir(ent("a", dir(ent(".", reg("x")))))), `"."`},
+		{"empty name", narOf(dir(ent("", reg("x")))), "empty entry name"},
+		{"slash in name", narOf(dir(ent("a/b", reg("x")))), "'/'"},
+		{"NUL in name", narOf(dir(ent("a\x00b", reg("x")))), "NUL"},
+		{"duplicate names", narOf(dir(ent("a", reg("x")), ent("a", reg("y")))), "not sorted or duplicate"},
+		{"unsorted entries", narOf(dir(ent("b", reg("x")), ent("a", reg("y")))), "not sorted or duplicate"},
+		{"unsorted nested", narOf(dir(ent("a", dir(ent("y", reg("")), ent("x", reg("")))))), "/a: entry \"x\" after \"y\""},
+		{"unsorted after subdirectory", narOf(dir(ent("b", dir(ent("z", reg("")))), ent("a", reg("")))), "entry \"a\" after \"b\""},
 		{"non-zero content padding", badPadding, "/a: non-zero padding"},
 		{"non-zero token padding", func() []byte {
 			b := narOf(reg(""))
@@ -111,7 +113,7 @@ func TestReaderRejectsInvalid(t *testing.T) {
 		{"entry in a file", narOf(node{"(", "type", "regular", "contents", "", "entry", ")"}), `want ")"`},
 		{"huge content length", append(narOf(node{"(", "type", "regular", "contents"}), 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff), "too large"},
 		{"huge name length", append(narOf(node{"(", "type", "directory", "entry", "(", "name"}), 0, 0, 0, 0, 0, 0, 0, 1), "exceeds the limit"},
-		{"name too long", narOf(dir(ent{strings.Repeat("n", MaxNameLen+1), reg("")})), "exceeds the limit of 255"},
+		{"name too long", narOf(dir(ent(strings.Repeat("n", MaxNameLen+1), reg("")))), "exceeds the limit of 255"},
 		{"target too long", narOf(sym(strings.Repeat("t", MaxTargetLen+1))), "exceeds the limit of 4095"},
 		{"too deep", narOf(nested(MaxDepth + 1)), "nested more than 256 levels"},
 	}
@@ -159,7 +161,7 @@ func TestReaderDepth(t *testing.T) {
 // TestReaderReadsExactlyTheNAR checks that bytes after the NAR stay in the
 // source, as they must when a NAR is embedded in a protocol stream.
 func TestReaderReadsExactlyTheNAR(t *testing.T) {
-	for _, n := range []node{reg("abc"), sym("x"), dir(ent{"a", dir(ent{"b", exe("\x00")})})} {
+	for _, n := range []node{reg("abc"), sym("x"), dir(ent("a", dir(ent("b", exe("\x00")))))} {
 		in := narOf(n)
 		src := bytes.NewReader(append(bytes.Clone(in), "TRAILER"...))
 		if _, err := readAll(NewReader(src)); err != nil {
@@ -172,7 +174,7 @@ func TestReaderReadsExactlyTheNAR(t *testing.T) {
 }
 
 func TestReaderContents(t *testing.T) {
-	r := NewReader(bytes.NewReader(narOf(dir(ent{"a", reg("abcdef")}, ent{"b", reg("x")}))))
+	r := NewReader(bytes.NewReader(narOf(dir(ent("a", reg("abcdef")), ent("b", reg("x"))))))
 	if h, err := r.Next(); err != nil || h.Type != TypeDirectory {
 		t.Fatalf("root: %+v, %v", h, err)
 	}
@@ -207,11 +209,11 @@ func TestReaderContents(t *testing.T) {
 }
 
 func TestReaderReset(t *testing.T) {
-	r := NewReader(bytes.NewReader(narOf(dir(ent{"a", dir(ent{"b", reg("x")})}))[:60]))
+	r := NewReader(bytes.NewReader(narOf(dir(ent("a", dir(ent("b", reg("x"))))))[:60]))
 	if _, err := readAll(r); err == nil {
 		t.Fatal("truncated NAR accepted")
 	}
-	in := narOf(dir(ent{"z", reg("y")}))
+	in := narOf(dir(ent("z", reg("y"))))
 	r.Reset(bytes.NewReader(in))
 	got, err := readAll(r)
 	if err != nil {
@@ -226,7 +228,7 @@ func TestReaderReset(t *testing.T) {
 // TestReaderAllocs pins the steady-state cost: one allocation per entry
 // path, none per token or per content byte.
 func TestReaderAllocs(t *testing.T) {
-	in := narOf(dir(ent{"a", reg(strings.Repeat("x", 1000))}, ent{"b", dir(ent{"c", reg("")})}, ent{"d", sym("target")}))
+	in := narOf(dir(ent("a", reg(strings.Repeat("x", 1000))), ent("b", dir(ent("c", reg("")))), ent("d", sym("target"))))
 	r := NewReader(nil)
 	buf := make([]byte, 64)
 	src := bytes.NewReader(in)
@@ -260,9 +262,9 @@ func fuzzSeeds() map[string][]byte {
 		"binary":    narOf(exe("\x7fELF\x00/nix/store/aaaa/lib/ld.so\x00")),
 		"text":      narOf(exe("#!/bin/sh\n")),
 		"symlink":   narOf(sym("/nix/store/x/lib")),
-		"dotdot":    narOf(dir(ent{"..", reg("x")})),
-		"unsorted":  narOf(dir(ent{"b", reg("")}, ent{"a", reg("")})),
-		"truncated": narOf(dir(ent{"a", reg("abc")}))[:100],
+		"dotdot":    narOf(dir(ent("..", reg("x")))),
+		"unsorted":  narOf(dir(ent("b", reg("")), ent("a", reg("")))),
+		"truncated": narOf(dir(ent("a", reg("abc"))))[:100],
 		"token-padding": func() []byte {
 			b := narOf(reg(""))
 			b[len(b)-1] = '0'
@@ -270,10 +272,10 @@ func fuzzSeeds() map[string][]byte {
 		}(),
 		"deep": narOf(nested(4)),
 		"tree": narOf(dir(
-			ent{"..data", reg("")},
-			ent{"bin", dir(ent{"hello", exe(strings.Repeat("\x00x", 3))}, ent{"sh", sym("/bin/sh")})},
-			ent{"empty", dir()},
-			ent{"lib", dir(ent{"libfoo.so", reg("lib\x00")})},
+			ent("..data", reg("")),
+			ent("bin", dir(ent("hello", exe(strings.Repeat("\x00x", 3))), ent("sh", sym("/bin/sh")))),
+			ent("empty", dir()),
+			ent("lib", dir(ent("libfoo.so", reg("lib\x00")))),
 		)),
 	}
 }
@@ -327,11 +329,11 @@ func FuzzReader(f *testing.F) {
 // BenchmarkReader measures parsing alone: many small entries and one large
 // file, contents read in 64 KiB pieces.
 func BenchmarkReader(b *testing.B) {
-	var es []ent
+	var es []nartest.Ent
 	for i := range 1000 {
-		es = append(es, ent{fmt.Sprintf("f%04d", i), reg("#!/bin/sh\nexec true\n")})
+		es = append(es, ent(fmt.Sprintf("f%04d", i), reg("#!/bin/sh\nexec true\n")))
 	}
-	es = append(es, ent{"zbig", reg(strings.Repeat("\x00binary", 8<<20/7))})
+	es = append(es, ent("zbig", reg(strings.Repeat("\x00binary", 8<<20/7))))
 	in := narOf(dir(es...))
 	r := NewReader(nil)
 	src := bytes.NewReader(in)

@@ -18,14 +18,14 @@ func fuzzSeeds() map[string][]byte {
 		"text":      narOf(exe("#!" + bashX + "/bin/sh\n")),
 		"symlink":   narOf(sym(glibcX + "/lib")),
 		"leftover":  narOf(reg("\x00/nix/store/" + hashOf(glibcX) + "-glibc-2.35")),
-		"dotdot":    narOf(dir(ent{"..", reg("x")})),
-		"unsorted":  narOf(dir(ent{"b", reg("")}, ent{"a", reg("")})),
-		"truncated": narOf(dir(ent{"a", reg("abc")}))[:100],
+		"dotdot":    narOf(dir(ent("..", reg("x")))),
+		"unsorted":  narOf(dir(ent("b", reg("")), ent("a", reg("")))),
+		"truncated": narOf(dir(ent("a", reg("abc"))))[:100],
 		"tree": narOf(dir(
-			ent{"..data", reg("")},
-			ent{"bin", dir(ent{"hello", exe(strings.Repeat("\x00"+glibcX, 3))}, ent{"sh", sym(bashX + "/bin/sh")})},
-			ent{"empty", dir()},
-			ent{"lib", dir(ent{"libfoo.so", reg(libfooX + "/lib\x00")})},
+			ent("..data", reg("")),
+			ent("bin", dir(ent("hello", exe(strings.Repeat("\x00"+glibcX, 3))), ent("sh", sym(bashX+"/bin/sh")))),
+			ent("empty", dir()),
+			ent("lib", dir(ent("libfoo.so", reg(libfooX+"/lib\x00")))),
 		)),
 	}
 }

@@ -25,26 +25,15 @@ func storePath(seed, name string) string {
 // hand, independently of the code under test and of go-nix.
 type node = nartest.Node
 
-type ent struct {
-	name string
-	n    node
-}
-
 var (
 	wireStr = nartest.Str
 	reg     = nartest.Reg
 	exe     = nartest.Exe
 	sym     = nartest.Sym
 	narOf   = nartest.Encode
+	ent     = nartest.E
+	dir     = nartest.Dir
 )
-
-func dir(entries ...ent) node {
-	es := make([]nartest.Ent, len(entries))
-	for i, e := range entries {
-		es[i] = nartest.Ent{Name: e.name, Node: e.n}
-	}
-	return nartest.Dir(es...)
-}
 
 // entry is one node of a parsed NAR, for assertions.
 type entry struct {

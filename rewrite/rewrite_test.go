@@ -127,8 +127,8 @@ func TestRewriteNAR(t *testing.T) {
 		},
 		{
 			name: "entry names starting with two dots are valid",
-			in:   dir(ent{"...", reg("")}, ent{"..data", dir(ent{"..x", sym(glibcX)})}, ent{"a", reg("")}),
-			want: dir(ent{"...", reg("")}, ent{"..data", dir(ent{"..x", sym(glibcN)})}, ent{"a", reg("")}),
+			in:   dir(ent("...", reg("")), ent("..data", dir(ent("..x", sym(glibcX)))), ent("a", reg(""))),
+			want: dir(ent("...", reg("")), ent("..data", dir(ent("..x", sym(glibcN)))), ent("a", reg(""))),
 		},
 		{
 			name: "empty directory",
@@ -138,28 +138,28 @@ func TestRewriteNAR(t *testing.T) {
 		{
 			name: "nested directories keep structure, order and modes",
 			in: dir(
-				ent{"bin", dir(
-					ent{"hello", exe("\x00" + glibcX + "/lib/ld-linux-aarch64.so.1\x00" + helloX)},
-					ent{"hello-wrapper", exe("#!" + bashX + "/bin/sh\nexec " + helloX + "/bin/hello\n")},
-				)},
-				ent{"lib", dir(
-					ent{"empty", dir()},
-					ent{"ld.so", sym(glibcX + "/lib/ld-linux-aarch64.so.1")},
-					ent{"libfoo.so", reg("\x00" + libfooX)},
-				)},
-				ent{"share", sym("lib")},
+				ent("bin", dir(
+					ent("hello", exe("\x00"+glibcX+"/lib/ld-linux-aarch64.so.1\x00"+helloX)),
+					ent("hello-wrapper", exe("#!"+bashX+"/bin/sh\nexec "+helloX+"/bin/hello\n")),
+				)),
+				ent("lib", dir(
+					ent("empty", dir()),
+					ent("ld.so", sym(glibcX+"/lib/ld-linux-aarch64.so.1")),
+					ent("libfoo.so", reg("\x00"+libfooX)),
+				)),
+				ent("share", sym("lib")),
 			),
 			want: dir(
-				ent{"bin", dir(
-					ent{"hello", exe("\x00" + padded(glibcX, glibcN) + "/lib/ld-linux-aarch64.so.1\x00" + padded(helloX, helloN))},
-					ent{"hello-wrapper", exe("#!" + bashN + "/bin/sh\nexec " + helloN + "/bin/hello\n")},
-				)},
-				ent{"lib", dir(
-					ent{"empty", dir()},
-					ent{"ld.so", sym(glibcN + "/lib/ld-linux-aarch64.so.1")},
-					ent{"libfoo.so", reg("\x00" + libfooN)},
-				)},
-				ent{"share", sym("lib")},
+				ent("bin", dir(
+					ent("hello", exe("\x00"+padded(glibcX, glibcN)+"/lib/ld-linux-aarch64.so.1\x00"+padded(helloX, helloN))),
+					ent("hello-wrapper", exe("#!"+bashN+"/bin/sh\nexec "+helloN+"/bin/hello\n")),
+				)),
+				ent("lib", dir(
+					ent("empty", dir()),
+					ent("ld.so", sym(glibcN+"/lib/ld-linux-aarch64.so.1")),
+					ent("libfoo.so", reg("\x00"+libfooN)),
+				)),
+				ent("share", sym("lib")),
 			),
 		},
 	}
@@ -196,38 +196,38 @@ func TestRewriteNARLeftover(t *testing.T) {
 		},
 		{
 			name:     "name mismatch in text file",
-			in:       dir(ent{"bin", dir(ent{"sh", exe("#!" + mismatch + "/bin/sh\n")})}),
+			in:       dir(ent("bin", dir(ent("sh", exe("#!"+mismatch+"/bin/sh\n"))))),
 			wantFile: "/bin/sh",
 			wantHash: hashOf(glibcX),
 		},
 		{
 			name:     "name mismatch in large binary",
-			in:       dir(ent{"bin", dir(ent{"hello", exe(strings.Repeat("\x00", 300<<10) + mismatch)})}),
+			in:       dir(ent("bin", dir(ent("hello", exe(strings.Repeat("\x00", 300<<10)+mismatch))))),
 			wantFile: "/bin/hello",
 			wantHash: hashOf(glibcX),
 		},
 		{
 			name:     "bare hash in content",
-			in:       dir(ent{"a", reg("x")}, ent{"b", reg("\x00build-id " + hashOf(bashX) + "\n")}),
+			in:       dir(ent("a", reg("x")), ent("b", reg("\x00build-id "+hashOf(bashX)+"\n"))),
 			wantFile: "/b",
 			wantHash: hashOf(bashX),
 		},
 		{
 			name:     "entry name",
-			in:       dir(ent{"lib", dir(ent{hashOf(helloX) + "-dangling", reg("")})}),
+			in:       dir(ent("lib", dir(ent(hashOf(helloX)+"-dangling", reg(""))))),
 			wantFile: "/lib/" + hashOf(helloX) + "-dangling",
 			wantHash: hashOf(helloX),
 		},
 		{
 			name:      "symlink target",
-			in:        dir(ent{"lib", dir(ent{"libz.so", sym(other + "/lib/libz.so")})}),
+			in:        dir(ent("lib", dir(ent("libz.so", sym(other+"/lib/libz.so"))))),
 			forbidden: []string{other},
 			wantFile:  "/lib/libz.so",
 			wantHash:  hashOf(other),
 		},
 		{
 			name:      "extra forbidden bare hash part",
-			in:        dir(ent{"etc", dir(ent{"conf", reg("zlib=" + other + "\n")})}),
+			in:        dir(ent("etc", dir(ent("conf", reg("zlib="+other+"\n"))))),
 			forbidden: []string{hashOf(other)},
 			wantFile:  "/etc/conf",
 			wantHash:  hashOf(other),
@@ -236,7 +236,7 @@ func TestRewriteNARLeftover(t *testing.T) {
 			// A relative target is not a whole store path, so it is not
 			// rewritten, and its hash must not slip through.
 			name:     "relative symlink into a cross path",
-			in:       dir(ent{"share", sym("../" + strings.TrimPrefix(helloX, "/nix/store/") + "/share")}),
+			in:       dir(ent("share", sym("../"+strings.TrimPrefix(helloX, "/nix/store/")+"/share"))),
 			wantFile: "/share",
 			wantHash: hashOf(helloX),
 		},
@@ -343,7 +343,7 @@ func TestNewValidation(t *testing.T) {
 }
 
 func TestRewriteNARRejectsInvalid(t *testing.T) {
-	valid := narOf(dir(ent{"a", reg("abc")}, ent{"b", sym("/x")}))
+	valid := narOf(dir(ent("a", reg("abc")), ent("b", sym("/x"))))
 	badPadding := bytes.Clone(valid)
 	// "abc" is followed by five padding bytes; make one non-zero.
 	i := bytes.Index(badPadding, []byte("abc"))
@@ -358,15 +358,15 @@ func TestRewriteNARRejectsInvalid(t *testing.T) {
 		{"bad node type", narOf(node{"(", "type", "fifo", ")"})},
 		{"bad token", narOf(node{"(", "type", "regular", "contentz", "", ")"})},
 		{"missing close", narOf(node{"(", "type", "regular", "contents", "x"})},
-		{"dotdot name", narOf(dir(ent{"..", reg("x")}))},
-		{"nested dotdot name", narOf(dir(ent{"a", dir(ent{"..", reg("x")})}))},
-		{"dot name", narOf(dir(ent{"a", dir(ent{".", reg("x")})}))},
-		{"empty name", narOf(dir(ent{"", reg("x")}))},
-		{"slash in name", narOf(dir(ent{"a/b", reg("x")}))},
-		{"NUL in name", narOf(dir(ent{"a\x00b", reg("x")}))},
-		{"duplicate names", narOf(dir(ent{"a", reg("x")}, ent{"a", reg("y")}))},
-		{"unsorted entries", narOf(dir(ent{"b", reg("x")}, ent{"a", reg("y")}))},
-		{"unsorted nested", narOf(dir(ent{"a", dir(ent{"y", reg("")}, ent{"x", reg("")})}))},
+		{"dotdot name", narOf(dir(ent("..", reg("x"))))},
+		{"nested dotdot name", narOf(dir(ent("a", dir(ent("..", reg("x"))))))},
+		{"dot name", narOf(dir(ent("a", dir(ent(".", reg("x"))))))},
+		{"empty name", narOf(dir(ent("", reg("x"))))},
+		{"slash in name", narOf(dir(ent("a/b", reg("x"))))},
+		{"NUL in name", narOf(dir(ent("a\x00b", reg("x"))))},
+		{"duplicate names", narOf(dir(ent("a", reg("x")), ent("a", reg("y"))))},
+		{"unsorted entries", narOf(dir(ent("b", reg("x")), ent("a", reg("y"))))},
+		{"unsorted nested", narOf(dir(ent("a", dir(ent("y", reg("")), ent("x", reg(""))))))},
 		{"non-zero content padding", badPadding},
 		{"non-zero token padding", func() []byte {
 			b := narOf(reg(""))
@@ -405,11 +405,11 @@ func TestRewriteNARRejectsInvalid(t *testing.T) {
 // files at every level, so the encoder must close many directories at once.
 func TestRewriteNARDeepTree(t *testing.T) {
 	r := mustNew(t, testRepls, Options{})
-	leaf := dir(ent{"f", reg(helloX)})
-	want := dir(ent{"f", reg(helloN)})
+	leaf := dir(ent("f", reg(helloX)))
+	want := dir(ent("f", reg(helloN)))
 	for range narstream.MaxDepth - 1 {
-		leaf = dir(ent{"a", leaf}, ent{"b", sym(glibcX)})
-		want = dir(ent{"a", want}, ent{"b", sym(glibcN)})
+		leaf = dir(ent("a", leaf), ent("b", sym(glibcX)))
+		want = dir(ent("a", want), ent("b", sym(glibcN)))
 	}
 	got, err := rewrite(r, narOf(leaf))
 	if err != nil {
@@ -423,7 +423,7 @@ func TestRewriteNARDeepTree(t *testing.T) {
 // nested is a chain of depth directories named "d" around n.
 func nested(depth int, n node) node {
 	for range depth {
-		n = dir(ent{"d", n})
+		n = dir(ent("d", n))
 	}
 	return n
 }
@@ -432,7 +432,7 @@ func nested(depth int, n node) node {
 // src, as they do when a NAR is embedded in a protocol stream.
 func TestRewriteNARReadsExactlyTheNAR(t *testing.T) {
 	r := mustNew(t, testRepls, Options{})
-	in := narOf(dir(ent{"bin", dir(ent{"x", exe("\x00" + glibcX)})}))
+	in := narOf(dir(ent("bin", dir(ent("x", exe("\x00"+glibcX))))))
 	src := bytes.NewReader(append(bytes.Clone(in), "TRAILER"...))
 	if err := r.RewriteNAR(io.Discard, src); err != nil {
 		t.Fatal(err)
@@ -448,9 +448,9 @@ func TestRewriteNARReadsExactlyTheNAR(t *testing.T) {
 func TestRewriteNARStopsReadingOnError(t *testing.T) {
 	r := mustNew(t, testRepls, Options{})
 	in := narOf(dir(
-		ent{"a", reg("\x00" + hashOf(glibcX))},
-		ent{"b", reg(strings.Repeat("x", 1<<20))},
-		ent{"c", reg("more")},
+		ent("a", reg("\x00"+hashOf(glibcX))),
+		ent("b", reg(strings.Repeat("x", 1<<20))),
+		ent("c", reg("more")),
 	))
 	before := runtime.NumGoroutine()
 	for range 20 {
@@ -495,9 +495,9 @@ func TestRewriteNARWriteErrors(t *testing.T) {
 	r := mustNew(t, testRepls, Options{TextMax: 16})
 	r.chunk = 64 // several flushes per file
 	in := narOf(dir(
-		ent{"a", exe(strings.Repeat("\x00"+glibcX, 2000))},
-		ent{"b", sym(bashX)},
-		ent{"c", reg("#!" + bashX)},
+		ent("a", exe(strings.Repeat("\x00"+glibcX, 2000))),
+		ent("b", sym(bashX)),
+		ent("c", reg("#!"+bashX)),
 	))
 	full, err := rewrite(r, in)
 	if err != nil {
@@ -523,8 +523,8 @@ func TestRewriteNARConcurrent(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			body := strings.Repeat(fmt.Sprintf("%d\x00", g), g*50+1) + glibcX
-			in := narOf(dir(ent{"f", reg(body)}, ent{"t", reg("#!" + bashX)}))
-			want := narOf(dir(ent{"f", reg(strings.Replace(body, glibcX, padded(glibcX, glibcN), 1))}, ent{"t", reg("#!" + bashN)}))
+			in := narOf(dir(ent("f", reg(body)), ent("t", reg("#!"+bashX))))
+			want := narOf(dir(ent("f", reg(strings.Replace(body, glibcX, padded(glibcX, glibcN), 1))), ent("t", reg("#!"+bashN))))
 			for range 20 {
 				got, err := rewrite(r, in)
 				if err != nil {
@@ -554,9 +554,9 @@ func TestGolden(t *testing.T) {
 		{"binary-padded", exe("\x7fELF\x02\x01\x01\x00" + glibcX + "/lib/ld-linux-aarch64.so.1\x00" + glibcX + "/lib:" + helloX + "/lib\x00")},
 		{"script-exact", exe("#!" + bashX + "/bin/sh\nexec " + helloX + "/bin/hello \"$@\"\n")},
 		{"tree", dir(
-			ent{"bin", dir(ent{"hello", exe("\x00" + glibcX + "\x00" + helloX)})},
-			ent{"lib", dir(ent{"ld.so", sym(glibcX + "/lib/ld-linux-aarch64.so.1")})},
-			ent{"share", dir(ent{"doc", reg("see " + helloX + "/share/doc\n")})},
+			ent("bin", dir(ent("hello", exe("\x00"+glibcX+"\x00"+helloX)))),
+			ent("lib", dir(ent("ld.so", sym(glibcX+"/lib/ld-linux-aarch64.so.1")))),
+			ent("share", dir(ent("doc", reg("see "+helloX+"/share/doc\n")))),
 		)},
 	}
 	r := mustNew(t, testRepls, Options{})

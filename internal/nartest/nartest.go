@@ -40,6 +40,9 @@ type Ent struct {
 	Node Node
 }
 
+// E is the entry name holding n.
+func E(name string, n Node) Ent { return Ent{Name: name, Node: n} }
+
 // Dir is a directory with entries in the order given (tests of ordering
 // checks pass them unsorted on purpose).
 func Dir(entries ...Ent) Node {
