@@ -677,3 +677,7 @@ func (s *Store) Problems(ctx context.Context) map[string]error {
 
 // MappedPaths is the number of native paths in the mapping.
 func (s *Store) MappedPaths() int { return s.cfg.Mapping.Len() }
+
+// PublicKey is the public half of the signing key, as clients put it in
+// trusted-public-keys.
+func (s *Store) PublicKey() string { return s.cfg.SigningKey.ToPublicKey().String() }

@@ -94,7 +94,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
-	logger.Info("serving", "listen", l.Addr().String(), "mapping", f.mapping, "paths", mappingLen(st), "public-key", publicKeyOf(f.signingKey))
+	logger.Info("serving", "listen", l.Addr().String(), "mapping", f.mapping, "paths", st.MappedPaths(), "public-key", st.PublicKey())
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(l) }()
 	select {
@@ -163,15 +163,7 @@ func loadSecretKey(path string) (signature.SecretKey, error) {
 	return k, nil
 }
 
-func publicKeyOf(path string) string {
-	k, err := loadSecretKey(path)
-	if err != nil {
-		return ""
-	}
-	return k.ToPublicKey().String()
-}
 
-func mappingLen(st *store.Store) int { return st.MappedPaths() }
 
 func trimSpace(b []byte) []byte {
 	for len(b) > 0 && (b[len(b)-1] == '\n' || b[len(b)-1] == '\r' || b[len(b)-1] == ' ' || b[len(b)-1] == '\t') {
