@@ -163,8 +163,6 @@ func loadSecretKey(path string) (signature.SecretKey, error) {
 	return k, nil
 }
 
-
-
 func trimSpace(b []byte) []byte {
 	for len(b) > 0 && (b[len(b)-1] == '\n' || b[len(b)-1] == '\r' || b[len(b)-1] == ' ' || b[len(b)-1] == '\t') {
 		b = b[:len(b)-1]
