@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"runtime/debug"
+	"strings"
 	"time"
 
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
@@ -156,18 +157,11 @@ func loadSecretKey(path string) (signature.SecretKey, error) {
 	if err != nil {
 		return signature.SecretKey{}, fmt.Errorf("signing key: %w", err)
 	}
-	k, err := signature.LoadSecretKey(string(trimSpace(b)))
+	k, err := signature.LoadSecretKey(strings.TrimSpace(string(b)))
 	if err != nil {
 		return signature.SecretKey{}, fmt.Errorf("signing key %s: %w", path, err)
 	}
 	return k, nil
-}
-
-func trimSpace(b []byte) []byte {
-	for len(b) > 0 && (b[len(b)-1] == '\n' || b[len(b)-1] == '\r' || b[len(b)-1] == ' ' || b[len(b)-1] == '\t') {
-		b = b[:len(b)-1]
-	}
-	return b
 }
 
 // stdio is the protocol channel of --stdio mode.
