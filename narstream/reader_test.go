@@ -311,7 +311,12 @@ func FuzzReader(f *testing.F) {
 		if terr != nil {
 			return
 		}
+		seen := map[string]bool{}
 		for _, e := range theirs {
+			if seen[e.Path] {
+				return // rejected on purpose: Nix rejects duplicate entries, go-nix does not
+			}
+			seen[e.Path] = true
 			if e.Type == "symlink" && e.Target == "" {
 				return // rejected on purpose: no such symlink can exist
 			}
