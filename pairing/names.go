@@ -13,12 +13,14 @@ import (
 // The last occurrence that is a whole dash-separated segment run is
 // removed. ok is false when the name has no suffix.
 func NormalizeName(name, hostSuffix string) (normalized string, ok bool) {
-	s := "-" + strings.TrimPrefix(hostSuffix, "-")
-	// A host suffix is one or more whole dash-separated segments: empty or
-	// ending in a dash, it is not one (and InferHostSuffix never yields it).
-	if s == "-" || strings.HasSuffix(s, "-") {
+	hostSuffix = strings.TrimPrefix(hostSuffix, "-")
+	// A host suffix is one or more whole, non-empty dash-separated
+	// segments; anything else (InferHostSuffix never yields it) would make
+	// the removal ambiguous.
+	if !wholeSegments(hostSuffix) {
 		return name, false
 	}
+	s := "-" + hostSuffix
 	for end := len(name); end > 0; {
 		i := strings.LastIndex(name[:end], s)
 		if i < 0 {
@@ -57,7 +59,7 @@ func InferHostSuffix(native, cross string) (string, error) {
 				continue
 			}
 			suffix := cross[i+1 : i+ins]
-			if suffix == "" || strings.HasSuffix(suffix, "-") {
+			if !wholeSegments(suffix) {
 				continue
 			}
 			return suffix, nil
@@ -67,4 +69,10 @@ func InferHostSuffix(native, cross string) (string, error) {
 		}
 	}
 	return "", fmt.Errorf("cross name %q is not native name %q with a host suffix inserted", cross, native)
+}
+
+// wholeSegments reports whether s is one or more non-empty dash-separated
+// segments.
+func wholeSegments(s string) bool {
+	return s != "" && !strings.HasPrefix(s, "-") && !strings.HasSuffix(s, "-") && !strings.Contains(s, "--")
 }

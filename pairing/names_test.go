@@ -22,6 +22,10 @@ func TestNormalizeName(t *testing.T) {
 		{"x-aarch64-unknown-linux-gnueabi-1.0-aarch64-unknown-linux-gnu", suffix, "x-aarch64-unknown-linux-gnueabi-1.0", true},
 		{"hello-2.12", "", "hello-2.12", false},
 		{"", suffix, "", false},
+		// Empty segments make no suffix.
+		{"0--@", "--@", "0--@", false},
+		{"a-b--c-1", "b--c", "a-b--c-1", false},
+		{"a-b-1", "b-", "a-b-1", false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
