@@ -1,12 +1,9 @@
 package narstream
 
 import (
-	"bytes"
 	"errors"
 	"io"
 	"strings"
-
-	"github.com/nix-community/go-nix/pkg/nar"
 
 	"github.com/decross-store/decross-store/internal/nartest"
 )
@@ -34,14 +31,7 @@ func nested(depth int) node {
 	return n
 }
 
-// entry is one node of a parsed NAR, for comparisons.
-type entry struct {
-	Path       string
-	Type       string
-	Target     string
-	Executable bool
-	Contents   string
-}
+type entry = nartest.Entry
 
 func readAll(p *Reader) ([]entry, error) {
 	var es []entry
@@ -57,31 +47,7 @@ func readAll(p *Reader) ([]entry, error) {
 		if err != nil {
 			return nil, err
 		}
-		es = append(es, entry{h.Path, string(h.Type), h.LinkTarget, h.Executable, string(c)})
-	}
-}
-
-// parseGoNix reads b with go-nix's Reader, the oracle.
-func parseGoNix(b []byte) ([]entry, error) {
-	nr, err := nar.NewReader(bytes.NewReader(b))
-	if err != nil {
-		return nil, err
-	}
-	defer nr.Close()
-	var es []entry
-	for {
-		h, err := nr.Next()
-		if errors.Is(err, io.EOF) {
-			return es, nil
-		}
-		if err != nil {
-			return nil, err
-		}
-		c, err := io.ReadAll(nr)
-		if err != nil {
-			return nil, err
-		}
-		es = append(es, entry{h.Path, string(h.Type), h.LinkTarget, h.Executable, string(c)})
+		es = append(es, entry{Path: h.Path, Type: string(h.Type), Target: h.LinkTarget, Executable: h.Executable, Contents: string(c)})
 	}
 }
 

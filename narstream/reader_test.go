@@ -12,7 +12,6 @@ import (
 	"testing/iotest"
 
 	"github.com/decross-store/decross-store/internal/fuzzseed"
-
 	"github.com/decross-store/decross-store/internal/nartest"
 )
 
@@ -293,7 +292,7 @@ func FuzzReader(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
 		src := bytes.NewReader(data)
 		mine, err := readAll(NewReader(src))
-		theirs, terr := parseGoNix(data)
+		theirs, terr := nartest.Parse(data)
 		if err == nil {
 			if terr != nil {
 				t.Fatalf("Reader accepted what go-nix rejects: %v", terr)

@@ -122,9 +122,9 @@ func unpack(t *testing.T, b []byte, dir string) {
 		p := filepath.Join(dir, filepath.FromSlash(e.Path))
 		var err error
 		switch e.Type {
-		case nar.TypeDirectory:
+		case string(nar.TypeDirectory):
 			err = os.MkdirAll(p, 0o755)
-		case nar.TypeSymlink:
+		case string(nar.TypeSymlink):
 			err = os.Symlink(e.Target, p)
 		default:
 			mode := os.FileMode(0o644)

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/decross-store/decross-store/internal/fuzzseed"
+	"github.com/decross-store/decross-store/internal/nartest"
 )
 
 const fuzzTextMax = 40
@@ -77,11 +78,11 @@ func FuzzRewriteNAR(f *testing.F) {
 			return
 		}
 
-		in, perr := parseNAR(consumed)
+		in, perr := nartest.Parse(consumed)
 		if perr != nil {
 			t.Fatalf("go-nix rejects an input the rewriter accepted: %v", perr)
 		}
-		got, perr := parseNAR(out.Bytes())
+		got, perr := nartest.Parse(out.Bytes())
 		if perr != nil {
 			t.Fatalf("output is not a valid NAR: %v", perr)
 		}

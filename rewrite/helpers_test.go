@@ -3,12 +3,9 @@ package rewrite
 import (
 	"bytes"
 	"crypto/sha256"
-	"errors"
-	"io"
 	"strings"
 	"testing"
 
-	"github.com/nix-community/go-nix/pkg/nar"
 	"github.com/nix-community/go-nix/pkg/nixbase32"
 
 	"github.com/decross-store/decross-store/internal/nartest"
@@ -35,47 +32,17 @@ var (
 	dir     = nartest.Dir
 )
 
-// entry is one node of a parsed NAR, for assertions.
-type entry struct {
-	Path       string
-	Type       nar.NodeType
-	Target     string
-	Executable bool
-	Contents   string
-}
+type entry = nartest.Entry
 
 // listNAR parses b with go-nix's Reader and fails the test if it is not a
 // valid NAR.
 func listNAR(t testing.TB, b []byte) []entry {
 	t.Helper()
-	es, err := parseNAR(b)
+	es, err := nartest.Parse(b)
 	if err != nil {
 		t.Fatalf("output is not a valid NAR: %v", err)
 	}
 	return es
-}
-
-func parseNAR(b []byte) ([]entry, error) {
-	nr, err := nar.NewReader(bytes.NewReader(b))
-	if err != nil {
-		return nil, err
-	}
-	defer nr.Close()
-	var es []entry
-	for {
-		h, err := nr.Next()
-		if errors.Is(err, io.EOF) {
-			return es, nil
-		}
-		if err != nil {
-			return nil, err
-		}
-		c, err := io.ReadAll(nr)
-		if err != nil {
-			return nil, err
-		}
-		es = append(es, entry{h.Path, h.Type, h.LinkTarget, h.Executable, string(c)})
-	}
 }
 
 func mustNew(t testing.TB, repls []Replacement, opts Options) *Rewriter {
