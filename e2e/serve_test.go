@@ -318,6 +318,33 @@ func TestServeOverSSH(t *testing.T) {
 		}
 	})
 
+	// What a user browsing the store sees: the server's version, and the
+	// rewritten files read through NarFromPath.
+	t.Run("ping-ls-cat", func(t *testing.T) {
+		// Nix 2.8 prints the ping result as a notice, on stderr.
+		out, notice, err := srv.nix(ctx, "", "nix", "store", "ping", "--store", url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(out+notice, "Version: decross-store") {
+			t.Errorf("nix store ping printed %q, want the server's version", out+notice)
+		}
+		out, _, err = srv.nix(ctx, "", "nix", "store", "ls", "--store", url, "-R", hello.Native)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fields := strings.Fields(out); !contains(fields, "./bin/hello") || !contains(fields, "./share/hello/message.txt") {
+			t.Errorf("nix store ls -R = %q", out)
+		}
+		out, _, err = srv.nix(ctx, "", "nix", "store", "cat", "--store", url, hello.Native+"/share/hello/message.txt")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if out != "Hello, world!\n" {
+			t.Errorf("nix store cat = %q", out)
+		}
+	})
+
 	dest := filepath.Join(work, "client-store")
 	t.Cleanup(func() { makeWritable(t, dest) })
 	t.Run("copy-verify-run", func(t *testing.T) {

@@ -21,10 +21,11 @@ type command struct {
 
 func commands() map[string]command {
 	return map[string]command{
-		"serve":  {runServe, "serve native store paths over ssh-ng"},
-		"keygen": {runKeygen, "generate a Nix signing key pair"},
-		"map":    {runMap, "build a mapping file from native and cross derivations"},
-		"check":  {runCheck, "dry run: what a mapping would serve, and every problem"},
+		"serve":   {runServe, "serve native store paths over ssh-ng"},
+		"keygen":  {runKeygen, "generate a Nix signing key pair"},
+		"map":     {runMap, "build a mapping file from native and cross derivations"},
+		"check":   {runCheck, "dry run: what a mapping would serve, and every problem"},
+		"version": {runVersion, "print the version of this build"},
 	}
 }
 
@@ -37,7 +38,7 @@ func usage(w io.Writer) {
 	}
 	sort.Strings(names)
 	for _, n := range names {
-		fmt.Fprintf(w, "  %-8s %s\n", n, cmds[n].summary)
+		fmt.Fprintf(w, "  %-9s %s\n", n, cmds[n].summary)
 	}
 }
 
