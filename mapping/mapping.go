@@ -32,13 +32,15 @@ type Mapping struct {
 }
 
 // New validates entries: every path a store path, every native and every
-// cross path at most once, and native different from cross.
+// cross path at most once, native different from cross, and no hash part
+// shared by two paths or by a native and a cross path.
 func New(entries []Entry) (*Mapping, error) {
 	m := &Mapping{
 		entries:  append([]Entry(nil), entries...),
 		byNative: make(map[string]int, len(entries)),
 		byCross:  make(map[string]int, len(entries)),
 	}
+	hashParts := make(map[string]string, 2*len(entries))
 	for i, e := range m.entries {
 		if err := checkStorePath(e.Native); err != nil {
 			return nil, fmt.Errorf("mapping entry %d (native %q): %w", i, e.Native, err)
@@ -62,6 +64,16 @@ func New(entries []Entry) (*Mapping, error) {
 		}
 		if j, dup := m.byCross[e.Cross]; dup {
 			return nil, fmt.Errorf("mapping entry %d: cross path %s is already used by entry %d (for %s)", i, e.Cross, j, m.entries[j].Native)
+		}
+		// Caches, hash-part lookups and the leftover scan all key on the
+		// hash part: one hash part must name one path in one role. A real
+		// store never holds two paths with one hash part.
+		for _, side := range []struct{ role, path string }{{"native", e.Native}, {"cross", e.Cross}} {
+			h := side.path[len(storepath.StoreDir)+1:][:32]
+			if prev, dup := hashParts[h]; dup {
+				return nil, fmt.Errorf("mapping entry %d: %s path %s has the hash part of %s", i, side.role, side.path, prev)
+			}
+			hashParts[h] = fmt.Sprintf("entry %d's %s path %s", i, side.role, side.path)
 		}
 		m.byNative[e.Native] = i
 		m.byCross[e.Cross] = i

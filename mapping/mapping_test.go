@@ -66,6 +66,8 @@ func TestParseInvalid(t *testing.T) {
 		{"same path", `{"paths": [{"native": "` + nHello + `", "cross": "` + nHello + `"}]}`, "same path"},
 		{"native twice", `{"paths": [{"native": "` + nHello + `", "cross": "` + cHello + `"}, {"native": "` + nHello + `", "cross": "` + cGlibc + `"}]}`, "native path " + nHello + " is already mapped by entry 0"},
 		{"cross twice", `{"paths": [{"native": "` + nHello + `", "cross": "` + cHello + `"}, {"native": "` + nGlibc + `", "cross": "` + cHello + `"}]}`, "cross path " + cHello + " is already used by entry 0"},
+		{"native hash part twice", `{"paths": [{"native": "` + nHello + `", "cross": "` + cHello + `"}, {"native": "/nix/store/00000000000000000000000000000001-hello-2.13", "cross": "` + cGlibc + `"}]}`, "native path /nix/store/00000000000000000000000000000001-hello-2.13 has the hash part of entry 0's native path " + nHello},
+		{"native is another cross", `{"paths": [{"native": "` + nHello + `", "cross": "` + cHello + `"}, {"native": "` + cHello + `", "cross": "` + cGlibc + `"}]}`, "has the hash part of entry 0's cross path"},
 		{"bad deriver", `{"paths": [{"native": "` + nHello + `", "cross": "` + cHello + `", "deriver": "` + nGlibc + `"}]}`, "not a .drv"},
 		{"trailing", `{"paths": []} {}`, "trailing"},
 	}

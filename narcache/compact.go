@@ -18,6 +18,7 @@ import (
 // queue drops it: the next Open of the plain NAR queues it again.
 func (c *Cache) scheduleCompaction(e *Entry) {
 	c.mu.Lock()
+	c.lastUse[e.Path] = time.Now()
 	if c.queued[e.Path] {
 		c.mu.Unlock()
 		return
@@ -28,18 +29,43 @@ func (c *Cache) scheduleCompaction(e *Entry) {
 		c.worker.Add(1)
 		go c.compactor()
 	})
-	select {
-	case c.compactQ <- e:
-	default:
-		c.mu.Lock()
-		delete(c.queued, e.Path)
-		c.mu.Unlock()
+	if !c.requeue(e) {
+		c.unqueue(e.Path)
 	}
 }
 
+// requeue puts e (back) at the end of the queue, unless it is full.
+func (c *Cache) requeue(e *Entry) bool {
+	select {
+	case c.compactQ <- e:
+		return true
+	default:
+		return false
+	}
+}
+
+func (c *Cache) unqueue(path string) {
+	c.mu.Lock()
+	delete(c.queued, path)
+	delete(c.lastUse, path)
+	c.mu.Unlock()
+}
+
+// untilQuiet is how long path must still go unread before it is
+// compacted: compression does not compete with the transfers it would
+// slow down.
+func (c *Cache) untilQuiet(path string) time.Duration {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.readers[path] > 0 {
+		return c.compactDelay
+	}
+	return c.compactDelay - time.Since(c.lastUse[path])
+}
+
 // compactor compresses queued entries one at a time, each once it has
-// had no reader for compactDelay, so compression does not compete with
-// the transfers it would slow down.
+// gone unread for compactDelay. An entry still in use goes back to the end
+// of the queue, so that one busy path does not hold up the others.
 func (c *Cache) compactor() {
 	defer c.worker.Done()
 	for {
@@ -49,25 +75,23 @@ func (c *Cache) compactor() {
 		case <-c.closed:
 			return
 		}
-		for {
-			select {
-			case <-time.After(c.compactDelay):
-			case <-c.closed:
-				return
+		if wait := c.untilQuiet(e.Path); wait > 0 {
+			if len(c.compactQ) == 0 {
+				select {
+				case <-time.After(wait):
+				case <-c.closed:
+					return
+				}
 			}
-			c.mu.Lock()
-			busy := c.readers[e.Path] > 0
-			c.mu.Unlock()
-			if !busy {
-				break
+			if !c.requeue(e) {
+				c.unqueue(e.Path)
 			}
+			continue
 		}
 		// An error leaves the entry as it was (plain, or removed when
 		// damaged); there is nobody to report it to but the next reader.
 		_ = c.Compact(e)
-		c.mu.Lock()
-		delete(c.queued, e.Path)
-		c.mu.Unlock()
+		c.unqueue(e.Path)
 	}
 }
 
@@ -121,6 +145,11 @@ func (c *Cache) Compact(e *Entry) error {
 	var got pathinfo.NarHash
 	copy(got[:], h.Sum(nil))
 	if uint64(n) != e.NarSize || got != e.NarHash {
+		// Another process sharing the directory may have rebuilt the entry
+		// since e was queued: then the NAR is not damaged, e is stale.
+		if current, err := c.readEntry(e.Path); err != nil || current == nil || current.NarHash != e.NarHash || current.NarSize != e.NarSize {
+			return nil
+		}
 		err := fmt.Errorf("compact %s: %w: NAR has %d bytes and hash %s, metadata says %d bytes and %s", e.Path, ErrDamaged, n, got, e.NarSize, e.NarHash)
 		if rmErr := c.removeDamaged(e.Path, files.plain, id); rmErr != nil {
 			err = errors.Join(err, rmErr)
@@ -145,7 +174,7 @@ func (c *Cache) Compact(e *Entry) error {
 	}
 	committed = true
 	if zid, err := identity(files.zst); err == nil {
-		c.verified[files.zst] = zid // made from bytes just checked
+		c.verified[files.zst] = verifiedFile{id: zid, hash: e.NarHash, size: e.NarSize} // made from bytes just checked
 	}
 	delete(c.verified, files.plain)
 	if err := os.Remove(files.plain); err != nil && !errors.Is(err, fs.ErrNotExist) {

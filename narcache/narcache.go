@@ -67,9 +67,10 @@ type Cache struct {
 	// so that a commit, a compaction and a removal of one path never
 	// interleave.
 	mu        sync.Mutex
-	verified  map[string]fileID // by NAR file name: identity last verified
-	readers   map[string]int    // by store path: readers open now
-	queued    map[string]bool   // by store path: waiting for compaction
+	verified  map[string]verifiedFile // by NAR file name: what was last verified
+	readers   map[string]int          // by store path: readers open now
+	queued    map[string]bool         // by store path: waiting for compaction
+	lastUse   map[string]time.Time    // by store path, while queued: last commit or read
 	verifying singleflight.Group
 
 	compactDelay time.Duration // quiet time before compacting an entry
@@ -88,20 +89,60 @@ type fileID struct {
 	mtime time.Time
 }
 
-// Open opens (creating if needed) the cache directory.
+// verifiedFile is a NAR file found to hold the NAR with hash and size:
+// valid only while the file keeps its identity, and only for an entry with
+// that hash and size.
+type verifiedFile struct {
+	id   fileID
+	hash pathinfo.NarHash
+	size uint64
+}
+
+// staleTempAge is how old a temporary file must be before Open takes it
+// for the leftover of a process that died while writing it: far longer
+// than any write, which fails after a couple of minutes without upstream
+// data.
+const staleTempAge = time.Hour
+
+// Open opens (creating if needed) the cache directory, and removes the
+// temporary files that processes killed while writing left behind.
 func Open(dir string) (*Cache, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("open cache: %w", err)
 	}
+	if err := removeStaleTemps(dir, time.Now().Add(-staleTempAge)); err != nil {
+		return nil, fmt.Errorf("open cache: %w", err)
+	}
 	return &Cache{
 		dir:          dir,
-		verified:     make(map[string]fileID),
+		verified:     make(map[string]verifiedFile),
 		readers:      make(map[string]int),
 		queued:       make(map[string]bool),
+		lastUse:      make(map[string]time.Time),
 		compactDelay: defaultCompactDelay,
 		compactQ:     make(chan *Entry, 1024),
 		closed:       make(chan struct{}),
 	}, nil
+}
+
+// removeStaleTemps removes temporary files last written before cutoff.
+// Younger ones may belong to another process sharing the directory (serve
+// --stdio runs one per session) and are left alone.
+func removeStaleTemps(dir string, cutoff time.Time) error {
+	tmps, err := filepath.Glob(filepath.Join(dir, ".tmp-*"))
+	if err != nil {
+		return err
+	}
+	for _, name := range tmps {
+		fi, err := os.Lstat(name)
+		if err != nil || !fi.Mode().IsRegular() || !fi.ModTime().Before(cutoff) {
+			continue
+		}
+		if err := os.Remove(name); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+	}
+	return nil
 }
 
 // Close stops background compaction, waiting for one in progress. Entries
@@ -129,6 +170,20 @@ func (c *Cache) files(path string) (entryFiles, error) {
 // missing, foreign-keyed or unreadable entry is a miss (nil, nil); only I/O
 // errors other than "not found" are returned.
 func (c *Cache) Lookup(path, key string) (*Entry, error) {
+	e, err := c.readEntry(path)
+	if err != nil {
+		return nil, err
+	}
+	if e == nil || e.Key != key {
+		return nil, nil
+	}
+	return e, nil
+}
+
+// readEntry reads the metadata of path's entry, nil when there is none of
+// this format (missing, unparseable or foreign metadata is a miss, not a
+// reason to fail a request).
+func (c *Cache) readEntry(path string) (*Entry, error) {
 	files, err := c.files(path)
 	if err != nil {
 		return nil, err
@@ -143,10 +198,9 @@ func (c *Cache) Lookup(path, key string) (*Entry, error) {
 	defer f.Close()
 	var e Entry
 	if err := json.NewDecoder(io.LimitReader(f, maxMetadataSize)).Decode(&e); err != nil {
-		// Unparseable metadata is damage, not a reason to fail the request.
 		return nil, nil
 	}
-	if e.Version != formatVersion || e.Key != key || e.Path != path {
+	if e.Version != formatVersion || e.Path != path {
 		return nil, nil
 	}
 	h, err := pathinfo.ParseNarHash(e.NarHashString)
@@ -240,7 +294,7 @@ func (w *Writer) Commit(meta Entry) (*Entry, error) {
 		delete(c.verified, w.files.zst)
 		// Freshly written from the bytes we hashed: no need to re-verify.
 		if id, idErr := identity(w.files.plain); idErr == nil {
-			c.verified[w.files.plain] = id
+			c.verified[w.files.plain] = verifiedFile{id: id, hash: sum, size: w.hash.Size()}
 		}
 	}
 	c.mu.Unlock()
@@ -414,13 +468,14 @@ func (c *Cache) Open(e *Entry) (io.ReadCloser, error) {
 // verifyOnce checks the NAR file with identity id against e, unless that
 // was done before; concurrent requests for the same file share one check.
 func (c *Cache) verifyOnce(narFile string, compressed bool, e *Entry, id fileID) error {
+	want := verifiedFile{id: id, hash: e.NarHash, size: e.NarSize}
 	c.mu.Lock()
 	known, ok := c.verified[narFile]
 	c.mu.Unlock()
-	if ok && known == id {
+	if ok && known == want {
 		return nil
 	}
-	key := fmt.Sprintf("%s\x00%d\x00%d\x00%d", narFile, id.ino, id.size, id.mtime.UnixNano())
+	key := fmt.Sprintf("%s\x00%d\x00%d\x00%d\x00%s\x00%d", narFile, id.ino, id.size, id.mtime.UnixNano(), e.NarHash, e.NarSize)
 	_, err, _ := c.verifying.Do(key, func() (any, error) {
 		f, err := os.Open(narFile)
 		if err != nil {
@@ -447,7 +502,7 @@ func (c *Cache) verifyOnce(narFile string, compressed bool, e *Entry, id fileID)
 			return nil, err
 		}
 		c.mu.Lock()
-		c.verified[narFile] = id
+		c.verified[narFile] = want
 		c.mu.Unlock()
 		return nil, nil
 	})
@@ -539,6 +594,9 @@ func (r *checkedReader) Close() error {
 		r.cache.mu.Lock()
 		if r.cache.readers[r.entry.Path]--; r.cache.readers[r.entry.Path] <= 0 {
 			delete(r.cache.readers, r.entry.Path)
+		}
+		if r.cache.queued[r.entry.Path] {
+			r.cache.lastUse[r.entry.Path] = time.Now()
 		}
 		r.cache.mu.Unlock()
 	}

@@ -338,3 +338,111 @@ func TestCompactionChecksThePlainNAR(t *testing.T) {
 		t.Fatal("damaged bytes were compacted")
 	}
 }
+
+// TestVerificationIsPerEntry: a file verified for one entry is not taken
+// as verified for another entry naming the same file with another hash
+// (two paths sharing a hash part, say), even without any change to it.
+func TestVerificationIsPerEntry(t *testing.T) {
+	c := openCache(t, t.TempDir())
+	e := put(t, c, "k", bytes.Repeat([]byte("a"), 1000))
+	if _, err := readAll(t, c, e); err != nil {
+		t.Fatal(err)
+	}
+	other := *e
+	other.NarHash[0] ^= 1
+	if _, err := readAll(t, c, &other); !errors.Is(err, ErrDamaged) {
+		t.Fatalf("open with another narHash: err = %v, want ErrDamaged", err)
+	}
+}
+
+// TestStaleTempsRemoved: temporary files of a process killed while writing
+// are removed when the cache is opened again; recent ones, which another
+// process may still be writing, are kept.
+func TestStaleTempsRemoved(t *testing.T) {
+	dir := t.TempDir()
+	old := filepath.Join(dir, ".tmp-123.nar")
+	recent := filepath.Join(dir, ".tmp-456.nar.zst")
+	for _, name := range []string{old, recent} {
+		if err := os.WriteFile(name, []byte("partial"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	long := time.Now().Add(-2 * staleTempAge)
+	if err := os.Chtimes(old, long, long); err != nil {
+		t.Fatal(err)
+	}
+	openCache(t, dir)
+	if _, err := os.Stat(old); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("stale temporary file kept: %v", err)
+	}
+	if _, err := os.Stat(recent); err != nil {
+		t.Errorf("recent temporary file removed: %v", err)
+	}
+}
+
+// TestStaleCompactionKeepsNewEntry: a compaction queued for an entry that
+// has since been rebuilt with other bytes (by another process sharing the
+// directory) leaves the new entry alone.
+func TestStaleCompactionKeepsNewEntry(t *testing.T) {
+	dir := t.TempDir()
+	c := openCache(t, dir)
+	stale := put(t, c, "k1", bytes.Repeat([]byte("old"), 1000))
+	other := openCache(t, dir)
+	w, err := other.Create(testPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Write(bytes.Repeat([]byte("new"), 1000))
+	fresh, err := w.Commit(Entry{Key: "k2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Compact(stale); err != nil {
+		t.Fatalf("stale Compact: %v", err)
+	}
+	got, err := c.Lookup(testPath, "k2")
+	if err != nil || got == nil {
+		t.Fatalf("rebuilt entry gone after a stale compaction: %v", err)
+	}
+	if b, err := readAll(t, c, fresh); err != nil || !bytes.Equal(b, bytes.Repeat([]byte("new"), 1000)) {
+		t.Fatalf("rebuilt entry: %d bytes, %v", len(b), err)
+	}
+}
+
+// TestBusyEntryDoesNotStallCompaction: an entry held open goes back in the
+// queue, and the entries behind it are compacted meanwhile.
+func TestBusyEntryDoesNotStallCompaction(t *testing.T) {
+	dir := t.TempDir()
+	c := openCache(t, dir)
+	c.compactDelay = 10 * time.Millisecond
+	busyPath := "/nix/store/1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b-busy-1.0"
+	w, err := c.Create(busyPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Write(bytes.Repeat([]byte("busy"), 1000))
+	busy, err := w.Commit(Entry{Key: "b"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := c.Open(busy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	put(t, c, "k", bytes.Repeat([]byte("idle"), 1000))
+	zst := filepath.Join(dir, testPath[11:43]+".nar.zst")
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if _, err := os.Stat(zst); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("an idle entry was not compacted while another was busy")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if _, err := os.Stat(filepath.Join(dir, busyPath[11:43]+".nar.zst")); err == nil {
+		t.Fatal("the busy entry was compacted while open")
+	}
+}
