@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"runtime"
 	"runtime/debug"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -417,6 +418,11 @@ func (s *Store) prepare(ctx context.Context, served string) (*prepared, error) {
 		}
 		p, err := s.build(work, src)
 		if err != nil {
+			// The upstream path may have been rebuilt with other bytes
+			// (garbage-collected, then built again): ask again next time
+			// rather than failing on remembered path info until a restart.
+			s.upstreamInfo.Delete(src.from)
+			s.closureOK.Delete(src.from)
 			return nil, err
 		}
 		s.prepared.Store(served, p)
@@ -469,6 +475,15 @@ func (s *Store) build(ctx context.Context, src *source) (*prepared, error) {
 	if err != nil {
 		return nil, err
 	}
+	if entry != nil {
+		// The key covers these inputs, but the metadata file is signed as
+		// read: a damaged one must not put wrong references under our
+		// signature.
+		if why := s.metadataMismatch(src, entry, refs); why != "" {
+			s.log.Warn("cached metadata does not match, rebuilding", "path", src.served, "mismatch", why)
+			entry = nil
+		}
+	}
 	if entry == nil {
 		start := time.Now()
 		entry, err = s.rewriteInto(ctx, src, key, refs)
@@ -487,6 +502,26 @@ func (s *Store) build(ctx context.Context, src *source) (*prepared, error) {
 	}
 	info.Sigs = append(info.Sigs, sig)
 	return &prepared{entry: entry, info: info}, nil
+}
+
+// metadataMismatch says how a cached entry's metadata differs from what
+// rewriteInto would record for src, "" when it does not.
+func (s *Store) metadataMismatch(src *source, e *narcache.Entry, refs []string) string {
+	deriver, ca := src.entry.Deriver, ""
+	if src.isCA() {
+		deriver, ca = src.info.Deriver, src.info.CA
+	}
+	switch {
+	case !slices.Equal(e.References, refs):
+		return fmt.Sprintf("references %v, want %v", e.References, refs)
+	case e.Deriver != deriver:
+		return fmt.Sprintf("deriver %q, want %q", e.Deriver, deriver)
+	case e.CA != ca:
+		return fmt.Sprintf("ca %q, want %q", e.CA, ca)
+	case src.isCA() && (e.NarHash != src.info.NarHash || e.NarSize != src.info.NarSize):
+		return "a content-addressed path's NAR differs from the upstream one"
+	}
+	return ""
 }
 
 // rewriteInto streams the upstream NAR of src through the rewriter into a

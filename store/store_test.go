@@ -542,3 +542,60 @@ func TestStalledUpstreamFailsTheRewrite(t *testing.T) {
 		t.Fatalf("cache holds %v after a stalled rewrite", ents)
 	}
 }
+
+// TestDamagedMetadataIsRebuilt: cached metadata that parses but names
+// other references than the mapping gives is not signed as it is.
+func TestDamagedMetadataIsRebuilt(t *testing.T) {
+	f := newFixture(t)
+	want, err := f.store(t).QueryPathInfo(context.Background(), nativeHello)
+	if err != nil {
+		t.Fatal(err)
+	}
+	meta := filepath.Join(f.cacheDir, hashPart(nativeHello)+".json")
+	b, err := os.ReadFile(meta)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// One character of a reference changed: the JSON stays valid.
+	damaged := bytes.Replace(b, []byte(nativeGlibc), []byte(nativeGlibc[:len(nativeGlibc)-1]+"7"), 1)
+	if bytes.Equal(damaged, b) {
+		t.Fatal("test did not damage the metadata")
+	}
+	if err := os.WriteFile(meta, damaged, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	reads := f.up.narReads.Load()
+	got, err := f.store(t).QueryPathInfo(context.Background(), nativeHello)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(got.References) != fmt.Sprint(want.References) || got.NarHash != want.NarHash {
+		t.Fatalf("references %v, narHash %s; want %v, %s", got.References, got.NarHash, want.References, want.NarHash)
+	}
+	if f.up.narReads.Load() != reads+1 {
+		t.Error("entry with damaged metadata was not rebuilt")
+	}
+}
+
+// TestUpstreamRebuiltIsPickedUp: when the cross path is rebuilt with other
+// bytes after its path info was read (garbage-collected and built again,
+// not reproducibly), the failed rewrite is not remembered: the next request
+// asks the upstream again and serves the new build.
+func TestUpstreamRebuiltIsPickedUp(t *testing.T) {
+	f := newFixture(t)
+	s := f.store(t)
+	// Path info read (by a closure walk), NAR not yet rewritten.
+	if _, err := s.ValidPaths(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	rebuilt := makeNAR(t, file{path: "/"}, file{path: "/lib/"},
+		file{path: "/lib/ld-linux-aarch64.so.1", contents: "\x7fELF\x00 rebuilt " + crossGlibc + "\x00", exec: true})
+	f.up.add(crossGlibc, "", rebuilt, crossGlibc)
+	if _, err := s.QueryPathInfo(context.Background(), nativeGlibc); err == nil || !strings.Contains(err.Error(), "upstream NAR of "+crossGlibc) {
+		t.Fatalf("first request after the rebuild: err = %v, want the size or hash mismatch", err)
+	}
+	got := readNAR(t, s, nativeGlibc)
+	if !bytes.Contains(got, []byte("rebuilt "+pad(nativeGlibc, crossGlibc))) {
+		t.Fatalf("the rebuilt cross path is not what is served:\n%q", got)
+	}
+}
