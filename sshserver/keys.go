@@ -178,6 +178,12 @@ func parseAuthorizedKeys(r io.Reader, name string, loc *time.Location) ([]ssh.Pu
 		if err != nil {
 			return nil, fmt.Errorf("authorized keys %s:%d: not a valid public key line", name, n)
 		}
+		// sshd honours a certificate only through a cert-authority line,
+		// checking its validity and principals; a certificate listed as a
+		// plain key would skip those checks.
+		if _, ok := key.(*ssh.Certificate); ok {
+			return nil, fmt.Errorf("authorized keys %s:%d: %s certificates are not supported; list the plain public key", name, n, key.Type())
+		}
 		ak := &AuthorizedKey{PublicKey: key, Source: fmt.Sprintf("%s:%d", name, n)}
 		if err := applyOptions(ak, opts, loc); err != nil {
 			return nil, fmt.Errorf("authorized keys %s:%d: %w", name, n, err)

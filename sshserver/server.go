@@ -54,6 +54,7 @@ const (
 	defaultMaxUnauthenticated      = 16
 	defaultMaxUnauthenticatedPerIP = 4
 	defaultMaxSessionsPerConn      = 4
+	defaultSessionCloseTimeout     = 10 * time.Second
 
 	fingerprintExt = "decross-store-key"
 	serverVersion  = "SSH-2.0-decross-store"
@@ -88,8 +89,14 @@ type Server struct {
 	// MaxUnauthenticated. Zero means 4.
 	MaxUnauthenticatedPerIP int
 	// MaxSessionsPerConn caps concurrently open session channels on one
-	// connection. Nix uses one per connection. Zero means 4.
+	// connection. Nix uses one per connection. Zero means 4. A session
+	// counts until the client has acknowledged its end.
 	MaxSessionsPerConn int
+	// SessionCloseTimeout bounds how long a client may take to acknowledge
+	// the end of a session (its channel close); a client that does not is
+	// disconnected, since the channel's buffers live until then. Zero
+	// means 10s.
+	SessionCloseTimeout time.Duration
 
 	mu          sync.Mutex
 	inShutdown  bool
@@ -105,12 +112,12 @@ type Server struct {
 
 // conn is the server's record of one TCP connection, guarded by Server.mu.
 type conn struct {
-	nc         net.Conn
-	ip         netip.Addr // zero if the remote is not an IP address
-	authed     bool
-	sessions   int
-	hadSession bool
-	closed     bool
+	nc       net.Conn
+	ip       netip.Addr // zero if the remote is not an IP address
+	authed   bool
+	sessions int
+	closed   bool
+	idle     *time.Timer // closes the connection while it has no session
 }
 
 // ListenAndServe listens on the TCP address addr (":22" if empty) and calls
@@ -413,15 +420,14 @@ func (s *Server) startSession(c *conn) (bool, string) {
 		return false, fmt.Sprintf("session limit %d reached", limit)
 	}
 	c.sessions++
-	c.hadSession = true
 	return true, ""
 }
 
-// closeIfNeverUsed closes c if no session was ever opened on it.
-func (s *Server) closeIfNeverUsed(c *conn) bool {
+// closeIfIdle closes c if it has no session open.
+func (s *Server) closeIfIdle(c *conn) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if c.hadSession || c.closed {
+	if c.sessions > 0 || c.closed {
 		return false
 	}
 	c.nc.Close()
@@ -429,10 +435,14 @@ func (s *Server) closeIfNeverUsed(c *conn) bool {
 	return true
 }
 
+// endSession releases a session slot; a connection left without sessions
+// may stay open for another HandshakeTimeout.
 func (s *Server) endSession(c *conn) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	c.sessions--
+	if c.sessions--; c.sessions == 0 && c.idle != nil {
+		c.idle.Reset(s.handshakeTimeout())
+	}
 }
 
 func (s *Server) logger() *slog.Logger {
@@ -465,6 +475,10 @@ func (s *Server) sshConfig(log *slog.Logger) *ssh.ServerConfig {
 		// Only PublicKeyCallback is set, so password and
 		// keyboard-interactive are never offered and always fail.
 		PublicKeyCallback: func(md ssh.ConnMetadata, key ssh.PublicKey) (*ssh.Permissions, error) {
+			if _, cert := key.(*ssh.Certificate); cert {
+				log.Info("public key refused", "remote", md.RemoteAddr().String(), "user", md.User(), "key", fingerprint(key), "reason", "certificates are not supported")
+				return nil, errors.New("certificates are not supported")
+			}
 			lines, ok := allowed[string(key.Marshal())]
 			if !ok {
 				log.Info("public key refused", "remote", md.RemoteAddr().String(), "user", md.User(), "key", fingerprint(key))
@@ -519,12 +533,14 @@ func (s *Server) serveConn(base context.Context, cfg *ssh.ServerConfig, c *conn)
 	}
 	log.Info("authenticated", "client", clip(string(sc.ClientVersion())))
 
-	idle := time.AfterFunc(s.handshakeTimeout(), func() {
-		if s.closeIfNeverUsed(c) {
-			log.Info("closing connection: no session opened in time")
+	s.mu.Lock()
+	c.idle = time.AfterFunc(s.handshakeTimeout(), func() {
+		if s.closeIfIdle(c) {
+			log.Info("closing connection: no session open", "timeout", s.handshakeTimeout())
 		}
 	})
-	defer idle.Stop()
+	s.mu.Unlock()
+	defer c.idle.Stop()
 
 	ctx, cancel := context.WithCancel(base)
 	defer cancel()
@@ -550,12 +566,55 @@ func (s *Server) serveConn(base context.Context, cfg *ssh.ServerConfig, c *conn)
 		}
 		go func() {
 			defer s.endSession(c)
-			s.serveSession(ctx, log, ch, creqs)
+			sessionOver := make(chan struct{})
+			reqs, acknowledged := forwardRequests(creqs, sessionOver)
+			s.serveSession(ctx, log, ch, reqs)
+			close(sessionOver)
+			// The slot is the channel's buffers, which x/crypto keeps until
+			// the client answers our close.
+			t := time.NewTimer(orDefaultDuration(s.SessionCloseTimeout, defaultSessionCloseTimeout))
+			defer t.Stop()
+			select {
+			case <-acknowledged:
+			case <-t.C:
+				log.Info("closing connection: session close not acknowledged")
+				sc.Close()
+				<-acknowledged
+			}
 		}()
 	}
 	// The connection is gone; sessions still running must stop too.
 	cancel()
 	log.Info("connection closed", "duration", time.Since(start))
+}
+
+// forwardRequests passes a session's requests on until stop, then refuses
+// them itself. acknowledged is closed when in is, which x/crypto does once
+// both sides have closed the channel (or the connection is gone).
+func forwardRequests(in <-chan *ssh.Request, stop <-chan struct{}) (out <-chan *ssh.Request, acknowledged <-chan struct{}) {
+	fwd := make(chan *ssh.Request)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		defer close(fwd)
+		for r := range in {
+			select {
+			case fwd <- r:
+			case <-stop:
+				if r.WantReply {
+					_ = r.Reply(false, nil)
+				}
+			}
+		}
+	}()
+	return fwd, done
+}
+
+func orDefaultDuration(v, def time.Duration) time.Duration {
+	if v <= 0 {
+		return def
+	}
+	return v
 }
 
 // serveSession waits for the exec request on a session channel, refusing
@@ -567,6 +626,11 @@ func (s *Server) serveSession(ctx context.Context, log *slog.Logger, ch ssh.Chan
 	for {
 		select {
 		case <-ctx.Done():
+			return
+		case <-ShuttingDown(ctx):
+			log.Info("session closed before its exec request: server shutting down")
+			_, _ = io.WriteString(ch.Stderr(), "decross-store: server shutting down\n")
+			finish(ch, 1)
 			return
 		case <-timer.C:
 			log.Info("session closed: no exec request in time")
@@ -629,6 +693,16 @@ func (s *Server) exec(ctx context.Context, log *slog.Logger, ch ssh.Channel, req
 		_, _ = fmt.Fprintf(ch.Stderr(), "decross-store: %v\n", perr)
 		finish(ch, 127)
 		return
+	}
+	// A session that starts once shutdown has begun would only see its
+	// handler return at once: say why instead.
+	select {
+	case <-ShuttingDown(ctx):
+		log.Info("exec refused: server shutting down")
+		_, _ = io.WriteString(ch.Stderr(), "decross-store: server shutting down\n")
+		finish(ch, 1)
+		return
+	default:
 	}
 	log.Info("exec", "store", clip(cmd.store), "process_ops", cmd.processOps)
 	start := time.Now()
