@@ -469,9 +469,12 @@ func (c *serverConn) buildPathsWithResults(ctx context.Context) error {
 	if _, err := c.r.u64(); err != nil { // build mode
 		return fmt.Errorf("read build mode: %w", err)
 	}
+	// The answers are collected before any is sent (an upstream failure
+	// must still be reportable as an error), but their messages are only
+	// formatted while writing, so a long list does not hold them all.
 	type result struct {
-		status uint64
-		msg    string
+		valid  bool
+		whyNot error
 	}
 	results := make([]result, len(ds))
 	for i, d := range ds {
@@ -479,17 +482,17 @@ func (c *serverConn) buildPathsWithResults(ctx context.Context) error {
 		if err != nil {
 			return c.opFailed("BuildPathsWithResults", err)
 		}
-		if ok {
-			results[i] = result{status: buildStatusAlreadyValid}
-		} else {
-			results[i] = result{buildStatusNoSubstituters, unbuildable(d, whyNot).Error()}
-		}
+		results[i] = result{ok, whyNot}
 	}
 	c.last()
 	c.w.u64(uint64(len(ds)))
 	for i, d := range ds {
 		c.w.str(d.raw)
-		c.writeBuildResult(results[i].status, results[i].msg)
+		if results[i].valid {
+			c.writeBuildResult(buildStatusAlreadyValid, "")
+		} else {
+			c.writeBuildResult(buildStatusNoSubstituters, unbuildable(d, results[i].whyNot).Error())
+		}
 	}
 	return nil
 }

@@ -1,7 +1,10 @@
 package daemonproto
 
 import (
+	"bytes"
+	"context"
 	"errors"
+	"fmt"
 	"io"
 	"runtime"
 	"strings"
@@ -138,6 +141,40 @@ func TestMalformed(t *testing.T) {
 			d.handshake(tt.m)
 			if msg := d.errorMsg(tt.m); !strings.Contains(msg, tt.want) {
 				t.Errorf("message %q, want it to contain %q", msg, tt.want)
+			}
+			d.end()
+		})
+	}
+}
+
+// TestRequestBudgetCountsEntries: a long list of short paths is charged
+// for its entries, not only for its string bytes, so the memory one
+// request pins stays near MaxRequestBytes.
+func TestRequestBudgetCountsEntries(t *testing.T) {
+	const n = 1000
+	paths := make([]string, n)
+	for i := range paths {
+		paths[i] = fmt.Sprintf("/nix/store/%032d-x", i)
+	}
+	for _, tt := range []struct {
+		name string
+		req  *enc
+	}{
+		{"store paths", hello(34).u64(opQueryValidPaths).strs(paths...).u64(0)},
+		{"derived paths", hello(34).u64(opBuildPathsWithResults).strs(paths...).u64(0)},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			// Strings alone (44 bytes each) would fit the budget.
+			srv := &Server{Store: fixtureStore(), MaxRequestBytes: 60 * n}
+			var out bytes.Buffer
+			err := srv.ServeConn(context.Background(), stdio{bytes.NewReader(tt.req.Bytes()), &out})
+			if !IsMalformed(err) {
+				t.Fatalf("ServeConn = %v, want the request refused", err)
+			}
+			d := &dec{t: t, b: out.Bytes()}
+			d.handshake(34)
+			if msg := d.errorMsg(34); !strings.Contains(msg, "request too large") {
+				t.Errorf("message %q, want 'request too large'", msg)
 			}
 			d.end()
 		})

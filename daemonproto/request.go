@@ -9,22 +9,29 @@ import (
 
 const storePrefix = storepath.StoreDir + "/"
 
-// checkStorePath adds to storepath.FromAbsolutePath the checks it leaves
-// out: the separators around the hash, and Nix's rules for the name.
+// checkStorePath checks p as Nix's parseStorePath does. go-nix's parser
+// cleans the path first, so it alone would let "<path>/", "<path>/x/.."
+// and "<path>/../<other>" through: only the plain form may pass. Nix also
+// caps the name at 211 characters and refuses a leading dot.
 func checkStorePath(p string) error {
-	if _, err := storepath.FromAbsolutePath(p); err != nil {
+	sp, err := storepath.FromAbsolutePath(p)
+	if err != nil {
 		return fmt.Errorf("%q is not a store path: %w", p, err)
 	}
-	const hashEnd = len(storePrefix) + 32
-	if !strings.HasPrefix(p, storePrefix) || p[hashEnd] != '-' {
-		return fmt.Errorf("%q is not a store path", p)
+	if sp.Absolute() != p {
+		return fmt.Errorf("%q is not a store path: nothing may follow the name", p)
 	}
-	name := p[hashEnd+1:]
-	if len(name) > 211 || name[0] == '.' {
+	if len(sp.Name) > 211 || sp.Name[0] == '.' {
 		return fmt.Errorf("%q is not a store path: bad name", p)
 	}
 	return nil
 }
+
+// listEntryOverhead is what one list entry costs beyond its string bytes
+// (its slot in the slice, a string header, the answer kept for it), so
+// that a list of a million one-byte strings is charged like what it
+// really holds.
+const listEntryOverhead = 64
 
 // keep charges n bytes against what the current request may retain.
 func (c *serverConn) keep(n uint64) error {
@@ -70,6 +77,9 @@ func (c *serverConn) readStorePaths() ([]string, error) {
 	for i := uint64(0); i < n; i++ {
 		p, err := c.readStorePath()
 		if err != nil {
+			return nil, err
+		}
+		if err := c.keep(listEntryOverhead); err != nil {
 			return nil, err
 		}
 		out = append(out, p)
@@ -144,6 +154,9 @@ func (c *serverConn) readDerivedPaths() ([]derivedPath, error) {
 		}
 		if err := checkStorePath(d.path); err != nil {
 			return nil, &malformedError{msg: err.Error()}
+		}
+		if err := c.keep(listEntryOverhead); err != nil {
+			return nil, err
 		}
 		out = append(out, d)
 	}
