@@ -158,8 +158,8 @@ type entryFiles struct {
 }
 
 func (c *Cache) files(path string) (entryFiles, error) {
-	if _, err := storepath.FromAbsolutePath(path); err != nil {
-		return entryFiles{}, fmt.Errorf("cache file name for %q: %w", path, err)
+	if sp, err := storepath.FromAbsolutePath(path); err != nil || sp.Absolute() != path {
+		return entryFiles{}, fmt.Errorf("cache file name for %q: not a plain store path (%v)", path, err)
 	}
 	hashPart := path[len(storepath.StoreDir)+1:][:32]
 	base := filepath.Join(c.dir, hashPart)

@@ -175,8 +175,10 @@ func TestAbortLeavesNothing(t *testing.T) {
 
 func TestRejectsNonStorePath(t *testing.T) {
 	c := openCache(t, t.TempDir())
-	if _, err := c.Create("/tmp/../etc/passwd"); err == nil {
-		t.Fatal("Create accepted a non-store path")
+	for _, p := range []string{"/tmp/../etc/passwd", testPath + "/..", testPath + "/../0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b-x"} {
+		if _, err := c.Create(p); err == nil {
+			t.Fatalf("Create accepted %q", p)
+		}
 	}
 }
 

@@ -77,7 +77,16 @@ func checkDrvPath(drvPath string) (*storepath.StorePath, error) {
 	if !strings.HasSuffix(drvPath, ".drv") {
 		return nil, errors.New("not a .drv path")
 	}
-	return storepath.FromAbsolutePath(drvPath)
+	sp, err := storepath.FromAbsolutePath(drvPath)
+	if err != nil {
+		return nil, err
+	}
+	// FromAbsolutePath cleans its argument first; only the plain form names
+	// the file that is read.
+	if sp.Absolute() != drvPath {
+		return nil, errors.New("not a plain store path")
+	}
+	return sp, nil
 }
 
 // readDrvFile reads, parses and verifies the file name holding drvPath.

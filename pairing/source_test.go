@@ -111,6 +111,7 @@ func TestDirSource(t *testing.T) {
 			wantErr: "is not valid"},
 		{name: "not a derivation path", path: strings.TrimSuffix(r.cross, ".drv"), fallback: true, wantErr: "not a .drv path"},
 		{name: "outside the store", path: "/etc/" + filepath.Base(r.cross), fallback: true, wantErr: "read derivation /etc/"},
+		{name: "not plain", path: storePath("a", "a") + "/../" + filepath.Base(r.cross), fallback: true, wantErr: "not a plain store path"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
