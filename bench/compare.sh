@@ -13,7 +13,7 @@
 # Debian 12, root. Installs openssh-server (for the baseline) if missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export PATH=$PATH:/usr/local/go/bin
+export PATH=/usr/local/go/bin:$PATH
 size=${1:-256}
 runs=${2:-3}
 data=${3:-random}
@@ -26,7 +26,11 @@ trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; [ -n "${KEEP:-}" ] || rm -r
 export NIX_CONFIG=$'experimental-features = nix-command\nsandbox = false\nsubstituters ='
 export NIX_REMOTE=daemon
 # The daemon itself must not have NIX_REMOTE=daemon: it would connect to itself.
-nix store ping --store daemon >/dev/null 2>&1 || { env -u NIX_REMOTE setsid nix-daemon >/tmp/nix-daemon.log 2>&1 </dev/null & sleep 1; }
+if ! nix store ping --store daemon >/dev/null 2>&1; then
+	env -u NIX_REMOTE setsid nix-daemon >/tmp/nix-daemon.log 2>&1 </dev/null &
+	for _ in $(seq 1 100); do nix store ping --store daemon >/dev/null 2>&1 && break; sleep 0.1; done
+	nix store ping --store daemon >/dev/null || { cat /tmp/nix-daemon.log >&2; exit 1; }
+fi
 
 echo "bench: building a $size MiB path" >&2
 attr() { nix-build --no-out-link bench/big.nix --arg cross true --arg sizeMiB "$size" --argstr data "$data" -A "$1"; }
@@ -70,6 +74,7 @@ UsePAM no
 PidFile $work/sshd.pid
 CFG
 $(command -v sshd) -D -f "$work/sshd_config" -E "$work/sshd.log" &
+for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$sshd_port") 2>/dev/null && break; sleep 0.05; done
 
 dport=$(free_port)
 start_server() {
@@ -78,6 +83,7 @@ start_server() {
 		--signing-key "$work/secret.key" --cache-dir "$work/cache" 2>>"$work/server.log" &
 	server=$!
 	for _ in $(seq 1 100); do grep -q 'msg=serving' "$work/server.log" 2>/dev/null && break; sleep 0.05; done
+	grep -q 'msg=serving' "$work/server.log" || { cat "$work/server.log" >&2; exit 1; }
 	: >"$work/server.log.seen"
 }
 stop_server() { kill "$server"; wait "$server" 2>/dev/null || true; }

@@ -12,6 +12,8 @@ import (
 	"testing"
 
 	"github.com/nix-community/go-nix/pkg/nar"
+
+	"github.com/decross-store/decross-store/internal/testenv"
 )
 
 const (
@@ -36,7 +38,7 @@ func copyFile(t testing.TB, from, to string) {
 	t.Helper()
 	b, err := os.ReadFile(from)
 	if err != nil {
-		t.Skipf("need %s: %v", from, err)
+		testenv.SkipOrFail(t, "need %s (apt-get install -y binutils libc6-dev-arm64-cross): %v", from, err)
 	}
 	write(t, to, b, 0o755)
 }

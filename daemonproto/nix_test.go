@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/decross-store/decross-store/internal/testenv"
 	"github.com/decross-store/decross-store/pathinfo"
 )
 
@@ -55,7 +56,7 @@ func requireNix(t *testing.T) {
 	t.Helper()
 	for _, tool := range []string{"nix", "nix-store", "nix-daemon"} {
 		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s not installed: %v", tool, err)
+			testenv.SkipOrFail(t, "%s not installed: %v", tool, err)
 		}
 	}
 }

@@ -21,6 +21,8 @@ import (
 	"time"
 
 	"github.com/nix-community/go-nix/pkg/derivation"
+
+	"github.com/decross-store/decross-store/internal/testenv"
 )
 
 // nixConfig is what every nix invocation in the tests runs with: there is
@@ -35,24 +37,13 @@ const aptInstall = "apt-get install -y nix-bin qemu-user gcc-aarch64-linux-gnu l
 
 var updateRunOutput = flag.Bool("update-run-output", false, "rewrite e2e/testdata/*.stdout from the programs' actual output")
 
-// skipOrFail skips the test on a developer machine but fails it in CI,
-// where a missing tool means a broken CI image rather than a choice.
-func skipOrFail(t *testing.T, format string, args ...any) {
-	t.Helper()
-	msg := fmt.Sprintf(format, args...)
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("%s (CI=true, so this is an error)", msg)
-	}
-	t.Skip(msg)
-}
-
 // RequireNix skips the test when nix, nix-daemon, qemu-aarch64 or
 // aarch64-linux-gnu-gcc is missing (the message names the apt-get command
 // that installs them), and fails it when CI=true: CI must have them.
 func RequireNix(t *testing.T) {
 	t.Helper()
 	if runtime.GOOS != "linux" || runtime.GOARCH != "amd64" {
-		skipOrFail(t, "the Nix e2e tests need an x86_64 Linux machine, not %s/%s", runtime.GOOS, runtime.GOARCH)
+		testenv.SkipOrFail(t, "the Nix e2e tests need an x86_64 Linux machine, not %s/%s", runtime.GOOS, runtime.GOARCH)
 	}
 	var missing []string
 	for _, tool := range []string{"nix", "nix-daemon", "nix-build", "nix-instantiate", "nix-store", "qemu-aarch64", "aarch64-linux-gnu-gcc"} {
@@ -61,7 +52,7 @@ func RequireNix(t *testing.T) {
 		}
 	}
 	if len(missing) > 0 {
-		skipOrFail(t, "missing %s; install with: %s", strings.Join(missing, ", "), aptInstall)
+		testenv.SkipOrFail(t, "missing %s; install with: %s", strings.Join(missing, ", "), aptInstall)
 	}
 }
 
@@ -114,7 +105,7 @@ func EnsureDaemon(t *testing.T) string {
 		return DaemonSocket
 	}
 	if os.Geteuid() != 0 {
-		skipOrFail(t, "no nix-daemon answers on %s and only root can start one", DaemonSocket)
+		testenv.SkipOrFail(t, "no nix-daemon answers on %s and only root can start one", DaemonSocket)
 	}
 	if err := exec.CommandContext(ctx, "getent", "group", "nixbld").Run(); err != nil {
 		t.Fatalf("group nixbld is missing: Nix builds as root need the nixbld build users (Debian's nix-bin creates them; example/build.sh does too): %v", err)
@@ -320,7 +311,7 @@ func RunInStore(t *testing.T, storeDir string, argv ...string) (stdout string, e
 	t.Helper()
 	RequireNix(t)
 	if os.Geteuid() != 0 {
-		skipOrFail(t, "RunInStore mounts over /nix/store in a private namespace, which needs root")
+		testenv.SkipOrFail(t, "RunInStore mounts over /nix/store in a private namespace, which needs root")
 	}
 	if len(argv) == 0 {
 		return "", errors.New("run in store: no program given")

@@ -62,7 +62,8 @@ type server struct {
 	dir       string
 	logMu     sync.Mutex
 	log       bytes.Buffer
-	exited    chan error
+	exited    chan error    // the server's exit, for a test that waits for it
+	done      chan struct{} // closed once the server has exited
 }
 
 func (s *server) logs() string {
@@ -85,7 +86,7 @@ func startServer(t *testing.T, mappingFile string) *server {
 	t.Helper()
 	bin := serverBinary(t)
 	dir := t.TempDir()
-	s := &server{dir: dir, clientKey: filepath.Join(dir, "client_key"), exited: make(chan error, 1)}
+	s := &server{dir: dir, clientKey: filepath.Join(dir, "client_key"), exited: make(chan error, 1), done: make(chan struct{})}
 	run(t, bin, "keygen", "--name", "decross-e2e-1", "--secret-key-file", filepath.Join(dir, "secret.key"), "--public-key-file", filepath.Join(dir, "public.key"))
 	pub, err := os.ReadFile(filepath.Join(dir, "public.key"))
 	if err != nil {
@@ -131,9 +132,16 @@ func startServer(t *testing.T, mappingFile string) *server {
 			}
 		}
 		s.exited <- s.cmd.Wait()
+		close(s.done)
 	}()
 	t.Cleanup(func() {
 		s.cmd.Process.Kill()
+		// Its state directory is removed next: nothing may still write there.
+		select {
+		case <-s.done:
+		case <-time.After(30 * time.Second):
+			t.Errorf("server did not exit after SIGKILL")
+		}
 		if t.Failed() {
 			t.Logf("server log:\n%s", s.logs())
 		}

@@ -9,6 +9,8 @@ import (
 	"testing"
 
 	"github.com/nix-community/go-nix/pkg/nar"
+
+	"github.com/decross-store/decross-store/internal/testenv"
 )
 
 // TestRewrittenELFRuns builds a real aarch64 program whose interpreter,
@@ -18,7 +20,7 @@ import (
 func TestRewrittenELFRuns(t *testing.T) {
 	for _, tool := range []string{"aarch64-linux-gnu-gcc", "qemu-aarch64"} {
 		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s not installed", tool)
+			testenv.SkipOrFail(t, "%s not installed", tool)
 		}
 	}
 	tmp := t.TempDir()
@@ -59,7 +61,7 @@ func TestRewrittenELFRuns(t *testing.T) {
 	for _, f := range []string{"ld-linux-aarch64.so.1", "libc.so.6"} {
 		b, err := os.ReadFile(filepath.Join("/usr/aarch64-linux-gnu/lib", f))
 		if err != nil {
-			t.Skipf("Debian aarch64 libc missing: %v", err)
+			testenv.SkipOrFail(t, "Debian aarch64 libc missing: %v", err)
 		}
 		if err := os.WriteFile(filepath.Join(glibcLib, f), b, 0o755); err != nil {
 			t.Fatal(err)

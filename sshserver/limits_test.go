@@ -185,7 +185,7 @@ func TestUnauthenticatedPerIPLimit(t *testing.T) {
 // HandshakeTimeout drops it.
 func TestHandshakeTimeoutFreesSlot(t *testing.T) {
 	env := startServer(t, reverseHandler, func(s *Server) {
-		s.HandshakeTimeout = 200 * time.Millisecond
+		s.HandshakeTimeout = 2 * time.Second
 		s.MaxUnauthenticated = 1
 	})
 	nc := stall(t, "127.0.0.2", env.addr)

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/decross-store/decross-store/internal/testenv"
 )
 
 // workerMagic1 is the first word a Nix client sends on a worker-protocol
@@ -25,10 +27,10 @@ const workerMagic1 = 0x6e697863
 func TestNixClient(t *testing.T) {
 	nixBin, err := exec.LookPath("nix")
 	if err != nil {
-		t.Skip("nix not installed")
+		testenv.SkipOrFail(t, "nix not installed: %v", err)
 	}
 	if _, err := exec.LookPath("ssh"); err != nil {
-		t.Skip("OpenSSH client not installed")
+		testenv.SkipOrFail(t, "OpenSSH client not installed: %v", err)
 	}
 	type hello struct {
 		magic uint64

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"golang.org/x/crypto/ssh"
+
+	"github.com/decross-store/decross-store/internal/testenv"
 )
 
 // writeKey stores priv in OpenSSH format for external clients.
@@ -45,7 +47,7 @@ func (e *testEnv) port(t *testing.T) string {
 func TestOpenSSHClient(t *testing.T) {
 	sshBin, err := exec.LookPath("ssh")
 	if err != nil {
-		t.Skip("OpenSSH client not installed")
+		testenv.SkipOrFail(t, "OpenSSH client not installed: %v", err)
 	}
 	env := startServer(t, reverseHandler, nil)
 	key := writeKey(t, env.priv)

@@ -620,7 +620,7 @@ func TestClientDisconnectCancelsHandler(t *testing.T) {
 
 func TestHandshakeTimeout(t *testing.T) {
 	env := startServer(t, reverseHandler, func(s *Server) {
-		s.HandshakeTimeout = 300 * time.Millisecond
+		s.HandshakeTimeout = 2 * time.Second
 		s.MaxConnections = 2
 	})
 	// A client that connects and never speaks.
@@ -648,7 +648,7 @@ func TestHandshakeTimeout(t *testing.T) {
 }
 
 func TestConnectionWithoutSessionClosed(t *testing.T) {
-	env := startServer(t, reverseHandler, func(s *Server) { s.HandshakeTimeout = 200 * time.Millisecond })
+	env := startServer(t, reverseHandler, func(s *Server) { s.HandshakeTimeout = 2 * time.Second })
 	idle := env.mustDial(t)
 	used := env.mustDial(t)
 	sess, err := used.NewSession()

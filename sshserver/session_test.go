@@ -56,7 +56,7 @@ func TestForwardRequests(t *testing.T) {
 // all ended is closed after HandshakeTimeout, like one that never opened
 // a session, so it cannot hold a MaxConnections slot for ever.
 func TestConnectionClosedOnceSessionsEnd(t *testing.T) {
-	env := startServer(t, reverseHandler, func(s *Server) { s.HandshakeTimeout = 200 * time.Millisecond })
+	env := startServer(t, reverseHandler, func(s *Server) { s.HandshakeTimeout = 2 * time.Second })
 	c := env.mustDial(t)
 	if r := run(t, c, "nix-daemon --stdio", "abc"); r.err != nil || r.stdout != "cba" {
 		t.Fatalf("session: %q, %v", r.stdout, r.err)
