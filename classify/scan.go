@@ -39,8 +39,8 @@ type Result struct {
 	// Machines lists, per ELF machine (elf.EM_AARCH64, elf.EM_X86_64, ...),
 	// the files of that machine.
 	Machines map[elf.Machine]*Files
-	// Refs lists, per candidate store path found, the files (regular file
-	// contents or symlink targets) that name it.
+	// Refs lists, per candidate store path found, the entries whose name,
+	// file contents or symlink target names it.
 	Refs map[string]*Files
 	// NarSize is the size of the NAR in bytes. Scan rejects invalid and
 	// truncated NARs, so a caller that knows the size (a path info's
@@ -122,6 +122,13 @@ func (s *Scanner) Scan(r io.Reader) (*Result, error) {
 			return nil, fmt.Errorf("read nar: %w", err)
 		}
 		clear(s.hits)
+		// Nix finds references anywhere in the NAR, entry names included
+		// (a directory named after a store path): so must we, or a
+		// reference Nix recorded would go unexplained.
+		if name := h.Path[strings.LastIndexByte(h.Path, '/')+1:]; name != "" {
+			s.refs.Reset()
+			s.refs.Write([]byte(name), s.found)
+		}
 		s.refs.Reset()
 		switch h.Type {
 		case narstream.TypeSymlink:

@@ -107,6 +107,17 @@ func TestScan(t *testing.T) {
 			summaryIn: "no ELF files",
 		},
 		{
+			// Nix records a reference found in an entry name, as in the
+			// NAR of a profile or a directory of links.
+			name: "entry name",
+			fill: func(t *testing.T, dir string) {
+				write(t, filepath.Join(dir, "links", bash[len("/nix/store/"):], "x"), []byte("data"), 0o644)
+			},
+			machines:  map[elf.Machine][]string{},
+			refs:      map[string][]string{bash: {"/links/" + bash[len("/nix/store/"):]}},
+			summaryIn: "no ELF files",
+		},
+		{
 			name: "big-endian header",
 			fill: func(t *testing.T, dir string) {
 				write(t, filepath.Join(dir, "be"), []byte("\x7fELF\x02\x02\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\x2b rest"), 0o644)

@@ -13,10 +13,15 @@
 //
 // Only the runtime closure of the built cross outputs is served, so Map
 // walks that closure in the upstream store and emits an entry for each
-// input-addressed path of it. Every path is classified from its contents
-// (aarch64 or x86_64 ELF, or neither) and from the graph; a path that
-// references a build-platform path is a leak, reported with the files that
-// hold the reference. Check does the same for an existing mapping file.
+// input-addressed path of it. Every path is classified from its name (the
+// host suffix makes it host), its contents (aarch64, or x86_64 and i686
+// ELF, or neither) and the graph (reached only as a build-platform input:
+// nativeBuildInputs and the like, also inside __structuredAttrs' __json,
+// or the builder); a path that references a build-platform path is a leak,
+// reported with the entries that hold the reference. When several cross
+// paths pair with one native path, a host one is served, then a neutral
+// one; a tie is a problem. Check does the same for an existing mapping
+// file.
 //
 // Derivations come from a DrvSource. Through Store.NarFromPath they may
 // come from a remote daemon (a .drv is a NAR holding one regular file), but

@@ -231,3 +231,29 @@ func sortedDrvPaths(g *Graph) []string {
 	sort.Strings(ps)
 	return ps
 }
+
+// BenchmarkInferSuffixFanIn: a root without the host suffix (a buildEnv of
+// 4,000 host packages) makes Pair infer the suffix from input names.
+func BenchmarkInferSuffixFanIn(b *testing.B) {
+	const n = 4000
+	var ns, cs []spec
+	root := spec{key: "root", name: "system-path"}
+	for i := range n {
+		k := fmt.Sprint(i)
+		ns = append(ns, spec{key: k, name: fmt.Sprintf("pkg%d-1.%d", i, i)})
+		cs = append(cs, spec{key: k, name: fmt.Sprintf("pkg%d-%s-1.%d", i, suffix, i)})
+		root.inputs = append(root.inputs, k)
+	}
+	native := graphOf(b, "native", append(ns, root))
+	cross := graphOf(b, "cross", append(cs, root))
+	roots := []Root{{Native: native.drv["root"], Cross: cross.drv["root"]}}
+	for b.Loop() {
+		p, err := Pair(native.Graph, cross.Graph, roots, Options{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if p.HostSuffix != suffix || p.Len() != n+1 {
+			b.Fatalf("suffix %q, %d pairs", p.HostSuffix, p.Len())
+		}
+	}
+}

@@ -32,6 +32,7 @@ type spec struct {
 	inputs  []string // "key" (uses out) or "key:dev,lib"
 	fod     bool     // fixed-output: the out path is the same in every graph
 	env     map[string]string
+	builder string // default /bin/sh; may name an output as {key.output}
 }
 
 type testGraph struct {
@@ -104,6 +105,9 @@ func graphOf(t testing.TB, side string, specs []spec) *testGraph {
 		}
 		for k, v := range s.env {
 			d.Env[k] = r.Replace(v)
+		}
+		if s.builder != "" {
+			d.Builder = r.Replace(s.builder)
 		}
 		g.drvs[g.drv[s.key]] = d
 	}

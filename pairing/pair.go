@@ -1,6 +1,7 @@
 package pairing
 
 import (
+	"encoding/json"
 	"fmt"
 	"sort"
 	"strconv"
@@ -246,11 +247,19 @@ func inferFromInputs(native, cross *Graph, roots []Root) (string, error) {
 					}
 					continue
 				}
-				for nn := range byName {
+				// Each native name this cross name could be, with one whole
+				// segment run removed, votes for that run: linear in the
+				// inputs, where trying every native name was quadratic.
+				counted := map[string]bool{}
+				segmentRemovals(cid.Name(), func(nn string) {
+					if _, ok := byName[nn]; !ok || counted[nn] {
+						return
+					}
+					counted[nn] = true
 					if s, err := InferHostSuffix(nn, cid.Name()); err == nil && s != "" {
 						votes[s]++
 					}
-				}
+				})
 			}
 		}
 		best, bestN, tie := "", 0, false
@@ -271,6 +280,25 @@ func inferFromInputs(native, cross *Graph, roots []Root) (string, error) {
 		level = next
 	}
 	return "", fmt.Errorf("no root or input pair differs by one")
+}
+
+// segmentRemovals calls fn with every name that is name without one run of
+// whole dash-separated segments after its first: the names InferHostSuffix
+// would accept as native for cross name name.
+func segmentRemovals(name string, fn func(native string)) {
+	for a := 1; a < len(name); a++ {
+		if name[a] != '-' {
+			continue
+		}
+		for b := a + 1; b <= len(name); b++ {
+			if b < len(name) && name[b] != '-' {
+				continue
+			}
+			if wholeSegments(name[a+1 : b]) {
+				fn(name[:a] + name[b:])
+			}
+		}
+	}
 }
 
 func (p *Pairing) fail(f Failure) {
@@ -363,19 +391,61 @@ const (
 )
 
 // roles maps every word of d's dependency attributes to its platform role.
+// The builder (a build-platform shell) is a build-platform input unless an
+// attribute lists it as a host dependency too.
 func roles(d *derivation.Derivation) map[string]role {
 	r := map[string]role{}
+	if p, ok := storePathPrefix(d.Builder); ok {
+		r[p] = roleBuild
+	}
+	words := depAttrs(d)
 	for _, k := range buildDepVars {
-		for _, w := range strings.Fields(d.Env[k]) {
+		for _, w := range words(k) {
 			r[w] = roleBuild
 		}
 	}
 	for _, k := range hostDepVars {
-		for _, w := range strings.Fields(d.Env[k]) {
+		for _, w := range words(k) {
 			r[w] = roleHost
 		}
 	}
 	return r
+}
+
+// depAttrs returns the words of d's dependency attributes: from the
+// environment, or, for derivations with __structuredAttrs, from the JSON
+// nixpkgs passes in __json instead.
+func depAttrs(d *derivation.Derivation) func(k string) []string {
+	js, ok := d.Env["__json"]
+	if !ok {
+		return func(k string) []string { return strings.Fields(d.Env[k]) }
+	}
+	var attrs map[string]json.RawMessage
+	_ = json.Unmarshal([]byte(js), &attrs) // unparseable: no roles known
+	return func(k string) []string {
+		var list []string
+		if json.Unmarshal(attrs[k], &list) == nil {
+			return list
+		}
+		var str string
+		if json.Unmarshal(attrs[k], &str) == nil {
+			return strings.Fields(str)
+		}
+		return nil
+	}
+}
+
+// storePathPrefix returns the /nix/store/<hash>-<name> that s starts with.
+func storePathPrefix(s string) (string, bool) {
+	const dir = "/nix/store/"
+	if !strings.HasPrefix(s, dir) {
+		return "", false
+	}
+	end := strings.IndexByte(s[len(dir):], '/')
+	if end < 0 {
+		return s, true
+	}
+	return s[:len(dir)+end], true
 }
 
 // edgeRole is roleBuild when every used output of input that d's dependency

@@ -319,3 +319,48 @@ func BenchmarkPair20000(b *testing.B) {
 		}
 	}
 }
+
+// TestStructuredAttrsRoles: with __structuredAttrs, the dependency lists
+// live in __json; a build-platform input listed there is not paired by
+// name without the option, and counts as build-only.
+func TestStructuredAttrsRoles(t *testing.T) {
+	js := `{"nativeBuildInputs": ["{perl.out}"], "buildInputs": ["{zlib.out}"]}`
+	n := graphOf(t, "native", []spec{
+		{key: "perl", name: "perl-5.38"}, {key: "zlib", name: "zlib-1.3"},
+		{key: "hello", name: "hello-2.12", inputs: []string{"perl", "zlib"}, env: map[string]string{"__json": js}},
+	})
+	c := graphOf(t, "cross", []spec{
+		{key: "perl", name: "perl-5.38"}, {key: "zlib", name: "zlib-" + suffix + "-1.3"},
+		{key: "hello", name: "hello-" + suffix + "-2.12", inputs: []string{"perl", "zlib"}, env: map[string]string{"__json": js}},
+	})
+	p, err := Pair(n.Graph, c.Graph, []Root{{Native: n.drv["hello"], Cross: c.drv["hello"]}}, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := p.NativeOf(c.drv["perl"]); err == nil || !strings.Contains(err.Error(), "build-platform input") {
+		t.Errorf("build-platform perl: paired with %q, err %v; want it refused", got, err)
+	}
+	if !p.BuildOnly(c.drv["perl"]) {
+		t.Error("perl listed in __json's nativeBuildInputs is not build-only")
+	}
+	if got, err := p.NativeOf(c.drv["zlib"]); err != nil || got != n.drv["zlib"] {
+		t.Errorf("host zlib: paired with %q, %v; want %s", got, err, n.drv["zlib"])
+	}
+}
+
+// TestBuilderIsBuildPlatform: the builder (an x86_64 bash) is a
+// build-platform input even when no dependency attribute lists it.
+func TestBuilderIsBuildPlatform(t *testing.T) {
+	n := graphOf(t, "native", []spec{{key: "bash", name: "bash-5.2"}, {key: "hello", name: "hello-2.12", inputs: []string{"bash"}, builder: "{bash.out}/bin/bash"}})
+	c := graphOf(t, "cross", []spec{{key: "bash", name: "bash-5.2"}, {key: "hello", name: "hello-" + suffix + "-2.12", inputs: []string{"bash"}, builder: "{bash.out}/bin/bash"}})
+	p, err := Pair(n.Graph, c.Graph, []Root{{Native: n.drv["hello"], Cross: c.drv["hello"]}}, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := p.NativeOf(c.drv["bash"]); err == nil {
+		t.Errorf("x86_64 builder bash paired with native bash %s without the option", got)
+	}
+	if !p.BuildOnly(c.drv["bash"]) {
+		t.Error("the builder is not build-only")
+	}
+}

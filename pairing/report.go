@@ -36,11 +36,11 @@ func (c Class) String() string {
 	return "platform-neutral"
 }
 
-// The platforms of this project: aarch64 is native, x86_64 builds.
-const (
-	hostMachine  = elf.EM_AARCH64
-	buildMachine = elf.EM_X86_64
-)
+// The platforms of this project: aarch64 is native, x86_64 builds (and
+// runs i686 code, which build-platform packages may carry).
+const hostMachine = elf.EM_AARCH64
+
+var buildMachines = []elf.Machine{elf.EM_X86_64, elf.EM_386}
 
 // MaxClosure bounds the runtime closure walked in the upstream store.
 const MaxClosure = 1 << 20
@@ -163,24 +163,79 @@ func scanPath(ctx context.Context, store Store, info *pathinfo.PathInfo) (*class
 	return res, nil
 }
 
-// classOf decides the class of p from its contents, its name and, when the
-// cross graph is known, how the roots reach its derivation.
-func classOf(p string, res *classify.Result, suffix string, g *Graph, buildOnly func(string) bool) (Class, string) {
-	if f := res.Machines[buildMachine]; f != nil {
-		return Build, fmt.Sprintf("%s ELF in %s", classify.MachineName(buildMachine), fileList(*f))
+// classRank orders the classes by how well a path of that class stands in
+// for a native one.
+func classRank(c Class) int {
+	switch c {
+	case Host:
+		return 0
+	case Neutral:
+		return 1
 	}
+	return 2
+}
+
+// classOf decides the class of p from its name, its contents and, when
+// the cross graph is known, how the roots reach its derivation.
+//
+// The host suffix decides first: nixpkgs adds it to host derivations only,
+// and a host package may well carry build-platform ELF files as data (Go's
+// debug/elf test files, say); Why then names them. Without the suffix,
+// build-platform ELF decides before host ELF, since a cross compiler holds
+// both and runs on the build platform.
+func classOf(p string, res *classify.Result, suffix string, g *Graph, buildOnly func(string) bool) (Class, string) {
+	var buildELF []string
+	for _, m := range buildMachines {
+		if f := res.Machines[m]; f != nil {
+			buildELF = append(buildELF, fmt.Sprintf("%s ELF in %s", classify.MachineName(m), fileList(*f)))
+		}
+	}
+	hostELF := ""
 	if f := res.Machines[hostMachine]; f != nil {
-		return Host, fmt.Sprintf("%s ELF in %s", classify.MachineName(hostMachine), fileList(*f))
+		hostELF = fmt.Sprintf("%s ELF in %s", classify.MachineName(hostMachine), fileList(*f))
 	}
 	if _, ok := NormalizeName(pathName(p), suffix); ok && suffix != "" {
-		return Host, "host suffix in its name"
+		why := hostELF
+		if why == "" {
+			why = "host suffix in its name"
+		}
+		if len(buildELF) > 0 {
+			parts := buildELF
+			if hostELF != "" {
+				parts = append([]string{hostELF}, buildELF...)
+			}
+			why = "host suffix in its name; " + strings.Join(parts, ", ")
+		}
+		return Host, why
+	}
+	if len(buildELF) > 0 {
+		return Build, strings.Join(buildELF, ", ")
+	}
+	if hostELF != "" {
+		return Host, hostELF
 	}
 	if g != nil && buildOnly != nil {
 		if prod, ok := g.Producer(p); ok && buildOnly(prod.Drv) {
 			return Build, "only a build-platform input of " + prod.Drv
 		}
 	}
+	if len(res.Machines) > 0 {
+		var other []string
+		for _, m := range sortedMachines(res.Machines) {
+			other = append(other, fmt.Sprintf("%s ELF in %s", classify.MachineName(m), fileList(*res.Machines[m])))
+		}
+		return Neutral, "no aarch64 or x86 ELF files, but " + strings.Join(other, ", ")
+	}
 	return Neutral, "no ELF files"
+}
+
+func sortedMachines(ms map[elf.Machine]*classify.Files) []elf.Machine {
+	out := make([]elf.Machine, 0, len(ms))
+	for m := range ms {
+		out = append(out, m)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
+	return out
 }
 
 func pathName(p string) string {
@@ -244,8 +299,8 @@ func (p *Pairing) Map(ctx context.Context, store Store, opts Options) (*Report, 
 	}
 	rep := &Report{Problems: missing}
 	classes := map[string]Class{}
-	var entries []mapping.Entry
-	usedNative := map[string]string{}
+	proposed := map[string]mapping.Entry{} // cross path -> its entry, before conflicts
+	claims := map[string][]string{}        // native path -> cross paths proposing it
 	for _, c := range cl.paths {
 		info := cl.info[c]
 		class, why := classOf(c, cl.scan[c], p.HostSuffix, p.Cross, p.BuildOnly)
@@ -258,25 +313,54 @@ func (p *Pairing) Map(ctx context.Context, store Store, opts Options) (*Report, 
 			pr.Problem = "build-platform path: its native counterpart differs in bytes; it is paired by name only with the build-platform option"
 		default:
 			e, problem := p.entryFor(c)
-			if problem == "" {
-				if prev, dup := usedNative[e.Native]; dup {
-					problem = fmt.Sprintf("its native path %s is already served from %s", e.Native, prev)
-				} else if len(e.Native) > len(e.Cross) {
-					problem = fmt.Sprintf("its native path %s is longer than it, so references cannot be rewritten in place", e.Native)
-				}
+			if problem == "" && len(e.Native) > len(e.Cross) {
+				problem = fmt.Sprintf("its native path %s is longer than it, so references cannot be rewritten in place", e.Native)
 			}
 			if problem != "" {
 				pr.Problem = problem
 				break
 			}
-			usedNative[e.Native] = c
-			pr.Native = e.Native
-			entries = append(entries, e)
-		}
-		if pr.Problem != "" {
-			rep.Problems = append(rep.Problems, c+": "+pr.Problem)
+			proposed[c] = e
+			claims[e.Native] = append(claims[e.Native], c)
 		}
 		rep.Paths = append(rep.Paths, pr)
+	}
+	// Several cross paths may pair with one native path: a host bash and,
+	// with the build-platform option, the x86_64 bash of a shebang. The
+	// host one is what a native build would have; a tie is refused rather
+	// than settled by hash order.
+	winner := map[string]string{} // native path -> cross path served as it
+	for n, cs := range claims {
+		best, tie := cs[0], false
+		for _, c := range cs[1:] {
+			switch r, rb := classRank(classes[c]), classRank(classes[best]); {
+			case r < rb:
+				best, tie = c, false
+			case r == rb:
+				tie = true
+			}
+		}
+		if !tie {
+			winner[n] = best
+		}
+	}
+	var entries []mapping.Entry
+	for i := range rep.Paths {
+		pr := &rep.Paths[i]
+		if e, ok := proposed[pr.Cross]; ok {
+			switch w, ok := winner[e.Native]; {
+			case !ok:
+				pr.Problem = fmt.Sprintf("several cross paths of one class pair with its native path %s (%s)", e.Native, strings.Join(claims[e.Native], ", "))
+			case w != pr.Cross:
+				pr.Problem = fmt.Sprintf("its native path %s is served from the %s path %s instead", e.Native, classes[w], w)
+			default:
+				pr.Native = e.Native
+				entries = append(entries, e)
+			}
+		}
+		if pr.Problem != "" {
+			rep.Problems = append(rep.Problems, pr.Cross+": "+pr.Problem)
+		}
 	}
 	m, err := mapping.New(entries)
 	if err != nil {

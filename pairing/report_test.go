@@ -6,12 +6,16 @@ import (
 	"debug/elf"
 	"encoding/binary"
 	"flag"
+	"fmt"
 	"os"
+	"path"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 
+	"github.com/decross-store/decross-store/classify"
 	"github.com/decross-store/decross-store/mapping"
 )
 
@@ -254,4 +258,109 @@ func FuzzReadDerivation(f *testing.F) {
 			t.Fatal("nil derivation without error")
 		}
 	})
+}
+
+// TestHostPreferredOverBuildPlatform: with the build-platform option, an
+// x86_64 bash (a shebang) and the aarch64 bash both pair with native bash;
+// the host one is served whatever the hash order.
+func TestHostPreferredOverBuildPlatform(t *testing.T) {
+	for _, hostKey := range []string{"ba0", "ba1", "ba2", "ba3"} {
+		t.Run(hostKey, func(t *testing.T) {
+			n := graphOf(t, "native", []spec{
+				{key: "bash", name: "bash-5.2"},
+				{key: "foo", name: "foo-1.0", inputs: []string{"bash"}, env: map[string]string{"nativeBuildInputs": "{bash.out}", "buildInputs": "{bash.out}"}},
+			})
+			c := graphOf(t, "cross", []spec{
+				{key: "bx", name: "bash-5.2"},
+				{key: hostKey, name: "bash-" + suffix + "-5.2"},
+				{key: "foo", name: "foo-" + suffix + "-1.0", inputs: []string{"bx", hostKey}, env: map[string]string{"nativeBuildInputs": "{bx.out}", "buildInputs": "{" + hostKey + ".out}"}},
+			})
+			s := newMemStore()
+			s.addDrvs(t, n)
+			s.addDrvs(t, c)
+			bx, ba, foo := c.out["bx"]["out"], c.out[hostKey]["out"], c.out["foo"]["out"]
+			s.addPath(t, bx, nil, "", file{path: "/", data: elfHeader(elf.EM_X86_64, "")})
+			s.addPath(t, ba, nil, "", file{path: "/", data: elfHeader(elf.EM_AARCH64, "")})
+			s.addPath(t, foo, []string{bx, ba}, "", file{path: "/", data: []byte("#!" + bx + "\nexec " + ba + "\n")})
+			rep, err := Map(context.Background(), s, []Root{{Native: n.drv["foo"], Cross: c.drv["foo"]}}, Options{AllowBuildPlatform: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if e, ok := rep.Mapping.ByNative(n.out["bash"]["out"]); !ok || e.Cross != ba {
+				t.Fatalf("native bash served from %q, want the aarch64 bash %s; problems %q", e.Cross, ba, rep.Problems)
+			}
+			want := bx + ": its native path " + n.out["bash"]["out"] + " is served from the host path " + ba + " instead"
+			if !slices.Contains(rep.Problems, want) {
+				t.Errorf("problems %q, want %q", rep.Problems, want)
+			}
+		})
+	}
+}
+
+// TestHostSuffixOutranksBuildELF: a host package may carry build-platform
+// ELF files as data (Go's debug/elf test files); its host suffix keeps it
+// host, and the report names the files.
+func TestHostSuffixOutranksBuildELF(t *testing.T) {
+	n := graphOf(t, "native", []spec{{key: "go", name: "go-1.22"}})
+	c := graphOf(t, "cross", []spec{{key: "go", name: "go-" + suffix + "-1.22"}})
+	s := newMemStore()
+	s.addDrvs(t, n)
+	s.addDrvs(t, c)
+	s.addPath(t, c.out["go"]["out"], nil, "",
+		file{path: "/", dir: true}, file{path: "/bin", dir: true},
+		file{path: "/bin/go", data: elfHeader(elf.EM_AARCH64, "")},
+		file{path: "/share", dir: true},
+		file{path: "/share/x86-64.obj", data: elfHeader(elf.EM_X86_64, "")})
+	rep, err := Map(context.Background(), s, []Root{{Native: n.drv["go"], Cross: c.drv["go"]}}, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Mapping.Len() != 1 || !rep.OK() {
+		t.Fatalf("host-suffixed go not mapped: %+v; problems %q", rep.Paths, rep.Problems)
+	}
+	want := "host suffix in its name; aarch64 ELF in /bin/go, x86_64 ELF in /share/x86-64.obj"
+	if rep.Paths[0].Class != Host || rep.Paths[0].Why != want {
+		t.Errorf("class %v, why %q; want host, %q", rep.Paths[0].Class, rep.Paths[0].Why, want)
+	}
+}
+
+// TestLeakInEntryName: Nix records a reference found in an entry name;
+// the leak it makes is reported, with the entry.
+func TestLeakInEntryName(t *testing.T) {
+	n := graphOf(t, "native", []spec{{key: "bash", name: "bash-5.2"}, {key: "foo", name: "foo-1.0", inputs: []string{"bash"}, env: map[string]string{"nativeBuildInputs": "{bash.out}"}}})
+	c := graphOf(t, "cross", []spec{{key: "bash", name: "bash-5.2"}, {key: "foo", name: "foo-" + suffix + "-1.0", inputs: []string{"bash"}, env: map[string]string{"nativeBuildInputs": "{bash.out}"}}})
+	s := newMemStore()
+	s.addDrvs(t, n)
+	s.addDrvs(t, c)
+	bx := c.out["bash"]["out"]
+	s.addPath(t, bx, nil, "", file{path: "/", data: elfHeader(elf.EM_X86_64, "")})
+	s.addPath(t, c.out["foo"]["out"], []string{bx}, "",
+		file{path: "/", dir: true}, file{path: "/share", dir: true}, file{path: "/share/" + path.Base(bx), data: []byte("x")})
+	rep, err := Map(context.Background(), s, []Root{{Native: n.drv["foo"], Cross: c.drv["foo"]}}, Options{AllowBuildPlatform: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Leaks) != 1 || rep.Leaks[0].To != bx || fmt.Sprint(rep.Leaks[0].Files.Names) != "[/share/"+path.Base(bx)+"]" {
+		t.Fatalf("leaks %+v, want foo -> %s in /share/%s", rep.Leaks, bx, path.Base(bx))
+	}
+}
+
+// TestClassOfForeignMachines: i686 code belongs to the build platform's
+// family; other machines are named, not reported as "no ELF files".
+func TestClassOfForeignMachines(t *testing.T) {
+	tests := []struct {
+		machine   elf.Machine
+		wantClass Class
+		wantWhy   string
+	}{
+		{elf.EM_386, Build, "i686 ELF in /lib/ld-linux.so.2"},
+		{elf.EM_ARM, Neutral, "no aarch64 or x86 ELF files, but armv7 ELF in /lib/ld-linux.so.2"},
+	}
+	for _, tt := range tests {
+		res := &classify.Result{Machines: map[elf.Machine]*classify.Files{tt.machine: {Names: []string{"/lib/ld-linux.so.2"}, Count: 1}}}
+		class, why := classOf(storePath("x", "glibc-2.38-32"), res, suffix, nil, nil)
+		if class != tt.wantClass || why != tt.wantWhy {
+			t.Errorf("%v: class %v, why %q; want %v, %q", tt.machine, class, why, tt.wantClass, tt.wantWhy)
+		}
+	}
 }
