@@ -17,6 +17,10 @@ import (
 const (
 	clientMaxString = 1 << 20
 	clientMaxList   = 1 << 20
+	// clientMaxListBytes caps one list in a reply, strings and entries
+	// together: a million entries of the longest string each would be
+	// far more than any path info holds.
+	clientMaxListBytes = 64 << 20
 	// Log lines and error messages beyond this are not worth keeping.
 	clientMaxMessage = 1 << 20
 )
@@ -364,10 +368,14 @@ func (c *Client) readStrs(what string, max uint64) ([]string, error) {
 		return nil, err
 	}
 	var out []string
+	var total uint64
 	for i := uint64(0); i < n; i++ {
 		s, err := c.r.str(what, max)
 		if err != nil {
 			return nil, err
+		}
+		if total += uint64(len(s)) + listEntryOverhead; total > clientMaxListBytes {
+			return nil, fmt.Errorf("read %s: list larger than %d bytes", what, clientMaxListBytes)
 		}
 		out = append(out, s)
 	}

@@ -252,3 +252,36 @@ func TestClientHandshakeReject(t *testing.T) {
 		}
 	}
 }
+
+// endless repeats unit for ever.
+type endless struct {
+	unit []byte
+	off  int
+}
+
+func (e *endless) Read(p []byte) (int, error) {
+	n := 0
+	for n < len(p) {
+		c := copy(p[n:], e.unit[e.off:])
+		n += c
+		e.off = (e.off + c) % len(e.unit)
+	}
+	return n, nil
+}
+
+// TestClientCapsListBytes: a daemon announcing a million long signatures
+// is cut off once the list passes its byte budget, rather than being
+// followed for gigabytes.
+func TestClientCapsListBytes(t *testing.T) {
+	prefix := daemonHello(34).u64(stderrLast, 1).str("", "sha256:"+strings.Repeat("0", 64)).u64(0, 0, 1, 0, 1<<20)
+	sig := (&enc{}).str(strings.Repeat("s", maxShortLen)).Bytes()
+	conn := &replyConn{Reader: io.MultiReader(bytes.NewReader(prefix.Bytes()), &endless{unit: sig})}
+	c, err := NewClient(t.Context(), conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.QueryPathInfo(t.Context(), greetingPath)
+	if err == nil || !strings.Contains(err.Error(), "signatures: list larger than") {
+		t.Fatalf("err = %v, want the signature list refused", err)
+	}
+}
