@@ -85,8 +85,8 @@ type Server struct {
 	// Zero means 16.
 	MaxUnauthenticated int
 	// MaxUnauthenticatedPerIP caps connections still in the handshake from
-	// one remote address, so that one address cannot take every slot of
-	// MaxUnauthenticated. Zero means 4.
+	// one remote address (one IPv6 /64), so that one client cannot take
+	// every slot of MaxUnauthenticated. Zero means 4.
 	MaxUnauthenticatedPerIP int
 	// MaxSessionsPerConn caps concurrently open session channels on one
 	// connection. Nix uses one per connection. Zero means 4. A session
@@ -113,7 +113,7 @@ type Server struct {
 // conn is the server's record of one TCP connection, guarded by Server.mu.
 type conn struct {
 	nc       net.Conn
-	ip       netip.Addr // zero if the remote is not an IP address
+	ip       netip.Addr // clientNetwork of the remote, for MaxUnauthenticatedPerIP
 	authed   bool
 	sessions int
 	closed   bool
@@ -324,7 +324,7 @@ func (s *Server) trackListener(l *net.Listener, add bool) (context.Context, bool
 // trackConn records a new, unauthenticated connection, or says why it
 // is refused.
 func (s *Server) trackConn(nc net.Conn) (*conn, string) {
-	ip, _ := remoteIP(nc.RemoteAddr())
+	ip := clientNetwork(nc.RemoteAddr())
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.inShutdown {
@@ -368,6 +368,22 @@ func (s *Server) dropPendingLocked(c *conn) {
 	if s.pendingByIP[c.ip]--; s.pendingByIP[c.ip] <= 0 {
 		delete(s.pendingByIP, c.ip)
 	}
+}
+
+// clientNetwork is what MaxUnauthenticatedPerIP counts by: the IPv4
+// address, or the /64 of an IPv6 address, since one IPv6 host usually
+// holds a whole /64 and could otherwise take every slot alone. It is the
+// zero Addr when the remote is not an IP address.
+func clientNetwork(a net.Addr) netip.Addr {
+	ip, ok := remoteIP(a)
+	if !ok || ip.Is4() {
+		return ip
+	}
+	p, err := ip.Prefix(64)
+	if err != nil {
+		return ip
+	}
+	return p.Addr()
 }
 
 // authSlotFree reports whether an authenticated connection could be

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"io"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -151,5 +152,29 @@ func TestCertificateAuthRefused(t *testing.T) {
 	}
 	if !strings.Contains(err.Error(), "unable to authenticate") {
 		t.Fatalf("dial: %v, want an authentication failure", err)
+	}
+}
+
+// TestClientNetwork: handshake slots per client count IPv4 addresses one
+// by one and IPv6 addresses by /64.
+func TestClientNetwork(t *testing.T) {
+	tests := []struct{ addr, want string }{
+		{"192.0.2.1:22", "192.0.2.1"},
+		{"[::ffff:192.0.2.1]:22", "192.0.2.1"},
+		{"[2001:db8:1:2:aaaa::1]:22", "2001:db8:1:2::"},
+		{"[2001:db8:1:2:bbbb::7]:22", "2001:db8:1:2::"},
+		{"[fe80::1%eth0]:22", "fe80::"},
+	}
+	for _, tt := range tests {
+		a, err := net.ResolveTCPAddr("tcp", tt.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := clientNetwork(a).String(); got != tt.want {
+			t.Errorf("clientNetwork(%s) = %s, want %s", tt.addr, got, tt.want)
+		}
+	}
+	if got := clientNetwork(&net.UnixAddr{Name: "/run/x.sock"}); got.IsValid() {
+		t.Errorf("clientNetwork(unix) = %v, want the zero Addr", got)
 	}
 }
