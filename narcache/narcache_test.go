@@ -15,14 +15,19 @@ const testPath = "/nix/store/0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a-hello-2.12"
 
 func put(t *testing.T, c *Cache, key string, data []byte) *Entry {
 	t.Helper()
-	w, err := c.Create(testPath)
+	return putAt(t, c, testPath, key, data)
+}
+
+func putAt(t *testing.T, c *Cache, path, key string, data []byte) *Entry {
+	t.Helper()
+	w, err := c.Create(path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if _, err := w.Write(data); err != nil {
 		t.Fatal(err)
 	}
-	e, err := w.Commit(Entry{Key: key, References: []string{testPath}, RegistrationTime: 42})
+	e, err := w.Commit(Entry{Key: key, References: []string{path}, RegistrationTime: 42})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -389,16 +394,7 @@ func TestStaleCompactionKeepsNewEntry(t *testing.T) {
 	dir := t.TempDir()
 	c := openCache(t, dir)
 	stale := put(t, c, "k1", bytes.Repeat([]byte("old"), 1000))
-	other := openCache(t, dir)
-	w, err := other.Create(testPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	w.Write(bytes.Repeat([]byte("new"), 1000))
-	fresh, err := w.Commit(Entry{Key: "k2"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	fresh := put(t, openCache(t, dir), "k2", bytes.Repeat([]byte("new"), 1000))
 	if err := c.Compact(stale); err != nil {
 		t.Fatalf("stale Compact: %v", err)
 	}
@@ -418,15 +414,7 @@ func TestBusyEntryDoesNotStallCompaction(t *testing.T) {
 	c := openCache(t, dir)
 	c.compactDelay = 10 * time.Millisecond
 	busyPath := "/nix/store/1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b-busy-1.0"
-	w, err := c.Create(busyPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	w.Write(bytes.Repeat([]byte("busy"), 1000))
-	busy, err := w.Commit(Entry{Key: "b"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	busy := putAt(t, c, busyPath, "b", bytes.Repeat([]byte("busy"), 1000))
 	r, err := c.Open(busy)
 	if err != nil {
 		t.Fatal(err)
