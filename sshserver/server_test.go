@@ -687,6 +687,11 @@ func TestConnectionWithoutSessionClosed(t *testing.T) {
 func TestMaxConnections(t *testing.T) {
 	env := startServer(t, reverseHandler, func(s *Server) { s.MaxConnections = 1 })
 	first := env.mustDial(t)
+	// The client's handshake can finish before the server counts the
+	// connection; a session on it proves the server has.
+	if r := run(t, first, "nix-daemon --stdio", "ok"); r.stdout != "ko" {
+		t.Fatalf("first connection: %q %v", r.stdout, r.err)
+	}
 	if c, err := env.dial(); err == nil {
 		c.Close()
 		t.Fatal("second connection accepted with MaxConnections=1")
