@@ -546,7 +546,8 @@ func TestServeStdio(t *testing.T) {
 		t.Fatal(err)
 	}
 	prog := strings.Join([]string{bin, "serve", "--mapping", mappingFile, "--signing-key", filepath.Join(work, "secret.key"), "--cache-dir", filepath.Join(work, "cache")}, " ")
-	url := "ssh-ng://localhost?remote-program=" + strings.ReplaceAll(prog, " ", "%20")
+	// remote-store= makes Nix append --store, as it would for nix-daemon.
+	url := "ssh-ng://localhost?remote-store=daemon&remote-program=" + strings.ReplaceAll(prog, " ", "%20")
 	dest := filepath.Join(work, "dest")
 	t.Cleanup(func() { makeWritable(t, dest) })
 	srv := &server{publicKey: string(pub)}

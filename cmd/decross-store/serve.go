@@ -25,7 +25,7 @@ import (
 
 type serveFlags struct {
 	listen, hostKey, authorizedKeys, mapping, signingKey, upstream, cacheDir string
-	logLevel                                                                 string
+	logLevel, remoteStore                                                    string
 	stdio                                                                    bool
 	shutdownTimeout                                                          time.Duration
 }
@@ -44,6 +44,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.BoolVar(&f.stdio, "stdio", false, "serve one worker-protocol session on stdin/stdout instead of SSH (for use behind OpenSSH as remote-program)")
 	fs.StringVar(&f.logLevel, "log-level", "", "debug, info, warn or error (default info; warn with --stdio, where stderr is the user's terminal)")
 	fs.DurationVar(&f.shutdownTimeout, "shutdown-timeout", 30*time.Second, "how long to let sessions finish after SIGINT/SIGTERM")
+	fs.StringVar(&f.remoteStore, "store", "", "with --stdio: what Nix passes for an ssh-ng URL's remote-store= parameter; ignored, the mapping decides what is served")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -52,6 +53,9 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	if !f.stdio && f.authorizedKeys == "" {
 		return errors.New("--authorized-keys is required")
+	}
+	if !f.stdio && f.remoteStore != "" {
+		return errors.New("--store is only accepted with --stdio")
 	}
 
 	// In --stdio mode stdout is the protocol channel: logs go to stderr only,
