@@ -42,7 +42,7 @@ type Config struct {
 	Cache      *narcache.Cache
 	SigningKey signature.SecretKey
 	Logger     *slog.Logger     // nil discards
-	Now        func() time.Time // registration time of new entries; nil = time.Now
+	Now        func() time.Time // the clock: registration times, rewalk intervals; nil = time.Now
 	Rewrite    rewrite.Options  // zero value = the rewriter's defaults
 
 	// Limits on upstream work, which runs detached from the requests that
@@ -365,7 +365,7 @@ func (s *Store) walkClosure(ctx context.Context, root string, found map[string]b
 // completely.
 func (s *Store) isServedCA(ctx context.Context, p string) (bool, error) {
 	s.caMu.Lock()
-	known, fresh := s.caIndex[p], s.caComplete || time.Since(s.caWalked) < caRewalkInterval
+	known, fresh := s.caIndex[p], s.caComplete || s.cfg.Now().Sub(s.caWalked) < caRewalkInterval
 	s.caMu.Unlock()
 	if known || fresh {
 		return known, nil
@@ -390,7 +390,7 @@ func (s *Store) isServedCA(ctx context.Context, p string) (bool, error) {
 			s.caIndex[f] = true
 		}
 		s.caComplete = complete
-		s.caWalked = time.Now()
+		s.caWalked = s.cfg.Now()
 		s.caMu.Unlock()
 		return nil, nil
 	})

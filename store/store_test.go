@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -23,6 +24,7 @@ import (
 	"github.com/decross-store/decross-store/mapping"
 	"github.com/decross-store/decross-store/narcache"
 	"github.com/decross-store/decross-store/pathinfo"
+	"github.com/decross-store/decross-store/rewrite"
 )
 
 const (
@@ -493,12 +495,23 @@ func TestMissingCacheFileIsRebuilt(t *testing.T) {
 	f := newFixture(t)
 	want := readNAR(t, f.store(t), nativeHello)
 	base := filepath.Join(f.cacheDir, hashPart(nativeHello))
-	os.Remove(base + ".nar")
-	os.Remove(base + ".nar.zst")
+	removed := 0
+	for _, name := range []string{base + ".nar", base + ".nar.zst"} {
+		if os.Remove(name) == nil {
+			removed++
+		}
+	}
+	if removed != 1 {
+		t.Fatalf("removed %d NAR files under %s, want 1", removed, base)
+	}
+	reads := f.up.narReads.Load()
 	for i := 0; i < 2; i++ { // also after a restart
 		if got := readNAR(t, f.store(t), nativeHello); !bytes.Equal(got, want) {
 			t.Fatalf("round %d: NAR differs after the cache file was lost", i)
 		}
+	}
+	if got := f.up.narReads.Load(); got != reads+1 {
+		t.Errorf("upstream NAR read %d more times, want 1 (one rebuild, then served from the cache)", got-reads)
 	}
 }
 
@@ -597,5 +610,132 @@ func TestUpstreamRebuiltIsPickedUp(t *testing.T) {
 	got := readNAR(t, s, nativeGlibc)
 	if !bytes.Contains(got, []byte("rebuilt "+pad(nativeGlibc, crossGlibc))) {
 		t.Fatalf("the rebuilt cross path is not what is served:\n%q", got)
+	}
+}
+
+// TestContentAddressedFoundAfterLaterBuild: a content-addressed path
+// reachable only through a cross path not built yet is not served; once
+// that path is built, the next walk of the mapped closures (at most every
+// caRewalkInterval) finds it.
+func TestContentAddressedFoundAfterLaterBuild(t *testing.T) {
+	f := newFixture(t)
+	f.up.mu.Lock()
+	helloInfo, helloNAR := f.up.infos[crossHello], f.up.nars[crossHello]
+	delete(f.up.infos, crossHello)
+	f.up.mu.Unlock()
+	c, err := narcache.Open(f.cacheDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	now := time.Unix(1700000000, 0)
+	s, err := New(Config{Mapping: f.mapping, Upstream: f.up, Cache: c, SigningKey: f.key, Now: func() time.Time { return now }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if info, err := s.QueryPathInfo(ctx, srcPath); err != nil || info != nil {
+		t.Fatalf("before hello is built: %v, %v; want not served", info, err)
+	}
+	f.up.add(crossHello, "", helloNAR, helloInfo.References...)
+	if info, err := s.QueryPathInfo(ctx, srcPath); err != nil || info != nil {
+		t.Fatalf("within the rewalk interval: %v, %v; want not served yet", info, err)
+	}
+	now = now.Add(caRewalkInterval)
+	if info, err := s.QueryPathInfo(ctx, srcPath); err != nil || info == nil {
+		t.Fatalf("after the rewalk interval: %v, %v; want it served", info, err)
+	}
+}
+
+// TestRewriterSettingsInCacheKey: entries written with other rewriter
+// settings are rebuilt, not served.
+func TestRewriterSettingsInCacheKey(t *testing.T) {
+	f := newFixture(t)
+	readNAR(t, f.store(t), nativeHello)
+	reads := f.up.narReads.Load()
+	c, err := narcache.Open(f.cacheDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	s, err := New(Config{Mapping: f.mapping, Upstream: f.up, Cache: c, SigningKey: f.key, Rewrite: rewrite.Options{TextMax: 1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	readNAR(t, s, nativeHello)
+	if got := f.up.narReads.Load(); got != reads+1 {
+		t.Errorf("upstream NAR read %d more times, want 1 (a rebuild)", got-reads)
+	}
+}
+
+// TestDamageFoundWhileStreamingIsForgotten: a compressed cached NAR
+// damaged after this process verified it fails the read that finds the
+// damage (zstd's checksum), and the next request rebuilds it instead of
+// trusting the remembered entry.
+func TestDamageFoundWhileStreamingIsForgotten(t *testing.T) {
+	f := newFixture(t)
+	s := f.store(t)
+	want := readNAR(t, s, nativeHello)
+	reads := f.up.narReads.Load()
+
+	// Compact the entry now, as the background compactor would.
+	base := filepath.Join(f.cacheDir, hashPart(nativeHello))
+	js, err := os.ReadFile(base + ".json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var meta struct{ Key string }
+	if err := json.Unmarshal(js, &meta); err != nil {
+		t.Fatal(err)
+	}
+	other, err := narcache.Open(f.cacheDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	e, err := other.Lookup(nativeHello, meta.Key)
+	if err != nil || e == nil {
+		t.Fatalf("lookup: %v, %v", e, err)
+	}
+	if err := other.Compact(e); err != nil {
+		t.Fatal(err)
+	}
+	// This process verifies the compressed NAR on its first read of it.
+	if got := readNAR(t, s, nativeHello); !bytes.Equal(got, want) {
+		t.Fatal("compressed NAR differs")
+	}
+	// Then damage it in place, keeping inode, size and mtime: only the
+	// checks made while streaming can see it.
+	zst := base + ".nar.zst"
+	fi, err := os.Stat(zst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fh, err := os.OpenFile(zst, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := fh.WriteAt([]byte("XXXX"), fi.Size()/2); err != nil {
+		t.Fatal(err)
+	}
+	fh.Close()
+	if err := os.Chtimes(zst, fi.ModTime(), fi.ModTime()); err != nil {
+		t.Fatal(err)
+	}
+
+	rc, err := s.NarFromPath(context.Background(), nativeHello)
+	if err != nil {
+		t.Fatalf("open of the damaged entry: %v (the damage should only show while streaming)", err)
+	}
+	_, err = io.ReadAll(rc)
+	rc.Close()
+	if !errors.Is(err, narcache.ErrDamaged) {
+		t.Fatalf("read of the damaged entry: err = %v, want ErrDamaged", err)
+	}
+	if got := readNAR(t, s, nativeHello); !bytes.Equal(got, want) {
+		t.Fatal("rebuilt NAR differs")
+	}
+	if got := f.up.narReads.Load(); got != reads+1 {
+		t.Errorf("upstream NAR read %d more times, want 1 (a rebuild)", got-reads)
 	}
 }
