@@ -61,8 +61,10 @@ func TestClientRealDaemon(t *testing.T) {
 	dump := mustNix(t, nil, "nix-store", "--dump", p)
 	ctx := t.Context()
 	c := startDaemon(t)
-	if v := c.DaemonVersion(); v != "2.8.0" {
-		t.Errorf("daemon version %q", v)
+	// "nix-daemon (Nix) 2.8.0": the version is the last word.
+	fields := strings.Fields(mustNix(t, nil, "nix-daemon", "--version"))
+	if v := c.DaemonVersion(); len(fields) == 0 || v != fields[len(fields)-1] {
+		t.Errorf("daemon version %q, nix-daemon --version says %q", v, fields)
 	}
 
 	got, err := c.QueryPathInfo(ctx, p)
@@ -283,5 +285,45 @@ func TestClientCapsListBytes(t *testing.T) {
 	_, err = c.QueryPathInfo(t.Context(), greetingPath)
 	if err == nil || !strings.Contains(err.Error(), "signatures: list larger than") {
 		t.Fatalf("err = %v, want the signature list refused", err)
+	}
+}
+
+// TestClientNarStreamEndsAtNarSize: the NAR reader ends after the narSize
+// bytes the path info announced, leaving what follows unread (a caller
+// copying to EOF must not wait on the connection), and a stream cut short
+// is an unexpected EOF.
+func TestClientNarStreamEndsAtNarSize(t *testing.T) {
+	nar := []byte("0123456789abcdef")
+	reply := func(body []byte) io.Reader {
+		e := pathInfoFields(daemonHello(34).u64(stderrLast, 1), uint64(len(nar)))
+		e.u64(stderrLast).write(body)
+		return bytes.NewReader(e.Bytes())
+	}
+	tests := []struct {
+		name    string
+		body    []byte
+		want    []byte
+		wantErr error
+	}{
+		{"exact", nar, nar, nil},
+		{"more after the NAR", append(append([]byte(nil), nar...), "next reply"...), nar, nil},
+		{"cut short", nar[:10], nar[:10], io.ErrUnexpectedEOF},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := NewClient(t.Context(), &replyConn{Reader: reply(tt.body)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			rc, err := c.NarFromPath(t.Context(), greetingPath)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer rc.Close()
+			got, err := io.ReadAll(rc)
+			if !errors.Is(err, tt.wantErr) || !bytes.Equal(got, tt.want) {
+				t.Fatalf("ReadAll = %q, %v; want %q, %v", got, err, tt.want, tt.wantErr)
+			}
+		})
 	}
 }

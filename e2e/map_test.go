@@ -235,7 +235,13 @@ func TestMapServe(t *testing.T) {
 	checkGolden(t, "hello.stdout", got)
 	// The leaky script references the unmapped x86_64 bash: refused.
 	leaky := ex.Get(t, "leaky")
-	if _, _, err := srv.nix(ctx, "require-sigs = true", "nix", "copy", "--from", srv.url(srv.clientKey), "--to", dest, leaky.Native); err == nil {
+	_, stderr, err := srv.nix(ctx, "require-sigs = true", "nix", "copy", "--from", srv.url(srv.clientKey), "--to", dest, leaky.Native)
+	if err == nil {
 		t.Errorf("copying %s succeeded although it references the build-platform bash", leaky.Native)
+	}
+	for _, want := range []string{leaky.Native, leaky.Cross, ex.Get(t, "bash").Cross, "not in the mapping"} {
+		if !strings.Contains(stderr, want) {
+			t.Errorf("refusal of the leaky script does not mention %q:\n%s", want, stderr)
+		}
 	}
 }

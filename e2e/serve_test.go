@@ -426,8 +426,12 @@ func TestServeOverSSH(t *testing.T) {
 	t.Run("unknown-key-refused", func(t *testing.T) {
 		other := filepath.Join(t.TempDir(), "other_key")
 		run(t, "ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", other)
-		if _, _, err := srv.nix(ctx, "", "nix", "path-info", "--store", srv.url(other), hello.Native); err == nil {
+		_, stderr, err := srv.nix(ctx, "", "nix", "path-info", "--store", srv.url(other), hello.Native)
+		if err == nil {
 			t.Fatal("an unknown SSH key was let in")
+		}
+		if !strings.Contains(stderr, "Permission denied (publickey)") {
+			t.Errorf("stderr %q, want ssh's 'Permission denied (publickey)'", stderr)
 		}
 		if _, _, err := srv.nix(ctx, "", "nix", "path-info", "--store", url, hello.Native); err != nil {
 			t.Fatalf("server stopped serving after refusing a key: %v", err)

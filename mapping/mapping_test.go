@@ -80,3 +80,24 @@ func TestParseInvalid(t *testing.T) {
 		})
 	}
 }
+
+// TestWriteIsSorted: a mapping is written sorted by native path whatever
+// the order it was built in, so map's output is stable.
+func TestWriteIsSorted(t *testing.T) {
+	m, err := New([]Entry{{Native: nGlibc, Cross: cGlibc}, {Native: nHello, Cross: cHello}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	if err := m.Write(&out); err != nil {
+		t.Fatal(err)
+	}
+	want := `{"paths": [
+  {"native":"` + nHello + `","cross":"` + cHello + `"},
+  {"native":"` + nGlibc + `","cross":"` + cGlibc + `"}
+]}
+`
+	if out.String() != want {
+		t.Errorf("Write =\n%s\nwant\n%s", out.String(), want)
+	}
+}

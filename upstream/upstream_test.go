@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -61,6 +62,9 @@ func TestOpen(t *testing.T) {
 type mapStore map[string][]byte // path → NAR
 
 func (m mapStore) QueryPathInfo(_ context.Context, p string) (*pathinfo.PathInfo, error) {
+	if p == failingPath {
+		return nil, errors.New("injected failure")
+	}
 	nar, ok := m[p]
 	if !ok {
 		return nil, nil
@@ -90,6 +94,7 @@ func (m mapStore) ValidPaths(context.Context) ([]string, error) { return nil, ni
 const (
 	servedPath  = "/nix/store/433id1qnb29zpay0665622fzcbqy07zp-greeting.txt"
 	missingPath = "/nix/store/00000000000000000000000000000000-nope"
+	failingPath = "/nix/store/11111111111111111111111111111111-fails"
 )
 
 // fakeNAR is a well-formed NAR of a one-line file.
@@ -184,6 +189,30 @@ func TestPoolReusesConnections(t *testing.T) {
 	}
 }
 
+// TestFailedConnectionNotReused: after an error the connection is
+// dropped, not returned to the pool, so the next query opens a new one.
+func TestFailedConnectionNotReused(t *testing.T) {
+	sock, accepted := serveSocket(t)
+	d, err := Open("unix://" + sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	ctx := t.Context()
+	if _, err := d.QueryPathInfo(ctx, servedPath); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.QueryPathInfo(ctx, failingPath); err == nil || !strings.Contains(err.Error(), "injected failure") {
+		t.Fatalf("QueryPathInfo(failing) = %v, want the daemon's error", err)
+	}
+	if _, err := d.QueryPathInfo(ctx, servedPath); err != nil {
+		t.Fatal(err)
+	}
+	if n := accepted.Load(); n != 2 {
+		t.Errorf("connections: %d, want 2 (the failed one replaced)", n)
+	}
+}
+
 func TestConcurrent(t *testing.T) {
 	sock, accepted := serveSocket(t)
 	d, err := Open("unix://" + sock)
@@ -214,6 +243,12 @@ func TestConcurrent(t *testing.T) {
 	}
 	if n := accepted.Load(); n > workers*each/4 {
 		t.Errorf("%d queries opened %d connections", workers*each, n)
+	}
+	d.mu.Lock()
+	idle := len(d.idle)
+	d.mu.Unlock()
+	if idle > maxIdle {
+		t.Errorf("%d idle connections kept, at most %d wanted", idle, maxIdle)
 	}
 	if err := d.Close(); err != nil {
 		t.Error(err)
