@@ -144,13 +144,20 @@ func serveSocket(t *testing.T) (string, *atomic.Int64) {
 	return sock, &accepted
 }
 
-func TestPoolReusesConnections(t *testing.T) {
+// openServed opens a pool on a serveSocket daemon, closed with the test.
+func openServed(t *testing.T) (*Daemon, *atomic.Int64) {
+	t.Helper()
 	sock, accepted := serveSocket(t)
 	d, err := Open("unix://" + sock)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer d.Close()
+	t.Cleanup(func() { d.Close() })
+	return d, accepted
+}
+
+func TestPoolReusesConnections(t *testing.T) {
+	d, accepted := openServed(t)
 	ctx := t.Context()
 	for i := 0; i < 10; i++ {
 		info, err := d.QueryPathInfo(ctx, servedPath)
@@ -192,12 +199,7 @@ func TestPoolReusesConnections(t *testing.T) {
 // TestFailedConnectionNotReused: after an error the connection is
 // dropped, not returned to the pool, so the next query opens a new one.
 func TestFailedConnectionNotReused(t *testing.T) {
-	sock, accepted := serveSocket(t)
-	d, err := Open("unix://" + sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
+	d, accepted := openServed(t)
 	ctx := t.Context()
 	if _, err := d.QueryPathInfo(ctx, servedPath); err != nil {
 		t.Fatal(err)
