@@ -55,6 +55,7 @@ func (c *Cache) unqueue(path string) {
 // compacted: compression does not compete with the transfers it would
 // slow down.
 func (c *Cache) untilQuiet(path string) time.Duration {
+	c.quietChecks.Add(1)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.readers[path] > 0 {
@@ -65,9 +66,12 @@ func (c *Cache) untilQuiet(path string) time.Duration {
 
 // compactor compresses queued entries one at a time, each once it has
 // gone unread for compactDelay. An entry still in use goes back to the end
-// of the queue, so that one busy path does not hold up the others.
+// of the queue, so that one busy path does not hold up the others; once a
+// whole pass of the queue has found nothing ready, it sleeps until the
+// first entry can be.
 func (c *Cache) compactor() {
 	defer c.worker.Done()
+	notReady, soonest := 0, time.Duration(0)
 	for {
 		var e *Entry
 		select {
@@ -76,18 +80,24 @@ func (c *Cache) compactor() {
 			return
 		}
 		if wait := c.untilQuiet(e.Path); wait > 0 {
-			if len(c.compactQ) == 0 {
-				select {
-				case <-time.After(wait):
-				case <-c.closed:
-					return
-				}
-			}
 			if !c.requeue(e) {
 				c.unqueue(e.Path)
 			}
+			notReady++
+			if soonest == 0 || wait < soonest {
+				soonest = wait
+			}
+			if notReady >= len(c.compactQ) {
+				select {
+				case <-time.After(soonest):
+				case <-c.closed:
+					return
+				}
+				notReady, soonest = 0, 0
+			}
 			continue
 		}
+		notReady, soonest = 0, 0
 		// An error leaves the entry as it was (plain, or removed when
 		// damaged); there is nobody to report it to but the next reader.
 		_ = c.Compact(e)

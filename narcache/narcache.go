@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -74,6 +75,7 @@ type Cache struct {
 	verifying singleflight.Group
 
 	compactDelay time.Duration // quiet time before compacting an entry
+	quietChecks  atomic.Int64  // how often the compactor asked whether an entry is quiet
 	compactQ     chan *Entry
 	startOnce    sync.Once
 	closeOnce    sync.Once
@@ -110,9 +112,9 @@ func Open(dir string) (*Cache, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("open cache: %w", err)
 	}
-	if err := removeStaleTemps(dir, time.Now().Add(-staleTempAge)); err != nil {
-		return nil, fmt.Errorf("open cache: %w", err)
-	}
+	// Best effort: a leftover this user may not remove (another user's, in
+	// a shared directory) must not make the cache unusable.
+	removeStaleTemps(dir, time.Now().Add(-staleTempAge))
 	return &Cache{
 		dir:          dir,
 		verified:     make(map[string]verifiedFile),
@@ -127,22 +129,17 @@ func Open(dir string) (*Cache, error) {
 
 // removeStaleTemps removes temporary files last written before cutoff.
 // Younger ones may belong to another process sharing the directory (serve
-// --stdio runs one per session) and are left alone.
-func removeStaleTemps(dir string, cutoff time.Time) error {
-	tmps, err := filepath.Glob(filepath.Join(dir, ".tmp-*"))
-	if err != nil {
-		return err
-	}
+// --stdio runs one per session) and are left alone, as are those that
+// cannot be removed.
+func removeStaleTemps(dir string, cutoff time.Time) {
+	tmps, _ := filepath.Glob(filepath.Join(dir, ".tmp-*"))
 	for _, name := range tmps {
 		fi, err := os.Lstat(name)
 		if err != nil || !fi.Mode().IsRegular() || !fi.ModTime().Before(cutoff) {
 			continue
 		}
-		if err := os.Remove(name); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return err
-		}
+		_ = os.Remove(name)
 	}
-	return nil
 }
 
 // Close stops background compaction, waiting for one in progress. Entries

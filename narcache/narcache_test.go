@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -434,5 +435,28 @@ func TestBusyEntryDoesNotStallCompaction(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, busyPath[11:43]+".nar.zst")); err == nil {
 		t.Fatal("the busy entry was compacted while open")
+	}
+}
+
+// TestCompactorWaitsForBusyEntries: entries that are all in use are
+// checked again after a wait, not in a loop that burns a core for as long
+// as the transfers last.
+func TestCompactorWaitsForBusyEntries(t *testing.T) {
+	dir := t.TempDir()
+	c := openCache(t, dir)
+	c.compactDelay = 50 * time.Millisecond
+	for i, p := range []string{"/nix/store/1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c-a-1.0", "/nix/store/1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d-b-1.0"} {
+		e := putAt(t, c, p, fmt.Sprint(i), bytes.Repeat([]byte("busy"), 1000))
+		r, err := c.Open(e)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer r.Close()
+	}
+	time.Sleep(500 * time.Millisecond)
+	// About one check per entry per compactDelay: 20 here. A loop without
+	// a wait makes hundreds of thousands.
+	if n := c.quietChecks.Load(); n > 1000 {
+		t.Fatalf("the compactor checked busy entries %d times in 0.5 s", n)
 	}
 }

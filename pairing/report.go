@@ -229,6 +229,26 @@ func classOf(p string, res *classify.Result, suffix string, g *Graph, buildOnly 
 	return Neutral, "no ELF files"
 }
 
+// buildELFNote points out a host path that holds build-platform ELF
+// files: served as they are, which is right for data (test inputs, say)
+// but not for a build-platform tool installed by mistake, where a native
+// build would hold aarch64 code.
+func buildELFNote(p string, class Class, res *classify.Result) string {
+	if class != Host {
+		return ""
+	}
+	var files []string
+	for _, m := range buildMachines {
+		if f := res.Machines[m]; f != nil {
+			files = append(files, fmt.Sprintf("%s ELF in %s", classify.MachineName(m), fileList(*f)))
+		}
+	}
+	if len(files) == 0 {
+		return ""
+	}
+	return fmt.Sprintf("%s is a host path but holds %s: served as they are, which is right for data but not for a build-platform tool installed by mistake", p, strings.Join(files, ", "))
+}
+
 func sortedMachines(ms map[elf.Machine]*classify.Files) []elf.Machine {
 	out := make([]elf.Machine, 0, len(ms))
 	for m := range ms {
@@ -305,6 +325,9 @@ func (p *Pairing) Map(ctx context.Context, store Store, opts Options) (*Report, 
 		info := cl.info[c]
 		class, why := classOf(c, cl.scan[c], p.HostSuffix, p.Cross, p.BuildOnly)
 		classes[c] = class
+		if n := buildELFNote(c, class, cl.scan[c]); n != "" {
+			rep.Notes = append(rep.Notes, n)
+		}
 		pr := PathReport{Cross: c, Class: class, Why: why, CA: info.CA != ""}
 		switch {
 		case pr.CA:
@@ -507,6 +530,9 @@ func Check(ctx context.Context, store Store, m *mapping.Mapping, opts Options) (
 		info := cl.info[c]
 		class, why := classOf(c, cl.scan[c], suffix, cross, func(d string) bool { return bo[d] })
 		classes[c] = class
+		if n := buildELFNote(c, class, cl.scan[c]); n != "" {
+			rep.Notes = append(rep.Notes, n)
+		}
 		pr := PathReport{Cross: c, Class: class, Why: why, CA: info.CA != ""}
 		if e, ok := m.ByCross(c); ok {
 			pr.Native = e.Native

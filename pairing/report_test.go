@@ -322,6 +322,11 @@ func TestHostSuffixOutranksBuildELF(t *testing.T) {
 	if rep.Paths[0].Class != Host || rep.Paths[0].Why != want {
 		t.Errorf("class %v, why %q; want host, %q", rep.Paths[0].Class, rep.Paths[0].Why, want)
 	}
+	// The files are pointed out all the same: a build-platform tool
+	// installed by mistake looks the same.
+	if len(rep.Notes) != 1 || !strings.Contains(rep.Notes[0], c.out["go"]["out"]+" is a host path but holds x86_64 ELF in /share/x86-64.obj") {
+		t.Errorf("notes %q, want one naming the x86_64 file", rep.Notes)
+	}
 }
 
 // TestLeakInEntryName: Nix records a reference found in an entry name;

@@ -456,7 +456,7 @@ func (s *Server) closeIfIdle(c *conn) bool {
 func (s *Server) endSession(c *conn) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if c.sessions--; c.sessions == 0 && c.idle != nil {
+	if c.sessions--; c.sessions == 0 && c.idle != nil && !c.closed {
 		c.idle.Reset(s.handshakeTimeout())
 	}
 }
