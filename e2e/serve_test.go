@@ -390,7 +390,16 @@ func TestServeOverSSH(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		_ = stderr
+		if want := "copying path '" + hello.Native + "' from 'ssh-ng://"; !strings.Contains(stderr, want) {
+			t.Errorf("stderr does not show %q:\n%s", want, stderr)
+		}
+		// An unservable path is a miss for the substituter, not a failure:
+		// Nix goes on to the next substituter, and with none left says so.
+		leaky := ex.Get(t, "leaky")
+		_, stderr, err = srv.nix(ctx, "substituters = "+url+"\nrequire-sigs = true", "nix-store", "--store", dest2, "--realise", leaky.Native)
+		if err == nil || !strings.Contains(stderr, "don't know how to build these paths") {
+			t.Errorf("substituting the leaky path: err %v, want Nix's \"don't know how to build\":\n%s", err, stderr)
+		}
 		got, err := RunInStore(t, filepath.Join(dest2, "nix", "store"), filepath.Join(hello.Native, "bin", "hello"))
 		if err != nil {
 			t.Fatal(err)
