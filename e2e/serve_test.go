@@ -15,6 +15,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -81,13 +82,17 @@ func run(t *testing.T, name string, args ...string) string {
 	return string(out)
 }
 
+var serverCount atomic.Int64
+
 // startServer runs the real server binary with mappingFile on a free port.
 func startServer(t *testing.T, mappingFile string) *server {
 	t.Helper()
 	bin := serverBinary(t)
 	dir := t.TempDir()
 	s := &server{dir: dir, clientKey: filepath.Join(dir, "client_key"), exited: make(chan error, 1), done: make(chan struct{})}
-	run(t, bin, "keygen", "--name", "decross-e2e-1", "--secret-key-file", filepath.Join(dir, "secret.key"), "--public-key-file", filepath.Join(dir, "public.key"))
+	// Nix keys trusted-public-keys by name: each server needs its own.
+	name := fmt.Sprintf("decross-e2e-%d", serverCount.Add(1))
+	run(t, bin, "keygen", "--name", name, "--secret-key-file", filepath.Join(dir, "secret.key"), "--public-key-file", filepath.Join(dir, "public.key"))
 	pub, err := os.ReadFile(filepath.Join(dir, "public.key"))
 	if err != nil {
 		t.Fatal(err)
