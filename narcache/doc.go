@@ -11,8 +11,10 @@
 // An entry carries a key chosen by the caller (what the NAR was derived
 // from); a lookup with another key misses, so a changed input is rebuilt
 // rather than served stale. The NAR is checked against its recorded
-// SHA-256 before a process first serves it, and again whenever the file's
-// identity (inode, size, mtime) changes. While it streams, the length (and
-// for zstd the frame checksum) is checked. A damaged entry is removed and
-// reported, never served.
+// SHA-256 before a process first serves it for that entry, and again
+// whenever the file's identity (inode, size, mtime) changes. While it
+// streams, the length (and for zstd the frame checksum) is checked. A
+// damaged entry is removed and reported, never served. Temporary files of
+// a process that died while writing are removed when the cache is next
+// opened, once they are clearly abandoned.
 package narcache

@@ -9,10 +9,12 @@
 // so the server never runs a program on behalf of a client.
 //
 // Clients still in the handshake have their own, smaller limits, overall
-// and per address, so that connections which never authenticate cannot
-// lock real clients out. The from= and expiry-time= restrictions of
-// authorized_keys are enforced; options the server cannot honour make the
-// file fail to load.
+// and per address (per /64 for IPv6), so that connections which never
+// authenticate cannot lock real clients out. A session holds its slot
+// until the client acknowledges its end, and a connection left without
+// sessions is closed. The from= and expiry-time= restrictions of
+// authorized_keys are enforced; options the server cannot honour, and
+// certificates, make the file fail to load.
 //
 // The lifecycle follows net/http: Serve blocks until the listener fails or
 // the server is stopped, Shutdown drains active sessions, Close cuts them.
