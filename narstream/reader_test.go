@@ -45,6 +45,15 @@ func TestReader(t *testing.T) {
 			{Path: "/lib/sub/f", Type: "regular", Contents: "deep"},
 			{Path: "/z", Type: "regular", Contents: "last"},
 		}},
+		// Names that spell NAR tokens are names like any other (Nix 2.8
+		// dumps and restores a directory holding ")" and "0" this way).
+		{"token names", dir(ent(")", reg("")), ent("0", reg("")), ent("entry", reg("e")), ent("type", sym(")"))), []entry{
+			{Path: "/", Type: "directory"},
+			{Path: "/)", Type: "regular"},
+			{Path: "/0", Type: "regular"},
+			{Path: "/entry", Type: "regular", Contents: "e"},
+			{Path: "/type", Type: "symlink", Target: ")"},
+		}},
 		{"longest name and target", dir(ent(strings.Repeat("n", MaxNameLen), sym(strings.Repeat("t", MaxTargetLen)))), []entry{
 			{Path: "/", Type: "directory"},
 			{Path: "/" + strings.Repeat("n", MaxNameLen), Type: "symlink", Target: strings.Repeat("t", MaxTargetLen)},
@@ -269,7 +278,8 @@ func fuzzSeeds() map[string][]byte {
 			b[len(b)-1] = '0'
 			return b
 		}(),
-		"deep": narOf(nested(4)),
+		"deep":         narOf(nested(4)),
+		"paren-nested": narOf(dir(ent("d", dir(ent(")", reg("x")), ent("z", reg("")))))),
 		"tree": narOf(dir(
 			ent("..data", reg("")),
 			ent("bin", dir(ent("hello", exe(strings.Repeat("\x00x", 3))), ent("sh", sym("/bin/sh")))),
@@ -277,6 +287,15 @@ func fuzzSeeds() map[string][]byte {
 			ent("lib", dir(ent("libfoo.so", reg("lib\x00")))),
 		)),
 	}
+}
+
+func hasEntryNamed(es []entry, name string) bool {
+	for _, e := range es {
+		if strings.HasSuffix(e.Path, "/"+name) {
+			return true
+		}
+	}
+	return false
 }
 
 // TestFuzzSeeds checks the committed seed corpus; regenerate it with
@@ -294,10 +313,15 @@ func FuzzReader(f *testing.F) {
 		mine, err := readAll(NewReader(src))
 		theirs, terr := nartest.Parse(data)
 		if err == nil {
-			if terr != nil {
+			// go-nix ends a directory after an entry named ")": it checks
+			// the name where it means the next token, and then misreads or
+			// rejects the rest. Nix reads such NARs as we do, so go-nix is
+			// no oracle for them; the re-encoding below still is.
+			goNixMisreads := hasEntryNamed(mine, ")")
+			if terr != nil && !goNixMisreads {
 				t.Fatalf("Reader accepted what go-nix rejects: %v", terr)
 			}
-			if !reflect.DeepEqual(mine, theirs) {
+			if !reflect.DeepEqual(mine, theirs) && !goNixMisreads {
 				t.Fatalf("entries differ\n  mine: %+v\ngo-nix: %+v", mine, theirs)
 			}
 			enc, eerr := encode(mine)

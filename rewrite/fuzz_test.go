@@ -8,6 +8,7 @@ import (
 
 	"github.com/decross-store/decross-store/internal/fuzzseed"
 	"github.com/decross-store/decross-store/internal/nartest"
+	"github.com/decross-store/decross-store/narstream"
 )
 
 const fuzzTextMax = 40
@@ -20,6 +21,7 @@ func fuzzSeeds() map[string][]byte {
 		"symlink":   narOf(sym(glibcX + "/lib")),
 		"leftover":  narOf(reg("\x00/nix/store/" + hashOf(glibcX) + "-glibc-2.35")),
 		"dotdot":    narOf(dir(ent("..", reg("x")))),
+		"paren":     narOf(dir(ent("d", dir(ent(")", exe("#!"+bashX+"/bin/sh\n")), ent("z", reg("x")))))),
 		"unsorted":  narOf(dir(ent("b", reg("")), ent("a", reg("")))),
 		"truncated": narOf(dir(ent("a", reg("abc"))))[:100],
 		"tree": narOf(dir(
@@ -78,6 +80,9 @@ func FuzzRewriteNAR(f *testing.F) {
 			return
 		}
 
+		if goNixMisreads(consumed) {
+			return
+		}
 		in, perr := nartest.Parse(consumed)
 		if perr != nil {
 			t.Fatalf("go-nix rejects an input the rewriter accepted: %v", perr)
@@ -103,4 +108,20 @@ func FuzzRewriteNAR(f *testing.F) {
 			}
 		}
 	})
+}
+
+// goNixMisreads reports whether nar has an entry named ")", which go-nix's
+// reader (the oracle above) takes for the end of its directory; Nix, and
+// the reader the rewriter uses, read it as a name.
+func goNixMisreads(nar []byte) bool {
+	r := narstream.NewReader(bytes.NewReader(nar))
+	for {
+		h, err := r.Next()
+		if err != nil {
+			return false
+		}
+		if strings.HasSuffix(h.Path, "/)") {
+			return true
+		}
+	}
 }
