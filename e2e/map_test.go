@@ -189,19 +189,7 @@ func TestCheck(t *testing.T) {
 
 	// Without bash in the mapping the leak is still there, and bash is now
 	// a path nothing can be served against.
-	host := filepath.Join(work, "host.json")
-	m, err := mapping.New(without(loadMapping(t, ex.MappingFile), bash.Native))
-	if err != nil {
-		t.Fatal(err)
-	}
-	f, err := os.Create(host)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := m.Write(f); err != nil {
-		t.Fatal(err)
-	}
-	f.Close()
+	host, _ := servableMapping(t, ex, work)
 	stdout, _, err = runTool(t, "check", "--mapping", host)
 	if err == nil || !strings.Contains(stdout, bash.Cross+": input-addressed and not in the mapping") ||
 		!strings.Contains(stdout, "native derivation of the same name: "+bash.NativeDrv) {

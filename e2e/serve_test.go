@@ -193,17 +193,7 @@ func (s *server) nix(ctx context.Context, extraConfig string, name string, args 
 // bytes, so anything that references it must be refused instead.
 func servableMapping(t *testing.T, ex Example, dir string) (string, *mapping.Mapping) {
 	t.Helper()
-	m, err := mapping.Load(ex.MappingFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var kept []mapping.Entry
-	for _, e := range m.Entries() {
-		if e.Native != ex.Get(t, "bash").Native {
-			kept = append(kept, e)
-		}
-	}
-	m, err = mapping.New(kept)
+	m, err := mapping.New(without(loadMapping(t, ex.MappingFile), ex.Get(t, "bash").Native))
 	if err != nil {
 		t.Fatal(err)
 	}
