@@ -83,64 +83,64 @@ func TestReader(t *testing.T) {
 	}
 }
 
-func TestReaderRejectsInvalid(t *testing.T) {
-	valid := narOf(dir(ent("a", reg("abc")), ent("b", sym("/x"))))
-	badPadding := bytes.Clone(valid)
-	// "abc" is followed by five padding bytes; make one non-zero.
-	i := bytes.Index(badPadding, []byte("abc"))
-	badPadding[i+4] = 1
+// invalidWant is what Reader's error says for each of nartest's invalid
+// NARs ("truncated at N" ones say "unexpected EOF").
+var invalidWant = map[string]string{
+	"empty input":                    "magic",
+	"bad magic":                      "magic",
+	"bad node type":                  "fifo",
+	"bad token":                      "contentz",
+	"missing close":                  "unexpected EOF",
+	"dotdot name":                    `".."`,
+	"nested dotdot name":             "/a: invalid entry name",
+	"dot name":                       `"."`,
+	"empty name":                     "empty entry name",
+	"slash in name":                  "'/'",
+	"NUL in name":                    "NUL",
+	"duplicate names":                "not sorted or duplicate",
+	"unsorted entries":               "not sorted or duplicate",
+	"unsorted nested":                "/a: entry \"x\" after \"y\"",
+	"unsorted after subdirectory":    "entry \"a\" after \"b\"",
+	"non-zero content padding":       "/a: non-zero padding",
+	"non-zero token padding":         "non-zero padding",
+	"empty symlink target":           "empty symlink target",
+	"executable without placeholder": `want ""`,
+	"entry in a file":                `want ")"`,
+	"huge content length":            "too large",
+	"huge name length":               "exceeds the limit",
+}
 
-	tests := []struct {
-		name    string
-		in      []byte
-		wantSub string
-	}{
-		{"empty input", nil, "magic"},
-		{"bad magic", append(wireStr("nix-archive-2"), narOf(reg(""))[len(wireStr("nix-archive-1")):]...), "magic"},
-		{"bad node type", narOf(node{"(", "type", "fifo", ")"}), "fifo"},
-		{"bad token", narOf(node{"(", "type", "regular", "contentz", "", ")"}), "contentz"},
-		{"missing close", narOf(node{"(", "type", "regular", "contents", "x"}), "unexpected EOF"},
-		{"dotdot name", narOf(dir(ent("..", reg("x")))), `".."`},
-		{"nested dotdot name", narOf(dir(ent("a", dir(ent("..", reg("x")))))), "/a: invalid entry name"},
-		{"dot name", narOf(dir(ent("a", dir(ent(".", reg("x")))))), `"."`},
-		{"empty name", narOf(dir(ent("", reg("x")))), "empty entry name"},
-		{"slash in name", narOf(dir(ent("a/b", reg("x")))), "'/'"},
-		{"NUL in name", narOf(dir(ent("a\x00b", reg("x")))), "NUL"},
-		{"duplicate names", narOf(dir(ent("a", reg("x")), ent("a", reg("y")))), "not sorted or duplicate"},
-		{"unsorted entries", narOf(dir(ent("b", reg("x")), ent("a", reg("y")))), "not sorted or duplicate"},
-		{"unsorted nested", narOf(dir(ent("a", dir(ent("y", reg("")), ent("x", reg("")))))), "/a: entry \"x\" after \"y\""},
-		{"unsorted after subdirectory", narOf(dir(ent("b", dir(ent("z", reg("")))), ent("a", reg("")))), "entry \"a\" after \"b\""},
-		{"non-zero content padding", badPadding, "/a: non-zero padding"},
-		{"non-zero token padding", func() []byte {
-			b := narOf(reg(""))
-			b[len(b)-1] = '0' // the padding of the final ")"
-			return b
-		}(), "non-zero padding"},
-		{"empty symlink target", narOf(sym("")), "empty symlink target"},
-		{"executable without placeholder", narOf(node{"(", "type", "regular", "executable", "contents", "", ")"}), `want ""`},
-		{"entry in a file", narOf(node{"(", "type", "regular", "contents", "", "entry", ")"}), `want ")"`},
-		{"huge content length", append(narOf(node{"(", "type", "regular", "contents"}), 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff), "too large"},
-		{"huge name length", append(narOf(node{"(", "type", "directory", "entry", "(", "name"}), 0, 0, 0, 0, 0, 0, 0, 1), "exceeds the limit"},
-		{"name too long", narOf(dir(ent(strings.Repeat("n", MaxNameLen+1), reg("")))), "exceeds the limit of 255"},
-		{"target too long", narOf(sym(strings.Repeat("t", MaxTargetLen+1))), "exceeds the limit of 4095"},
-		{"too deep", narOf(nested(MaxDepth + 1)), "nested more than 256 levels"},
+func TestReaderRejectsInvalid(t *testing.T) {
+	tests := []nartest.Invalid{
+		{Name: "name too long", NAR: narOf(dir(ent(strings.Repeat("n", MaxNameLen+1), reg(""))))},
+		{Name: "target too long", NAR: narOf(sym(strings.Repeat("t", MaxTargetLen+1)))},
+		{Name: "too deep", NAR: narOf(nested(MaxDepth + 1))},
 	}
-	for n := 0; n < len(valid); n++ {
-		tests = append(tests, struct {
-			name    string
-			in      []byte
-			wantSub string
-		}{fmt.Sprintf("truncated at %d", n), valid[:n], "unexpected EOF"})
+	want := map[string]string{
+		"name too long":   "exceeds the limit of 255",
+		"target too long": "exceeds the limit of 4095",
+		"too deep":        "nested more than 256 levels",
+	}
+	for _, c := range nartest.InvalidNARs() {
+		w, ok := invalidWant[c.Name]
+		if strings.HasPrefix(c.Name, "truncated at ") {
+			w, ok = "unexpected EOF", true
+		}
+		if !ok {
+			t.Fatalf("no expected error for nartest's invalid NAR %q", c.Name)
+		}
+		tests = append(tests, c)
+		want[c.Name] = w
 	}
 	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			r := NewReader(bytes.NewReader(tt.in))
+		t.Run(tt.Name, func(t *testing.T) {
+			r := NewReader(bytes.NewReader(tt.NAR))
 			_, err := readAll(r)
 			if err == nil {
 				t.Fatal("accepted an invalid NAR")
 			}
-			if !strings.Contains(err.Error(), tt.wantSub) {
-				t.Errorf("error %q does not mention %q", err, tt.wantSub)
+			if !strings.Contains(err.Error(), want[tt.Name]) {
+				t.Errorf("error %q does not mention %q", err, want[tt.Name])
 			}
 			if _, again := r.Next(); again == nil || again.Error() != err.Error() {
 				t.Errorf("error not sticky: first %v, then %v", err, again)

@@ -23,13 +23,12 @@ func storePath(seed, name string) string {
 type node = nartest.Node
 
 var (
-	wireStr = nartest.Str
-	reg     = nartest.Reg
-	exe     = nartest.Exe
-	sym     = nartest.Sym
-	narOf   = nartest.Encode
-	ent     = nartest.E
-	dir     = nartest.Dir
+	reg   = nartest.Reg
+	exe   = nartest.Exe
+	sym   = nartest.Sym
+	narOf = nartest.Encode
+	ent   = nartest.E
+	dir   = nartest.Dir
 )
 
 type entry = nartest.Entry

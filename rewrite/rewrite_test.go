@@ -15,6 +15,7 @@ import (
 	"testing/iotest"
 	"time"
 
+	"github.com/decross-store/decross-store/internal/nartest"
 	"github.com/decross-store/decross-store/narstream"
 )
 
@@ -343,53 +344,11 @@ func TestNewValidation(t *testing.T) {
 }
 
 func TestRewriteNARRejectsInvalid(t *testing.T) {
-	valid := narOf(dir(ent("a", reg("abc")), ent("b", sym("/x"))))
-	badPadding := bytes.Clone(valid)
-	// "abc" is followed by five padding bytes; make one non-zero.
-	i := bytes.Index(badPadding, []byte("abc"))
-	badPadding[i+4] = 1
-
-	tests := []struct {
-		name string
-		in   []byte
-	}{
-		{"empty input", nil},
-		{"bad magic", append(wireStr("nix-archive-2"), narOf(reg(""))[len(wireStr("nix-archive-1")):]...)},
-		{"bad node type", narOf(node{"(", "type", "fifo", ")"})},
-		{"bad token", narOf(node{"(", "type", "regular", "contentz", "", ")"})},
-		{"missing close", narOf(node{"(", "type", "regular", "contents", "x"})},
-		{"dotdot name", narOf(dir(ent("..", reg("x"))))},
-		{"nested dotdot name", narOf(dir(ent("a", dir(ent("..", reg("x"))))))},
-		{"dot name", narOf(dir(ent("a", dir(ent(".", reg("x"))))))},
-		{"empty name", narOf(dir(ent("", reg("x"))))},
-		{"slash in name", narOf(dir(ent("a/b", reg("x"))))},
-		{"NUL in name", narOf(dir(ent("a\x00b", reg("x"))))},
-		{"duplicate names", narOf(dir(ent("a", reg("x")), ent("a", reg("y"))))},
-		{"unsorted entries", narOf(dir(ent("b", reg("x")), ent("a", reg("y"))))},
-		{"unsorted nested", narOf(dir(ent("a", dir(ent("y", reg("")), ent("x", reg(""))))))},
-		{"non-zero content padding", badPadding},
-		{"non-zero token padding", func() []byte {
-			b := narOf(reg(""))
-			b[len(b)-1] = '0' // the padding of the final ")"
-			return b
-		}()},
-		{"empty symlink target", narOf(sym(""))},
-		{"executable without placeholder", narOf(node{"(", "type", "regular", "executable", "contents", "", ")"})},
-		{"entry in a file", narOf(node{"(", "type", "regular", "contents", "", "entry", ")"})},
-		{"huge content length", append(narOf(node{"(", "type", "regular", "contents"}), 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff)},
-		{"huge name length", append(narOf(node{"(", "type", "directory", "entry", "(", "name"}), 0, 0, 0, 0, 0, 0, 0, 1)},
-		{"nested too deep", narOf(nested(narstream.MaxDepth+1, reg("")))},
-	}
-	for n := 0; n < len(valid); n++ {
-		tests = append(tests, struct {
-			name string
-			in   []byte
-		}{fmt.Sprintf("truncated at %d", n), valid[:n]})
-	}
+	tests := append(nartest.InvalidNARs(), nartest.Invalid{Name: "nested too deep", NAR: narOf(nested(narstream.MaxDepth+1, reg("")))})
 	r := mustNew(t, testRepls, Options{})
 	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			err := r.RewriteNAR(io.Discard, bytes.NewReader(tt.in))
+		t.Run(tt.Name, func(t *testing.T) {
+			err := r.RewriteNAR(io.Discard, bytes.NewReader(tt.NAR))
 			if err == nil {
 				t.Fatal("RewriteNAR accepted an invalid NAR")
 			}
