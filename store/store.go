@@ -435,17 +435,15 @@ func (s *Store) prepare(ctx context.Context, served string) (*prepared, error) {
 }
 
 // mappedReferences translates the upstream references of src into the
-// references of the served path.
+// references of the served path, in upstream order.
 func (s *Store) mappedReferences(src *source) []string {
-	refs := make([]string, 0, len(src.info.References))
-	for _, r := range src.info.References {
+	refs := make([]string, len(src.info.References))
+	for i, r := range src.info.References {
+		refs[i] = r // content-addressed: same on both sides
 		if e, ok := s.cfg.Mapping.ByCross(r); ok {
-			refs = append(refs, e.Native)
-		} else {
-			refs = append(refs, r) // content-addressed: same on both sides
+			refs[i] = e.Native
 		}
 	}
-	sort.Strings(refs)
 	return refs
 }
 
@@ -460,17 +458,11 @@ func (s *Store) key(src *source, refs []string) string {
 }
 
 func (s *Store) build(ctx context.Context, src *source) (*prepared, error) {
-	refs := s.mappedReferences(src)
 	// key pairs upstream references with their translations in upstream
-	// order, so compute it on an unsorted translation.
-	unsorted := make([]string, len(src.info.References))
-	for i, r := range src.info.References {
-		unsorted[i] = r
-		if e, ok := s.cfg.Mapping.ByCross(r); ok {
-			unsorted[i] = e.Native
-		}
-	}
+	// order; path info lists them sorted.
+	unsorted := s.mappedReferences(src)
 	key := s.key(src, unsorted)
+	refs := slices.Sorted(slices.Values(unsorted))
 	entry, err := s.cfg.Cache.Lookup(src.served, key)
 	if err != nil {
 		return nil, err
