@@ -184,12 +184,7 @@ func classRank(c Class) int {
 // build-platform ELF decides before host ELF, since a cross compiler holds
 // both and runs on the build platform.
 func classOf(p string, res *classify.Result, suffix string, g *Graph, buildOnly func(string) bool) (Class, string) {
-	var buildELF []string
-	for _, m := range buildMachines {
-		if f := res.Machines[m]; f != nil {
-			buildELF = append(buildELF, fmt.Sprintf("%s ELF in %s", classify.MachineName(m), fileList(*f)))
-		}
-	}
+	buildELF := buildELFFiles(res)
 	hostELF := ""
 	if f := res.Machines[hostMachine]; f != nil {
 		hostELF = fmt.Sprintf("%s ELF in %s", classify.MachineName(hostMachine), fileList(*f))
@@ -229,6 +224,18 @@ func classOf(p string, res *classify.Result, suffix string, g *Graph, buildOnly 
 	return Neutral, "no ELF files"
 }
 
+// buildELFFiles describes the build-platform ELF files res found, one
+// "<machine> ELF in <files>" per machine.
+func buildELFFiles(res *classify.Result) []string {
+	var out []string
+	for _, m := range buildMachines {
+		if f := res.Machines[m]; f != nil {
+			out = append(out, fmt.Sprintf("%s ELF in %s", classify.MachineName(m), fileList(*f)))
+		}
+	}
+	return out
+}
+
 // buildELFNote points out a host path that holds build-platform ELF
 // files: served as they are, which is right for data (test inputs, say)
 // but not for a build-platform tool installed by mistake, where a native
@@ -237,12 +244,7 @@ func buildELFNote(p string, class Class, res *classify.Result) string {
 	if class != Host {
 		return ""
 	}
-	var files []string
-	for _, m := range buildMachines {
-		if f := res.Machines[m]; f != nil {
-			files = append(files, fmt.Sprintf("%s ELF in %s", classify.MachineName(m), fileList(*f)))
-		}
-	}
+	files := buildELFFiles(res)
 	if len(files) == 0 {
 		return ""
 	}
