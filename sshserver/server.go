@@ -413,7 +413,9 @@ func (s *Server) promote(c *conn) (bool, string) {
 	return true, ""
 }
 
-func orDefault(v, def int) int {
+// orDefault is v, or def when v is zero (or negative): the meaning of a
+// zero limit or timeout field.
+func orDefault[T int | time.Duration](v, def T) T {
 	if v <= 0 {
 		return def
 	}
@@ -428,10 +430,7 @@ func (s *Server) startSession(c *conn) (bool, string) {
 	if s.inShutdown || c.closed {
 		return false, "server shutting down"
 	}
-	limit := s.MaxSessionsPerConn
-	if limit <= 0 {
-		limit = defaultMaxSessionsPerConn
-	}
+	limit := orDefault(s.MaxSessionsPerConn, defaultMaxSessionsPerConn)
 	if c.sessions >= limit {
 		return false, fmt.Sprintf("session limit %d reached", limit)
 	}
@@ -469,10 +468,7 @@ func (s *Server) logger() *slog.Logger {
 }
 
 func (s *Server) handshakeTimeout() time.Duration {
-	if s.HandshakeTimeout <= 0 {
-		return defaultHandshakeTimeout
-	}
-	return s.HandshakeTimeout
+	return orDefault(s.HandshakeTimeout, defaultHandshakeTimeout)
 }
 
 // sshConfig builds the per-Serve SSH configuration. The key set is copied
@@ -588,7 +584,7 @@ func (s *Server) serveConn(base context.Context, cfg *ssh.ServerConfig, c *conn)
 			close(sessionOver)
 			// The slot is the channel's buffers, which x/crypto keeps until
 			// the client answers our close.
-			t := time.NewTimer(orDefaultDuration(s.SessionCloseTimeout, defaultSessionCloseTimeout))
+			t := time.NewTimer(orDefault(s.SessionCloseTimeout, defaultSessionCloseTimeout))
 			defer t.Stop()
 			select {
 			case <-acknowledged:
@@ -624,13 +620,6 @@ func forwardRequests(in <-chan *ssh.Request, stop <-chan struct{}) (out <-chan *
 		}
 	}()
 	return fwd, done
-}
-
-func orDefaultDuration(v, def time.Duration) time.Duration {
-	if v <= 0 {
-		return def
-	}
-	return v
 }
 
 // serveSession waits for the exec request on a session channel, refusing
