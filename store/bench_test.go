@@ -42,7 +42,7 @@ func BenchmarkColdPrepare(b *testing.B) {
 		b.StopTimer()
 		dir := b.TempDir()
 		c, _ := narcache.Open(dir)
-		s, err := New(Config{Mapping: m, Upstream: f.up, Cache: c, SigningKey: f.key, Now: time.Now})
+		s, err := New(Config{Mapping: m, Upstream: f.up, Cache: c, SigningKey: &f.key, Now: time.Now})
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -40,7 +40,7 @@ type Config struct {
 	Mapping    *mapping.Mapping
 	Upstream   Upstream
 	Cache      *narcache.Cache
-	SigningKey signature.SecretKey
+	SigningKey *signature.SecretKey // nil: path info is unsigned (enough to warm the cache)
 	Logger     *slog.Logger     // nil discards
 	Now        func() time.Time // the clock: registration times, rewalk intervals; nil = time.Now
 	Rewrite    rewrite.Options  // zero value = the rewriter's defaults
@@ -488,11 +488,13 @@ func (s *Store) build(ctx context.Context, src *source) (*prepared, error) {
 	if src.isCA() {
 		info.Sigs = append(info.Sigs, src.info.Sigs...)
 	}
-	sig, err := info.Sign(s.cfg.SigningKey)
-	if err != nil {
-		return nil, err
+	if s.cfg.SigningKey != nil {
+		sig, err := info.Sign(*s.cfg.SigningKey)
+		if err != nil {
+			return nil, err
+		}
+		info.Sigs = append(info.Sigs, sig)
 	}
-	info.Sigs = append(info.Sigs, sig)
 	return &prepared{entry: entry, info: info}, nil
 }
 
@@ -626,6 +628,20 @@ func (s *Store) QueryPathFromHashPart(ctx context.Context, h string) (string, er
 	return "", nil
 }
 
+// Prefetch prepares a served path in the cache, rewriting it unless it is
+// cached already, and returns the size of its NAR. A path this store does
+// not serve is an error saying why.
+func (s *Store) Prefetch(ctx context.Context, p string) (narSize uint64, err error) {
+	prep, err := s.prepare(ctx, p)
+	if err != nil {
+		return 0, err
+	}
+	if prep == nil {
+		return 0, &notServedError{path: p, why: errors.New("it is neither mapped nor a content-addressed path in a mapped closure")}
+	}
+	return prep.entry.NarSize, nil
+}
+
 // NarFromPath returns the rewritten NAR of a served path, verified against
 // its path info before any byte is returned.
 func (s *Store) NarFromPath(ctx context.Context, p string) (io.ReadCloser, error) {
@@ -706,5 +722,10 @@ func (s *Store) Problems(ctx context.Context) map[string]error {
 func (s *Store) MappedPaths() int { return s.cfg.Mapping.Len() }
 
 // PublicKey is the public half of the signing key, as clients put it in
-// trusted-public-keys.
-func (s *Store) PublicKey() string { return s.cfg.SigningKey.ToPublicKey().String() }
+// trusted-public-keys; "" for a store without one.
+func (s *Store) PublicKey() string {
+	if s.cfg.SigningKey == nil {
+		return ""
+	}
+	return s.cfg.SigningKey.ToPublicKey().String()
+}

@@ -164,7 +164,7 @@ func (f *fixture) store(t *testing.T) *Store {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
-	s, err := New(Config{Mapping: f.mapping, Upstream: f.up, Cache: c, SigningKey: f.key, Now: func() time.Time { return time.Unix(1700000000, 0) }})
+	s, err := New(Config{Mapping: f.mapping, Upstream: f.up, Cache: c, SigningKey: &f.key, Now: func() time.Time { return time.Unix(1700000000, 0) }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -436,7 +436,7 @@ func TestStuckUpstreamDoesNotHoldRequests(t *testing.T) {
 	up := &stuckUpstream{fakeUpstream: f.up, release: make(chan struct{})}
 	c, _ := narcache.Open(f.cacheDir)
 	t.Cleanup(func() { c.Close() })
-	s, err := New(Config{Mapping: f.mapping, Upstream: up, Cache: c, SigningKey: f.key})
+	s, err := New(Config{Mapping: f.mapping, Upstream: up, Cache: c, SigningKey: &f.key})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -472,7 +472,7 @@ func TestPanicInSharedWorkIsAnError(t *testing.T) {
 	f := newFixture(t)
 	c, _ := narcache.Open(f.cacheDir)
 	t.Cleanup(func() { c.Close() })
-	s, err := New(Config{Mapping: f.mapping, Upstream: panickyUpstream{f.up}, Cache: c, SigningKey: f.key})
+	s, err := New(Config{Mapping: f.mapping, Upstream: panickyUpstream{f.up}, Cache: c, SigningKey: &f.key})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -538,7 +538,7 @@ func TestStalledUpstreamFailsTheRewrite(t *testing.T) {
 	f := newFixture(t)
 	c, _ := narcache.Open(f.cacheDir)
 	t.Cleanup(func() { c.Close() })
-	s, err := New(Config{Mapping: f.mapping, Upstream: stallingUpstream{f.up}, Cache: c, SigningKey: f.key,
+	s, err := New(Config{Mapping: f.mapping, Upstream: stallingUpstream{f.up}, Cache: c, SigningKey: &f.key,
 		UpstreamStallTimeout: 100 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
@@ -629,7 +629,7 @@ func TestContentAddressedFoundAfterLaterBuild(t *testing.T) {
 	}
 	t.Cleanup(func() { c.Close() })
 	now := time.Unix(1700000000, 0)
-	s, err := New(Config{Mapping: f.mapping, Upstream: f.up, Cache: c, SigningKey: f.key, Now: func() time.Time { return now }})
+	s, err := New(Config{Mapping: f.mapping, Upstream: f.up, Cache: c, SigningKey: &f.key, Now: func() time.Time { return now }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -658,7 +658,7 @@ func TestRewriterSettingsInCacheKey(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
-	s, err := New(Config{Mapping: f.mapping, Upstream: f.up, Cache: c, SigningKey: f.key, Rewrite: rewrite.Options{TextMax: 1}})
+	s, err := New(Config{Mapping: f.mapping, Upstream: f.up, Cache: c, SigningKey: &f.key, Rewrite: rewrite.Options{TextMax: 1}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -737,5 +737,51 @@ func TestDamageFoundWhileStreamingIsForgotten(t *testing.T) {
 	}
 	if got := f.up.narReads.Load(); got != reads+1 {
 		t.Errorf("upstream NAR read %d more times, want 1 (a rebuild)", got-reads)
+	}
+}
+
+// Prefetch needs no signing key: it only fills the cache, and a server
+// opened on that cache afterwards serves without rewriting.
+func TestPrefetchWithoutKeyWarmsTheCache(t *testing.T) {
+	f := newFixture(t)
+	c, err := narcache.Open(f.cacheDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	unsigned, err := New(Config{Mapping: f.mapping, Upstream: f.up, Cache: c})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	size, err := unsigned.Prefetch(ctx, nativeHello)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if unsigned.PublicKey() != "" {
+		t.Errorf("PublicKey() = %q for a store without a key", unsigned.PublicKey())
+	}
+	if info, err := unsigned.QueryPathInfo(ctx, nativeHello); err != nil || len(info.Sigs) != 0 {
+		t.Errorf("unsigned store: info %+v, %v; want no signatures", info, err)
+	}
+	if _, err := unsigned.Prefetch(ctx, nativeLeaky); err == nil || !strings.Contains(err.Error(), "is not valid in this store") {
+		t.Errorf("Prefetch(leaky) = %v, want a not-served error", err)
+	}
+	if _, err := unsigned.Prefetch(ctx, "/nix/store/z0000000000000000000000000000009-nope"); err == nil {
+		t.Error("Prefetch(unknown path) succeeded")
+	}
+	c.Close()
+
+	reads := f.up.narReads.Load()
+	s := f.store(t)
+	info, err := s.QueryPathInfo(ctx, nativeHello)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.NarSize != size {
+		t.Errorf("served narSize %d, prefetched %d", info.NarSize, size)
+	}
+	readNAR(t, s, nativeHello)
+	if got := f.up.narReads.Load(); got != reads {
+		t.Errorf("serving after prefetch read %d upstream NARs, want 0", got-reads)
 	}
 }

@@ -143,7 +143,7 @@ func openStore(f serveFlags, logger *slog.Logger) (*store.Store, func(), error) 
 		Mapping:    m,
 		Upstream:   up,
 		Cache:      cache,
-		SigningKey: key,
+		SigningKey: &key,
 		Logger:     logger,
 	})
 	if err != nil {
