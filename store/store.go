@@ -41,9 +41,9 @@ type Config struct {
 	Upstream   Upstream
 	Cache      *narcache.Cache
 	SigningKey *signature.SecretKey // nil: path info is unsigned (enough to warm the cache)
-	Logger     *slog.Logger     // nil discards
-	Now        func() time.Time // the clock: registration times, rewalk intervals; nil = time.Now
-	Rewrite    rewrite.Options  // zero value = the rewriter's defaults
+	Logger     *slog.Logger         // nil discards
+	Now        func() time.Time     // the clock: registration times, rewalk intervals; nil = time.Now
+	Rewrite    rewrite.Options      // zero value = the rewriter's defaults
 
 	// Limits on upstream work, which runs detached from the requests that
 	// wait for it (they share it), so that a stuck upstream fails the work
