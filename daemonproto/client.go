@@ -38,7 +38,8 @@ var ansiEscape = regexp.MustCompile(`\x1b\[[0-9;?]*[ -/]*[@-~]`)
 func stripANSI(s string) string { return ansiEscape.ReplaceAllString(s, "") }
 
 // Client is one connection to a nix-daemon. It is not safe for concurrent
-// use. After any error other than a *DaemonError it is unusable.
+// use. After any error other than a *DaemonError it is unusable, and so
+// it is while a NAR reader holds it (see NarFromPath).
 type Client struct {
 	conn    io.ReadWriteCloser
 	r       wireReader
@@ -415,36 +416,67 @@ func (c *Client) IsValidPath(ctx context.Context, path string) (bool, error) {
 	return ok, nil
 }
 
-// NarFromPath hands over the connection: the returned reader yields the raw
-// NAR stream (the caller parses it to know where it ends); closing it closes
-// the connection. The Client is unusable afterwards. A *DaemonError before
-// the NAR starts leaves the Client usable.
+// NarFromPath streams the NAR of path. The Client is busy until the
+// returned reader is closed: once the reader has returned all of the NAR
+// the connection is in sync again and the Client can be used for the next
+// request; a reader closed before its end closes the connection, and so
+// does an invalid path.
 //
-// It asks QueryPathInfo first: once a Nix daemon has started sending a NAR
-// it cannot report a failure except by corrupting the stream (2.8 does
-// exactly that for a missing path). The reader ends (io.EOF) after the
-// narSize bytes the path info announced, so a caller that copies it to the
-// end never waits on a connection that has nothing more to send.
+// It sends QueryPathInfo and NarFromPath together, in one round trip:
+// once a Nix daemon has started sending a NAR it cannot report a failure
+// except by corrupting the stream (2.8 does exactly that for a missing
+// path), so the NAR's length must come from the same connection, asked
+// just before. The reader ends (io.EOF) after the narSize bytes that path
+// info announced, so a caller that copies it to the end never waits on a
+// connection that has nothing more to send.
 func (c *Client) NarFromPath(ctx context.Context, path string) (io.ReadCloser, error) {
-	info, err := c.QueryPathInfo(ctx, path)
-	if err != nil {
+	if err := checkStorePath(path); err != nil {
 		return nil, fmt.Errorf("nar from path: %w", err)
 	}
-	if info == nil {
-		return nil, &DaemonError{Message: fmt.Sprintf("path '%s' is not valid", path)}
+	if c.broken != nil {
+		return nil, fmt.Errorf("nar from path %s: daemon connection unusable: %w", path, c.broken)
 	}
-	stop, err := c.call(ctx, opNarFromPath, path)
+	stop := context.AfterFunc(ctx, func() { _ = c.conn.Close() })
+	fail := func(err error) (io.ReadCloser, error) {
+		stop()
+		return nil, fmt.Errorf("nar from path %s: %w", path, c.fail(ctx, err))
+	}
+	c.w.u64(opQueryPathInfo)
+	c.w.str(path)
+	c.w.u64(opNarFromPath)
+	c.w.str(path)
+	if err := c.w.flush(); err != nil {
+		return fail(err)
+	}
+	// Whatever goes wrong from here on, the daemon's answer to NarFromPath
+	// is on its way and cannot be skipped without knowing its length: the
+	// connection is closed, also after a daemon error.
+	if err := c.processStderr(); err != nil {
+		return fail(err)
+	}
+	info, err := c.readPathInfo(path)
 	if err != nil {
-		return nil, fmt.Errorf("nar from path %s: %w", path, err)
+		return fail(err)
 	}
-	c.broken = errors.New("connection handed over to a NAR reader")
-	return &narStream{c: c, stop: stop, left: int64(info.NarSize)}, nil
+	if info == nil {
+		_, err := fail(&DaemonError{Message: fmt.Sprintf("path '%s' is not valid", path)})
+		return nil, err
+	}
+	if err := c.processStderr(); err != nil {
+		return fail(err)
+	}
+	c.broken = errBusy
+	return &narStream{c: c, ctx: ctx, stop: stop, left: int64(info.NarSize)}, nil
 }
 
+var errBusy = errors.New("connection busy with a NAR reader")
+
 type narStream struct {
-	c    *Client
-	stop func() bool
-	left int64
+	c      *Client
+	ctx    context.Context
+	stop   func() bool
+	left   int64
+	closed bool
 }
 
 func (n *narStream) Read(p []byte) (int, error) {
@@ -459,13 +491,30 @@ func (n *narStream) Read(p []byte) (int, error) {
 	if err == io.EOF && n.left > 0 {
 		err = io.ErrUnexpectedEOF
 	}
+	if err == nil && n.left == 0 {
+		err = io.EOF
+	}
 	return k, err
 }
 
+// Close hands the connection back to the Client when the whole NAR was
+// read and ctx did not end meanwhile; otherwise it closes the connection.
 func (n *narStream) Close() error {
-	n.stop()
-	return n.c.Close()
+	if n.closed {
+		return nil
+	}
+	n.closed = true
+	if n.stop() && n.left == 0 {
+		n.c.broken = nil
+		return nil
+	}
+	_ = n.c.fail(n.ctx, errors.New("NAR reader closed before the end of the NAR"))
+	return nil
 }
+
+// Usable reports whether the Client can take another request: it is not
+// broken, and no NAR reader holds it.
+func (c *Client) Usable() bool { return c.broken == nil }
 
 // Close closes the connection.
 func (c *Client) Close() error {

@@ -99,26 +99,58 @@ func TestClientRealDaemon(t *testing.T) {
 	if _, err := c.QueryPathInfo(ctx, "/tmp/foo"); err == nil {
 		t.Error("QueryPathInfo accepted a path outside the store")
 	}
-	var de *DaemonError
-	if _, err := c.NarFromPath(ctx, missingPath); !errors.As(err, &de) {
-		t.Errorf("NarFromPath(missing) = %v, want a daemon error", err)
+	// A NAR read to its end leaves the connection in sync for the next
+	// request.
+	for range 2 {
+		rc, err := c.NarFromPath(ctx, p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.IsValidPath(ctx, p); err == nil {
+			t.Error("client usable while a NAR reader holds it")
+		}
+		nar, err := io.ReadAll(rc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(nar) != dump {
+			t.Errorf("NarFromPath differs from nix-store --dump")
+		}
+		if err := rc.Close(); err != nil {
+			t.Error(err)
+		}
+		if ok, err := c.IsValidPath(ctx, p); !ok || err != nil {
+			t.Fatalf("IsValidPath after a whole NAR = %v, %v; want the connection reusable", ok, err)
+		}
 	}
+	// A reader closed early leaves the connection out of sync: closed.
 	rc, err := c.NarFromPath(ctx, p)
 	if err != nil {
 		t.Fatal(err)
 	}
-	nar := make([]byte, len(dump))
-	if _, err := io.ReadFull(rc, nar); err != nil {
+	if _, err := rc.Read(make([]byte, 8)); err != nil {
 		t.Fatal(err)
 	}
-	if string(nar) != dump {
-		t.Errorf("NarFromPath differs from nix-store --dump")
-	}
-	if err := rc.Close(); err != nil {
-		t.Error(err)
+	rc.Close()
+	if c.Usable() {
+		t.Error("client usable after a NAR reader was closed early")
 	}
 	if _, err := c.IsValidPath(ctx, p); err == nil {
-		t.Error("client still usable after handing over its connection")
+		t.Error("client answered after a NAR reader was closed early")
+	}
+}
+
+// TestClientNarFromPathMissing: the daemon's answer to NarFromPath of an
+// invalid path cannot be skipped, so the error closes the connection.
+func TestClientNarFromPathMissing(t *testing.T) {
+	requireNix(t)
+	c := startDaemon(t)
+	var de *DaemonError
+	if _, err := c.NarFromPath(t.Context(), missingPath); !errors.As(err, &de) || !strings.Contains(de.Message, "is not valid") {
+		t.Errorf("NarFromPath(missing) = %v, want a daemon error saying the path is not valid", err)
+	}
+	if c.Usable() {
+		t.Error("client usable after NarFromPath of a missing path")
 	}
 }
 
@@ -157,6 +189,10 @@ func TestClientOwnServer(t *testing.T) {
 		t.Errorf("NAR %q, %v", nar, err)
 	}
 	_ = rc.Close()
+	if got, err := c.QueryPathInfo(ctx, helloPath); err != nil || got == nil {
+		t.Errorf("QueryPathInfo after a whole NAR = %+v, %v", got, err)
+	}
+	c.Close()
 	if err := <-done; err != nil {
 		t.Errorf("server: %v", err)
 	}

@@ -148,9 +148,11 @@ func (d *Daemon) QueryPathFromHashPart(ctx context.Context, hashPart string) (st
 	return p, nil
 }
 
-// NarFromPath streams the NAR of a valid path on a connection of its own,
-// closed with the reader. The reader ends after the narSize bytes the
-// daemon's path info announced. Cancelling ctx closes the connection.
+// NarFromPath streams the NAR of a valid path on a pooled connection. The
+// reader ends after the narSize bytes the daemon's path info announced.
+// Closing a reader that returned the whole NAR puts its connection back
+// in the pool (a new connection costs the daemon a fork); closing it
+// earlier closes the connection. Cancelling ctx closes the connection.
 func (d *Daemon) NarFromPath(ctx context.Context, path string) (io.ReadCloser, error) {
 	c, err := d.get(ctx)
 	if err != nil {
@@ -161,7 +163,28 @@ func (d *Daemon) NarFromPath(ctx context.Context, path string) (io.ReadCloser, e
 		_ = c.Close()
 		return nil, fmt.Errorf("upstream: %w", err)
 	}
-	return rc, nil
+	return &pooledNAR{ReadCloser: rc, d: d, c: c}, nil
+}
+
+type pooledNAR struct {
+	io.ReadCloser
+	d    *Daemon
+	c    *daemonproto.Client
+	done bool
+}
+
+func (p *pooledNAR) Close() error {
+	if p.done {
+		return nil
+	}
+	p.done = true
+	err := p.ReadCloser.Close()
+	if p.c.Usable() {
+		p.d.put(p.c)
+	} else {
+		_ = p.c.Close()
+	}
+	return err
 }
 
 // Close closes the idle connections; NAR readers stay open until closed.
