@@ -447,9 +447,12 @@ func TestMaxConnectionsTimeoutRefusesSession(t *testing.T) {
 	first := env.mustDial(t)
 	echoOK(t, first)
 	second := env.mustDial(t)
-	_, err := second.NewSession()
-	if err == nil || !strings.Contains(err.Error(), `resource shortage ("too many connections: no connection slot free within 50ms; try again later")`) {
-		t.Fatalf("session beyond MaxConnections: %v, want a refusal with the reason", err)
+	r := run(t, second, "nix-daemon --stdio", "ok")
+	if want := "decross-store: too many connections: no connection slot free within 50ms; try again later\n"; r.stderr != want || exitStatus(r.err) != 1 || r.stdout != "" {
+		t.Fatalf("session beyond MaxConnections: stdout %q, stderr %q, %v; want the reason on stderr and exit status 1", r.stdout, r.stderr, r.err)
+	}
+	if _, err := second.NewSession(); err == nil || !strings.Contains(err.Error(), "resource shortage") {
+		t.Fatalf("second session on the refused connection: %v, want it refused", err)
 	}
 	first.Close()
 	eventually(t, "connection slot freed", func() error {

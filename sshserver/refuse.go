@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"time"
@@ -95,13 +96,40 @@ func disconnectPacket(code uint32, description string) []byte {
 	return append(pkt, pad...)
 }
 
-// refuseChannels answers every channel an authenticated but unadmitted
-// client opens with why (OpenSSH prints "channel 0: open failed: resource
-// shortage: <why>"), until the client hangs up or HandshakeTimeout passes.
-func (s *Server) refuseChannels(sc *ssh.ServerConn, chans <-chan ssh.NewChannel, why error) {
+// refuseSessions tells an authenticated client that was not admitted why:
+// on the stderr of its first session, with exit status 1, as for a
+// refused command (ssh prints that whatever its LogLevel, unlike the
+// reason of a refused channel, which it logs at INFO). Other channels are
+// refused with the reason. The connection ends when the client hangs up,
+// or after HandshakeTimeout.
+func (s *Server) refuseSessions(sc *ssh.ServerConn, chans <-chan ssh.NewChannel, why error) {
 	t := time.AfterFunc(s.handshakeTimeout(), func() { sc.Close() })
 	defer t.Stop()
+	told := false
 	for nch := range chans {
-		_ = nch.Reject(ssh.ResourceShortage, why.Error())
+		if told || nch.ChannelType() != "session" {
+			_ = nch.Reject(ssh.ResourceShortage, why.Error())
+			continue
+		}
+		ch, reqs, err := nch.Accept()
+		if err != nil {
+			continue
+		}
+		told = true
+		go func() {
+			done := false
+			for req := range reqs {
+				if done || (req.Type != "exec" && req.Type != "shell") {
+					if req.WantReply {
+						_ = req.Reply(false, nil)
+					}
+					continue
+				}
+				done = true
+				_ = req.Reply(true, nil)
+				_, _ = fmt.Fprintf(ch.Stderr(), "decross-store: %v\n", why)
+				finish(ch, 1)
+			}
+		}()
 	}
 }

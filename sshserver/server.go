@@ -582,7 +582,7 @@ func (s *Server) serveConn(base context.Context, cfg *ssh.ServerConfig, nc net.C
 	log = log.With("user", sc.User(), "key", sc.Permissions.Extensions[fingerprintExt])
 	if err := s.admit(base, c, log); err != nil {
 		log.Warn("connection refused after authentication", "reason", err)
-		s.refuseChannels(sc, chans, err)
+		s.refuseSessions(sc, chans, err)
 		return
 	}
 	log.Info("authenticated", "client", clip(string(sc.ClientVersion())))
