@@ -169,6 +169,9 @@ func (s *Server) Serve(l net.Listener) error {
 	if s.Handler == nil {
 		return errors.New("sshserver: Server.Handler is nil")
 	}
+	if err := s.checkLimits(); err != nil {
+		return err
+	}
 	log := s.logger()
 	if len(s.AuthorizedKeys) == 0 {
 		log.Warn("no authorized keys configured; every client will be refused")
@@ -429,6 +432,30 @@ func (s *Server) admit(ctx context.Context, c *conn, log *slog.Logger) error {
 	c.admitted = t
 	s.startups.release(c.startup)
 	c.startup = nil
+	return nil
+}
+
+// checkLimits refuses negative limits, which would otherwise silently
+// mean the default.
+func (s *Server) checkLimits() error {
+	for _, l := range []struct {
+		name string
+		v    int64
+	}{
+		{"HandshakeTimeout", int64(s.HandshakeTimeout)},
+		{"MaxStartups", int64(s.MaxStartups)},
+		{"MaxStartupsPerSource", int64(s.MaxStartupsPerSource)},
+		{"MaxQueue", int64(s.MaxQueue)},
+		{"MaxQueuePerSource", int64(s.MaxQueuePerSource)},
+		{"QueueTimeout", int64(s.QueueTimeout)},
+		{"MaxConnections", int64(s.MaxConnections)},
+		{"MaxSessionsPerConn", int64(s.MaxSessionsPerConn)},
+		{"SessionCloseTimeout", int64(s.SessionCloseTimeout)},
+	} {
+		if l.v < 0 {
+			return fmt.Errorf("sshserver: Server.%s is negative", l.name)
+		}
+	}
 	return nil
 }
 

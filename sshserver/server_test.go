@@ -709,6 +709,8 @@ func TestServeRequiresConfig(t *testing.T) {
 	}{
 		{"no host key", &Server{Handler: reverseHandler}, "HostKey is nil"},
 		{"no handler", &Server{HostKey: newSigner(t)}, "Handler is nil"},
+		{"negative limit", &Server{HostKey: newSigner(t), Handler: reverseHandler, MaxStartups: -1}, "Server.MaxStartups is negative"},
+		{"negative timeout", &Server{HostKey: newSigner(t), Handler: reverseHandler, QueueTimeout: -time.Second}, "Server.QueueTimeout is negative"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
