@@ -373,8 +373,8 @@ func TestFloodFromOneAddress(t *testing.T) {
 	env.srv.mu.Lock()
 	tracked := len(env.srv.conns)
 	env.srv.mu.Unlock()
-	if tracked != share {
-		t.Fatalf("server tracks %d connections; want %d", tracked, share)
+	if _, _, sources := env.srv.startups.counts(); tracked != share || sources != 1 {
+		t.Fatalf("server tracks %d connections from %d addresses; want %d from 1", tracked, sources, share)
 	}
 	if l := env.srv.lingering.Load(); l > maxLingering {
 		t.Fatalf("%d refused connections draining, over the cap of %d", l, maxLingering)
