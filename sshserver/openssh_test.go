@@ -169,3 +169,70 @@ func TestOpenSSHClient(t *testing.T) {
 		}
 	})
 }
+
+// TestOpenSSHClientToldWhyRefused: the system's ssh, as Nix runs it (with
+// LogLevel=ERROR), shows the user why the server turned it away, both
+// before the handshake and after authentication.
+func TestOpenSSHClientToldWhyRefused(t *testing.T) {
+	sshBin, err := exec.LookPath("ssh")
+	if err != nil {
+		testenv.SkipOrFail(t, "OpenSSH client not installed: %v", err)
+	}
+	tests := []struct {
+		name      string
+		configure func(*Server)
+		occupy    func(t *testing.T, env *testEnv) // takes what the client would need
+		want      string                           // the line ssh prints; %s is the port
+		status    int
+	}{
+		{
+			name: "queue full",
+			configure: func(s *Server) {
+				s.MaxStartups = 1
+				s.MaxQueue = 1
+			},
+			occupy: func(t *testing.T, env *testEnv) {
+				stall(t, "127.0.0.1", env.addr)
+				dialFrom(t, "127.0.0.1", env.addr)
+				env.waitQueued(t, 1)
+			},
+			want:   "Received disconnect from 127.0.0.1 port %s:12: too many connections from 127.0.0.1: 1 in progress and 1 waiting; try again later",
+			status: 255,
+		},
+		{
+			name: "connection limit",
+			configure: func(s *Server) {
+				s.MaxConnections = 1
+				s.QueueTimeout = 50 * time.Millisecond
+			},
+			occupy: func(t *testing.T, env *testEnv) {
+				echoOK(t, env.mustDial(t))
+			},
+			want:   "decross-store: too many connections: no connection slot free within 50ms; try again later",
+			status: 1,
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			env := startServer(t, reverseHandler, tt.configure)
+			tt.occupy(t, env)
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			cmd := exec.CommandContext(ctx, sshBin, "-F", "/dev/null", "-p", env.port(t), "-i", writeKey(t, env.priv),
+				"-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+				"-o", "BatchMode=yes", "-o", "LogLevel=ERROR", "nix@127.0.0.1", "nix-daemon --stdio")
+			cmd.Stdin = strings.NewReader("")
+			var out, errb bytes.Buffer
+			cmd.Stdout, cmd.Stderr = &out, &errb
+			err := cmd.Run()
+			var ee *exec.ExitError
+			if !errors.As(err, &ee) || ee.ExitCode() != tt.status {
+				t.Fatalf("ssh: %v, want exit status %d; stderr %q", err, tt.status, errb.String())
+			}
+			want := strings.Replace(tt.want, "%s", env.port(t), 1)
+			if got := strings.TrimSpace(errb.String()); got != want {
+				t.Errorf("ssh printed %q, want %q", got, want)
+			}
+		})
+	}
+}

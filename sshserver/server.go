@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -49,12 +50,13 @@ func ShuttingDown(ctx context.Context) <-chan struct{} {
 var ErrServerClosed = errors.New("sshserver: server closed")
 
 const (
-	defaultHandshakeTimeout        = 30 * time.Second
-	defaultMaxConnections          = 64
-	defaultMaxUnauthenticated      = 16
-	defaultMaxUnauthenticatedPerIP = 4
-	defaultMaxSessionsPerConn      = 4
-	defaultSessionCloseTimeout     = 10 * time.Second
+	defaultHandshakeTimeout    = 30 * time.Second
+	defaultMaxConnections      = 64
+	defaultMaxStartups         = 32
+	defaultMaxQueue            = 256
+	defaultQueueTimeout        = 30 * time.Second
+	defaultMaxSessionsPerConn  = 4
+	defaultSessionCloseTimeout = 10 * time.Second
 
 	fingerprintExt = "decross-store-key"
 	serverVersion  = "SSH-2.0-decross-store"
@@ -71,23 +73,42 @@ type Server struct {
 	Logger         *slog.Logger // nil = discard
 
 	// HandshakeTimeout bounds each step before a handler runs: the SSH
-	// handshake including authentication, the wait for the first session
-	// channel, and the wait for its exec request. Clients that stall
-	// cannot hold connection slots. Zero means 30s.
+	// handshake including authentication (from the moment the connection
+	// gets its handshake slot), the wait for the first session channel,
+	// and the wait for its exec request. Clients that stall cannot hold
+	// slots. Zero means 30s.
 	HandshakeTimeout time.Duration
+
+	// MaxStartups caps connections in the handshake: from accept until
+	// authenticated and admitted under MaxConnections. It is kept apart
+	// from MaxConnections so that clients that connect and never
+	// authenticate cannot lock real clients out. A connection beyond it
+	// waits in a queue for a slot, before the server has sent anything.
+	// Zero means 32.
+	MaxStartups int
+	// MaxStartupsPerSource caps the handshake slots one remote address
+	// (one IPv6 /64) holds, so that one address can never take them all;
+	// its further connections wait. Zero means half of MaxStartups.
+	MaxStartupsPerSource int
+	// MaxQueue caps connections waiting for a handshake slot. A freed
+	// slot goes to the waiting addresses in turn, so a long queue from
+	// one address does not starve another. A connection that finds the
+	// queue full, or waits longer than QueueTimeout, is refused with its
+	// reason in an SSH disconnect message (OpenSSH prints "Received
+	// disconnect from …"). Zero means 256.
+	MaxQueue int
+	// MaxQueuePerSource caps the waiting connections of one address.
+	// Zero means half of MaxQueue.
+	MaxQueuePerSource int
+	// QueueTimeout bounds a connection's wait for a handshake slot, and an
+	// authenticated connection's wait for a MaxConnections slot. Zero
+	// means 30s.
+	QueueTimeout time.Duration
 	// MaxConnections caps authenticated connections. A client that
-	// authenticates beyond it is refused. Zero means 64.
+	// authenticates beyond it waits (up to QueueTimeout, keeping its
+	// handshake slot) for one to end; if none does, its session channel
+	// is refused with the reason. Zero means 64.
 	MaxConnections int
-	// MaxUnauthenticated caps connections still in the handshake, which
-	// may each take HandshakeTimeout; new TCP connections beyond it are
-	// closed at once. It is kept apart from MaxConnections so that clients
-	// that connect and never authenticate cannot lock real clients out.
-	// Zero means 16.
-	MaxUnauthenticated int
-	// MaxUnauthenticatedPerIP caps connections still in the handshake from
-	// one remote address (one IPv6 /64), so that one client cannot take
-	// every slot of MaxUnauthenticated. Zero means 4.
-	MaxUnauthenticatedPerIP int
 	// MaxSessionsPerConn caps concurrently open session channels on one
 	// connection. Nix uses one per connection. Zero means 4. A session
 	// counts until the client has acknowledged its end.
@@ -98,23 +119,25 @@ type Server struct {
 	// means 10s.
 	SessionCloseTimeout time.Duration
 
-	mu          sync.Mutex
-	inShutdown  bool
-	listeners   map[*net.Listener]struct{}
-	conns       map[*conn]struct{}
-	authed      int                // conns with authed set
-	pending     int                // conns without
-	pendingByIP map[netip.Addr]int // pending, by remote address
-	ctx         context.Context    // parent of every session context
-	cancel      context.CancelFunc
-	shutdownCh  chan struct{} // closed when Shutdown or Close begins
+	mu         sync.Mutex
+	inShutdown bool
+	listeners  map[*net.Listener]struct{}
+	conns      map[*conn]struct{}
+	startups   *gate           // MaxStartups and the queue
+	admitted   *gate           // MaxConnections
+	ctx        context.Context // parent of every session context
+	cancel     context.CancelFunc
+	shutdownCh chan struct{} // closed when Shutdown or Close begins
+	lingering  atomic.Int32  // refused connections being drained
 }
 
-// conn is the server's record of one TCP connection, guarded by Server.mu.
+// conn is the server's record of one TCP connection that holds a
+// handshake slot, guarded by Server.mu.
 type conn struct {
 	nc       net.Conn
-	ip       netip.Addr // clientNetwork of the remote, for MaxUnauthenticatedPerIP
-	authed   bool
+	src      netip.Addr // clientNetwork of the remote
+	startup  *ticket    // its MaxStartups slot, until admitted
+	admitted *ticket    // its MaxConnections slot, once authenticated
 	sessions int
 	closed   bool
 	idle     *time.Timer // closes the connection while it has no session
@@ -146,6 +169,9 @@ func (s *Server) Serve(l net.Listener) error {
 	if s.Handler == nil {
 		return errors.New("sshserver: Server.Handler is nil")
 	}
+	if err := s.checkLimits(); err != nil {
+		return err
+	}
 	log := s.logger()
 	if len(s.AuthorizedKeys) == 0 {
 		log.Warn("no authorized keys configured; every client will be refused")
@@ -156,6 +182,7 @@ func (s *Server) Serve(l net.Listener) error {
 	if !ok {
 		return ErrServerClosed
 	}
+	startups := s.startups
 	defer s.trackListener(&l, false)
 	log.Info("listening", "addr", l.Addr().String())
 
@@ -179,13 +206,14 @@ func (s *Server) Serve(l net.Listener) error {
 			return fmt.Errorf("sshserver: accept: %w", err)
 		}
 		delay = 0
-		c, why := s.trackConn(nc)
-		if c == nil {
-			log.Warn("connection refused", "remote", nc.RemoteAddr().String(), "reason", why)
-			nc.Close()
+		src := clientNetwork(nc.RemoteAddr())
+		t, queued, err := startups.enter(src)
+		if err != nil {
+			log.Warn("connection refused", "remote", nc.RemoteAddr().String(), "reason", err)
+			s.refuseFromAccept(nc, err)
 			continue
 		}
-		go s.serveConn(ctx, cfg, c)
+		go s.serveConn(ctx, cfg, nc, src, t, queued)
 	}
 }
 
@@ -316,35 +344,34 @@ func (s *Server) trackListener(l *net.Listener, add bool) (context.Context, bool
 	if s.ctx == nil {
 		s.shutdownCh = make(chan struct{})
 		s.ctx, s.cancel = context.WithCancel(context.WithValue(context.Background(), shutdownKey{}, s.shutdownCh))
+		startups := orDefault(s.MaxStartups, defaultMaxStartups)
+		queue := orDefault(s.MaxQueue, defaultMaxQueue)
+		s.startups = newGate("handshake slot", startups, orDefault(s.MaxStartupsPerSource, max(startups/2, 1)),
+			queue, orDefault(s.MaxQueuePerSource, max(queue/2, 1)))
+		// Connections waiting here keep their handshake slot, so there are
+		// never more than MaxStartups of them; every address may use every
+		// slot, and the queue only serves them in turn.
+		conns := orDefault(s.MaxConnections, defaultMaxConnections)
+		s.admitted = newGate("connection slot", conns, conns, startups, startups)
 	}
 	s.listeners[l] = struct{}{}
 	return s.ctx, true
 }
 
-// trackConn records a new, unauthenticated connection, or says why it
-// is refused.
-func (s *Server) trackConn(nc net.Conn) (*conn, string) {
-	ip := clientNetwork(nc.RemoteAddr())
+// trackConn records a connection that holds handshake slot t, unless the
+// server is shutting down.
+func (s *Server) trackConn(nc net.Conn, src netip.Addr, t *ticket) (*conn, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.inShutdown {
-		return nil, "server shutting down"
-	}
-	if limit := orDefault(s.MaxUnauthenticated, defaultMaxUnauthenticated); s.pending >= limit {
-		return nil, fmt.Sprintf("unauthenticated connection limit %d reached", limit)
-	}
-	if limit := orDefault(s.MaxUnauthenticatedPerIP, defaultMaxUnauthenticatedPerIP); s.pendingByIP[ip] >= limit {
-		return nil, fmt.Sprintf("unauthenticated connection limit %d per address reached", limit)
+		return nil, errStopped
 	}
 	if s.conns == nil {
 		s.conns = make(map[*conn]struct{})
-		s.pendingByIP = make(map[netip.Addr]int)
 	}
-	c := &conn{nc: nc, ip: ip}
+	c := &conn{nc: nc, src: src, startup: t}
 	s.conns[c] = struct{}{}
-	s.pending++
-	s.pendingByIP[ip]++
-	return c, ""
+	return c, nil
 }
 
 func (s *Server) untrackConn(c *conn) {
@@ -356,21 +383,15 @@ func (s *Server) untrackConn(c *conn) {
 		return
 	}
 	delete(s.conns, c)
-	if c.authed {
-		s.authed--
-	} else {
-		s.dropPendingLocked(c)
+	if c.startup != nil {
+		s.startups.release(c.startup)
+	}
+	if c.admitted != nil {
+		s.admitted.release(c.admitted)
 	}
 }
 
-func (s *Server) dropPendingLocked(c *conn) {
-	s.pending--
-	if s.pendingByIP[c.ip]--; s.pendingByIP[c.ip] <= 0 {
-		delete(s.pendingByIP, c.ip)
-	}
-}
-
-// clientNetwork is what MaxUnauthenticatedPerIP counts by: the IPv4
+// clientNetwork is what the per-source limits count by: the IPv4
 // address, or the /64 of an IPv6 address, since one IPv6 host usually
 // holds a whole /64 and could otherwise take every slot alone. It is the
 // zero Addr when the remote is not an IP address.
@@ -386,31 +407,56 @@ func clientNetwork(a net.Addr) netip.Addr {
 	return p.Addr()
 }
 
-// authSlotFree reports whether an authenticated connection could be
-// admitted now, so that a client over the limit is refused while it can
-// still be told so (as an authentication failure) rather than being
-// dropped after success.
-func (s *Server) authSlotFree() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.authed < orDefault(s.MaxConnections, defaultMaxConnections)
-}
-
-// promote moves c from the handshake limits to MaxConnections. It is the
-// binding check: connections racing past authSlotFree are refused here.
-func (s *Server) promote(c *conn) (bool, string) {
+// admit moves an authenticated connection from its handshake slot to a
+// MaxConnections slot, waiting for one if need be. The handshake slot is
+// kept while it waits, which bounds the number of waiters.
+func (s *Server) admit(ctx context.Context, c *conn, log *slog.Logger) error {
+	t, queued, err := s.admitted.enter(c.src)
+	if err != nil {
+		return err
+	}
+	if queued {
+		start := time.Now()
+		log.Info("waiting for a connection slot", "limit", orDefault(s.MaxConnections, defaultMaxConnections))
+		if err := s.admitted.wait(t, s.queueTimeout(), ShuttingDown(ctx)); err != nil {
+			return err
+		}
+		log.Info("connection slot granted", "waited", time.Since(start))
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.inShutdown || c.closed {
-		return false, "server shutting down"
+		s.admitted.release(t)
+		return errStopped
 	}
-	if limit := orDefault(s.MaxConnections, defaultMaxConnections); s.authed >= limit {
-		return false, fmt.Sprintf("connection limit %d reached", limit)
+	c.admitted = t
+	s.startups.release(c.startup)
+	c.startup = nil
+	return nil
+}
+
+// checkLimits refuses negative limits, which would otherwise silently
+// mean the default.
+func (s *Server) checkLimits() error {
+	for _, l := range []struct {
+		name string
+		v    int64
+	}{
+		{"HandshakeTimeout", int64(s.HandshakeTimeout)},
+		{"MaxStartups", int64(s.MaxStartups)},
+		{"MaxStartupsPerSource", int64(s.MaxStartupsPerSource)},
+		{"MaxQueue", int64(s.MaxQueue)},
+		{"MaxQueuePerSource", int64(s.MaxQueuePerSource)},
+		{"QueueTimeout", int64(s.QueueTimeout)},
+		{"MaxConnections", int64(s.MaxConnections)},
+		{"MaxSessionsPerConn", int64(s.MaxSessionsPerConn)},
+		{"SessionCloseTimeout", int64(s.SessionCloseTimeout)},
+	} {
+		if l.v < 0 {
+			return fmt.Errorf("sshserver: Server.%s is negative", l.name)
+		}
 	}
-	s.dropPendingLocked(c)
-	c.authed = true
-	s.authed++
-	return true, ""
+	return nil
 }
 
 // orDefault is v, or def when v is zero (or negative): the meaning of a
@@ -471,6 +517,10 @@ func (s *Server) handshakeTimeout() time.Duration {
 	return orDefault(s.HandshakeTimeout, defaultHandshakeTimeout)
 }
 
+func (s *Server) queueTimeout() time.Duration {
+	return orDefault(s.QueueTimeout, defaultQueueTimeout)
+}
+
 // sshConfig builds the per-Serve SSH configuration. The key set is copied
 // so that the callback never reads the caller's slice concurrently.
 func (s *Server) sshConfig(log *slog.Logger) *ssh.ServerConfig {
@@ -502,11 +552,6 @@ func (s *Server) sshConfig(log *slog.Logger) *ssh.ServerConfig {
 					log.Info("public key refused", "remote", md.RemoteAddr().String(), "user", md.User(), "key", fingerprint(key), "line", ak.Source, "reason", err)
 					continue
 				}
-				if !s.authSlotFree() {
-					log.Warn("public key refused", "remote", md.RemoteAddr().String(), "user", md.User(), "key", fingerprint(key),
-						"reason", fmt.Sprintf("connection limit %d reached", orDefault(s.MaxConnections, defaultMaxConnections)))
-					return nil, errors.New("connection limit reached")
-				}
 				return &ssh.Permissions{Extensions: map[string]string{fingerprintExt: fingerprint(key)}}, nil
 			}
 			return nil, errors.New("public key not permitted")
@@ -524,11 +569,30 @@ func (s *Server) sshConfig(log *slog.Logger) *ssh.ServerConfig {
 	return cfg
 }
 
-func (s *Server) serveConn(base context.Context, cfg *ssh.ServerConfig, c *conn) {
-	defer s.untrackConn(c)
+// serveConn serves a connection that holds handshake slot t, or waits
+// for it in the queue first.
+func (s *Server) serveConn(base context.Context, cfg *ssh.ServerConfig, nc net.Conn, src netip.Addr, t *ticket, queued bool) {
 	start := time.Now()
-	log := s.logger().With("remote", c.nc.RemoteAddr().String())
-	log.Info("connection opened")
+	log := s.logger().With("remote", nc.RemoteAddr().String())
+	var waited []any
+	if queued {
+		log.Debug("connection waiting for a handshake slot")
+		if err := s.startups.wait(t, s.queueTimeout(), ShuttingDown(base)); err != nil {
+			log.Warn("connection refused", "reason", err, "waited", time.Since(start))
+			refuse(nc, err, true)
+			return
+		}
+		waited = []any{"waited", time.Since(start)}
+		start = time.Now()
+	}
+	c, err := s.trackConn(nc, src, t)
+	if err != nil {
+		s.startups.release(t)
+		refuse(nc, err, true)
+		return
+	}
+	defer s.untrackConn(c)
+	log.Info("connection opened", waited...)
 
 	_ = c.nc.SetDeadline(start.Add(s.handshakeTimeout()))
 	sc, chans, reqs, err := ssh.NewServerConn(c.nc, cfg)
@@ -538,9 +602,14 @@ func (s *Server) serveConn(base context.Context, cfg *ssh.ServerConfig, c *conn)
 	}
 	defer sc.Close()
 	_ = c.nc.SetDeadline(time.Time{})
+	// Global requests are tcpip-forward and friends: all refused. They
+	// are read from now on, since an unread one would stall the
+	// connection while it waits for admission.
+	go ssh.DiscardRequests(reqs)
 	log = log.With("user", sc.User(), "key", sc.Permissions.Extensions[fingerprintExt])
-	if ok, why := s.promote(c); !ok {
-		log.Warn("connection refused after authentication", "reason", why)
+	if err := s.admit(base, c, log); err != nil {
+		log.Warn("connection refused after authentication", "reason", err)
+		s.refuseSessions(sc, chans, err)
 		return
 	}
 	log.Info("authenticated", "client", clip(string(sc.ClientVersion())))
@@ -556,8 +625,6 @@ func (s *Server) serveConn(base context.Context, cfg *ssh.ServerConfig, c *conn)
 
 	ctx, cancel := context.WithCancel(base)
 	defer cancel()
-	// Global requests are tcpip-forward and friends: all refused.
-	go ssh.DiscardRequests(reqs)
 
 	for nch := range chans {
 		if t := nch.ChannelType(); t != "session" {

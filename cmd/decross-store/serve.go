@@ -28,6 +28,10 @@ type serveFlags struct {
 	logLevel, remoteStore                                                    string
 	stdio                                                                    bool
 	shutdownTimeout                                                          time.Duration
+
+	// SSH limits: see sshserver.Server.
+	maxConnections, maxStartups, maxStartupsPerSource, maxQueue, maxQueuePerSource int
+	queueTimeout                                                                   time.Duration
 }
 
 func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -44,6 +48,12 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.BoolVar(&f.stdio, "stdio", false, "serve one worker-protocol session on stdin/stdout instead of SSH (for use behind OpenSSH as remote-program)")
 	fs.StringVar(&f.logLevel, "log-level", "", "debug, info, warn or error (default info; warn with --stdio, where stderr is the user's terminal)")
 	fs.DurationVar(&f.shutdownTimeout, "shutdown-timeout", 30*time.Second, "how long to let sessions finish after SIGINT/SIGTERM")
+	fs.IntVar(&f.maxConnections, "max-connections", 64, "authenticated SSH connections at once; more wait up to --queue-timeout for one to end")
+	fs.IntVar(&f.maxStartups, "max-startups", 32, "SSH connections in the handshake at once; more wait in a queue")
+	fs.IntVar(&f.maxStartupsPerSource, "max-startups-per-source", 0, "handshake slots one address (IPv6: /64) may hold (default half of --max-startups)")
+	fs.IntVar(&f.maxQueue, "max-queue", 256, "SSH connections waiting for a handshake slot; more are refused")
+	fs.IntVar(&f.maxQueuePerSource, "max-queue-per-source", 0, "waiting connections of one address (default half of --max-queue)")
+	fs.DurationVar(&f.queueTimeout, "queue-timeout", 30*time.Second, "how long a connection may wait for a handshake slot, or for a connection slot once authenticated")
 	fs.StringVar(&f.remoteStore, "store", "", "with --stdio: what Nix passes for an ssh-ng URL's remote-store= parameter; ignored, the mapping decides what is served")
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -94,6 +104,13 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		AuthorizedKeys: authorized,
 		Handler:        proto.ServeConn,
 		Logger:         logger,
+
+		MaxConnections:       f.maxConnections,
+		MaxStartups:          f.maxStartups,
+		MaxStartupsPerSource: f.maxStartupsPerSource,
+		MaxQueue:             f.maxQueue,
+		MaxQueuePerSource:    f.maxQueuePerSource,
+		QueueTimeout:         f.queueTimeout,
 	}
 	l, err := net.Listen("tcp", f.listen)
 	if err != nil {
