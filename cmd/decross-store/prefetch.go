@@ -157,8 +157,8 @@ func prefetch(ctx context.Context, st prefetchStore, jobs int, p progress) (*pre
 
 // report writes the summary line, then every problem and failure.
 func (r *prefetchResult) report(w io.Writer) {
-	fmt.Fprintf(w, "prefetched %d of %d servable paths (%s) in %v with %d jobs; %d failed, %d mapped paths cannot be served\n",
-		r.paths, r.total, formatBytes(r.bytes), r.elapsed.Round(time.Millisecond), r.jobs, len(r.failed), len(r.problems))
+	fmt.Fprintf(w, "prefetched %d of %d servable paths (%s) in %v with %d jobs; %d failed; %s cannot be served\n",
+		r.paths, r.total, formatBytes(r.bytes), r.elapsed.Round(time.Millisecond), r.jobs, len(r.failed), plural(len(r.problems), "mapped path"))
 	list := func(what string, errs map[string]error) {
 		paths := make([]string, 0, len(errs))
 		for p := range errs {
@@ -179,10 +179,24 @@ func (r *prefetchResult) report(w io.Writer) {
 
 // err is the command's verdict: any problem or failure is an error.
 func (r *prefetchResult) err() error {
-	if len(r.failed) == 0 && len(r.problems) == 0 {
+	var what []string
+	if len(r.failed) > 0 {
+		what = append(what, plural(len(r.failed), "path")+" failed")
+	}
+	if len(r.problems) > 0 {
+		what = append(what, plural(len(r.problems), "mapped path")+" cannot be served")
+	}
+	if len(what) == 0 {
 		return nil
 	}
-	return fmt.Errorf("%d paths failed, %d mapped paths cannot be served (listed above)", len(r.failed), len(r.problems))
+	return fmt.Errorf("%s (listed above)", strings.Join(what, ", "))
+}
+
+func plural(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
 }
 
 // formatBytes writes n in IEC units, as cache sizes are given.
