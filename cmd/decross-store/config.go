@@ -136,12 +136,14 @@ func applyConfig(fs *flag.FlagSet, path string, known map[string]bool) error {
 			}
 			return fmt.Errorf("config %s:%d: unknown key %q (the keys are the long flag names, see %s -h)", path, s.line, s.key, fs.Name())
 		}
-		if onCommandLine[s.key] {
-			continue
-		}
+		// Checked even when the command line wins: the file is wrong
+		// either way, and will be used without that flag some day.
 		v, err := flagText(f, s.value)
 		if err != nil {
 			return fmt.Errorf("config %s:%d: key %q: %w", path, s.line, s.key, err)
+		}
+		if onCommandLine[s.key] {
+			continue
 		}
 		if err := fs.Set(s.key, v); err != nil {
 			return fmt.Errorf("config %s:%d: key %q: invalid value %q: %w", path, s.line, s.key, v, err)

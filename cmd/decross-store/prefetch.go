@@ -35,7 +35,7 @@ func newPrefetchFlags(stderr io.Writer) (*flag.FlagSet, *prefetchFlags) {
 	fs.StringVar(&f.mapping, "mapping", "", "mapping file: native path -> cross path (required)")
 	fs.StringVar(&f.upstream, "upstream", "daemon", "where cross paths are read: daemon (local nix-daemon socket) or unix:///path/to/socket")
 	fs.StringVar(&f.cacheDir, "cache-dir", "state/cache", "directory of rewritten NARs and their path info (serve's --cache-dir)")
-	fs.IntVar(&f.jobs, "jobs", runtime.NumCPU(), "paths prepared in parallel")
+	fs.IntVar(&f.jobs, "jobs", runtime.NumCPU(), "paths prepared in parallel (the default is the number of CPUs)")
 	fs.StringVar(&f.logLevel, "log-level", "", "debug, info, warn or error (default warn; info logs every rewrite)")
 	fs.StringVar(&f.logFormat, "log-format", "text", "log format: text or json")
 	return fs, &f
