@@ -134,7 +134,7 @@ func applyConfig(fs *flag.FlagSet, path string, known map[string]bool) error {
 			if known[s.key] {
 				continue
 			}
-			return fmt.Errorf("config %s:%d: unknown key %q (the keys are the long flag names, see %s -h)", path, s.line, s.key, fs.Name())
+			return fmt.Errorf("config %s:%d: unknown key %q (the keys are the long flag names, see decross-store %s -h)", path, s.line, s.key, fs.Name())
 		}
 		// Checked even when the command line wins: the file is wrong
 		// either way, and will be used without that flag some day.
