@@ -84,8 +84,9 @@ func run(t *testing.T, name string, args ...string) string {
 
 var serverCount atomic.Int64
 
-// startServer runs the real server binary with mappingFile on a free port.
-func startServer(t *testing.T, mappingFile string) *server {
+// startServer runs the real server binary with mappingFile on a free port;
+// extra flags come last, so they override the defaults here.
+func startServer(t *testing.T, mappingFile string, extra ...string) *server {
 	t.Helper()
 	bin := serverBinary(t)
 	dir := t.TempDir()
@@ -115,6 +116,7 @@ func startServer(t *testing.T, mappingFile string) *server {
 		"--signing-key", filepath.Join(dir, "secret.key"),
 		"--upstream", "daemon",
 		"--cache-dir", filepath.Join(dir, "state", "cache"))
+	s.cmd.Args = append(s.cmd.Args, extra...)
 	s.cmd.Env = NixEnv()
 	stderr, err := s.cmd.StderrPipe()
 	if err != nil {

@@ -21,11 +21,12 @@ type command struct {
 
 func commands() map[string]command {
 	return map[string]command{
-		"serve":   {runServe, "serve native store paths over ssh-ng"},
-		"keygen":  {runKeygen, "generate a Nix signing key pair"},
-		"map":     {runMap, "build a mapping file from native and cross derivations"},
-		"check":   {runCheck, "dry run: what a mapping would serve, and every problem"},
-		"version": {runVersion, "print the version of this build"},
+		"serve":    {runServe, "serve native store paths over ssh-ng"},
+		"keygen":   {runKeygen, "generate a Nix signing key pair"},
+		"map":      {runMap, "build a mapping file from native and cross derivations"},
+		"check":    {runCheck, "dry run: what a mapping would serve, and every problem"},
+		"prefetch": {runPrefetch, "prepare every servable path into the cache ahead of the first client"},
+		"version":  {runVersion, "print the version of this build"},
 	}
 }
 
@@ -38,7 +39,7 @@ func usage(w io.Writer) {
 	}
 	sort.Strings(names)
 	for _, n := range names {
-		fmt.Fprintf(w, "  %-9s %s\n", n, cmds[n].summary)
+		fmt.Fprintf(w, "  %-10s %s\n", n, cmds[n].summary)
 	}
 }
 
@@ -69,7 +70,8 @@ func main() {
 var errHelp = errors.New("help requested")
 
 // parseFlags parses args into fs and rejects positional arguments; -h
-// returns errHelp, which main treats as success.
+// returns errHelp, which main treats as success. A command with a --config
+// flag then takes what the command line left unset from that file.
 func parseFlags(fs *flag.FlagSet, args []string) error {
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -79,6 +81,9 @@ func parseFlags(fs *flag.FlagSet, args []string) error {
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	if f := fs.Lookup(configFlag); f != nil && f.Value.String() != "" {
+		return applyConfig(fs, f.Value.String(), configKeys())
 	}
 	return nil
 }

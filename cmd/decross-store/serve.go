@@ -10,7 +10,6 @@ import (
 	"net"
 	"os"
 	"runtime/debug"
-	"strings"
 	"time"
 
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
@@ -25,7 +24,7 @@ import (
 
 type serveFlags struct {
 	listen, hostKey, authorizedKeys, mapping, signingKey, upstream, cacheDir string
-	logLevel, remoteStore                                                    string
+	logLevel, logFormat, remoteStore, config                                 string
 	stdio                                                                    bool
 	shutdownTimeout                                                          time.Duration
 
@@ -34,10 +33,13 @@ type serveFlags struct {
 	queueTimeout                                                                   time.Duration
 }
 
-func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+// newServeFlags declares serve's flags; configKeys reads them too, so every
+// flag is also a configuration file key.
+func newServeFlags(stderr io.Writer) (*flag.FlagSet, *serveFlags) {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var f serveFlags
+	fs.StringVar(&f.config, configFlag, "", "TOML `file` of settings, keyed by the long flag names; flags given on the command line override it")
 	fs.StringVar(&f.listen, "listen", "127.0.0.1:2222", "SSH listen address")
 	fs.StringVar(&f.hostKey, "host-key", "state/ssh_host_ed25519_key", "OpenSSH host private key (an ed25519 key is generated if missing)")
 	fs.StringVar(&f.authorizedKeys, "authorized-keys", "", "OpenSSH authorized_keys file of the clients allowed in (required unless --stdio)")
@@ -47,6 +49,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.StringVar(&f.cacheDir, "cache-dir", "state/cache", "directory of rewritten NARs and their path info")
 	fs.BoolVar(&f.stdio, "stdio", false, "serve one worker-protocol session on stdin/stdout instead of SSH (for use behind OpenSSH as remote-program)")
 	fs.StringVar(&f.logLevel, "log-level", "", "debug, info, warn or error (default info; warn with --stdio, where stderr is the user's terminal)")
+	fs.StringVar(&f.logFormat, "log-format", "text", "log format: text (logfmt key=value lines) or json (one JSON object per line)")
 	fs.DurationVar(&f.shutdownTimeout, "shutdown-timeout", 30*time.Second, "how long to let sessions finish after SIGINT/SIGTERM")
 	fs.IntVar(&f.maxConnections, "max-connections", 64, "authenticated SSH connections at once; more wait up to --queue-timeout for one to end")
 	fs.IntVar(&f.maxStartups, "max-startups", 32, "SSH connections in the handshake at once; more wait in a queue")
@@ -55,6 +58,11 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.IntVar(&f.maxQueuePerSource, "max-queue-per-source", 0, "waiting connections of one address (default half of --max-queue)")
 	fs.DurationVar(&f.queueTimeout, "queue-timeout", 30*time.Second, "how long a connection may wait for a handshake slot, or for a connection slot once authenticated")
 	fs.StringVar(&f.remoteStore, "store", "", "with --stdio: what Nix passes for an ssh-ng URL's remote-store= parameter; ignored, the mapping decides what is served")
+	return fs, &f
+}
+
+func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs, f := newServeFlags(stderr)
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -74,13 +82,18 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if f.stdio {
 		level = slog.LevelWarn
 	}
-	if f.logLevel != "" {
-		if err := level.UnmarshalText([]byte(f.logLevel)); err != nil {
-			return fmt.Errorf("--log-level: %w", err)
+	logger, err := newLogger(stderr, f.logFormat, f.logLevel, level)
+	if err != nil {
+		return err
+	}
+	if !f.stdio {
+		// Before anything is loaded: a generated host key is 0600, an
+		// existing one readable by others is refused like sshd does.
+		if err := checkPrivateFile("host key", f.hostKey, true); err != nil {
+			return err
 		}
 	}
-	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
-	st, closeStore, err := openStore(f, logger)
+	st, closeStore, err := openStore(storeOptions{mapping: f.mapping, upstream: f.upstream, cacheDir: f.cacheDir, signingKey: f.signingKey}, logger)
 	if err != nil {
 		return err
 	}
@@ -137,21 +150,31 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	return nil
 }
 
-// openStore assembles the store from the flags.
-func openStore(f serveFlags, logger *slog.Logger) (*store.Store, func(), error) {
-	m, err := mapping.Load(f.mapping)
+// storeOptions is what serve and prefetch share to open the store.
+type storeOptions struct {
+	mapping, upstream, cacheDir string
+	signingKey                  string // "": path info is unsigned
+}
+
+// openStore assembles the store.
+func openStore(o storeOptions, logger *slog.Logger) (*store.Store, func(), error) {
+	m, err := mapping.Load(o.mapping)
 	if err != nil {
 		return nil, nil, err
 	}
-	key, err := loadSecretKey(f.signingKey)
+	var key *signature.SecretKey
+	if o.signingKey != "" {
+		k, err := loadSecretKey(o.signingKey)
+		if err != nil {
+			return nil, nil, err
+		}
+		key = &k
+	}
+	up, err := upstream.Open(o.upstream)
 	if err != nil {
 		return nil, nil, err
 	}
-	up, err := upstream.Open(f.upstream)
-	if err != nil {
-		return nil, nil, err
-	}
-	cache, err := narcache.Open(f.cacheDir)
+	cache, err := narcache.Open(o.cacheDir)
 	if err != nil {
 		up.Close()
 		return nil, nil, err
@@ -160,7 +183,7 @@ func openStore(f serveFlags, logger *slog.Logger) (*store.Store, func(), error) 
 		Mapping:    m,
 		Upstream:   up,
 		Cache:      cache,
-		SigningKey: &key,
+		SigningKey: key,
 		Logger:     logger,
 	})
 	if err != nil {
@@ -173,16 +196,24 @@ func openStore(f serveFlags, logger *slog.Logger) (*store.Store, func(), error) 
 	return st, func() { cache.Close(); up.Close() }, nil
 }
 
-func loadSecretKey(path string) (signature.SecretKey, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return signature.SecretKey{}, fmt.Errorf("signing key: %w", err)
+// newLogger returns a slog logger writing format ("text" or "json") to w,
+// at level, or at defaultLevel when level is "".
+func newLogger(w io.Writer, format, level string, defaultLevel slog.Level) (*slog.Logger, error) {
+	l := defaultLevel
+	if level != "" {
+		if err := l.UnmarshalText([]byte(level)); err != nil {
+			return nil, fmt.Errorf("--log-level: %w", err)
+		}
 	}
-	k, err := signature.LoadSecretKey(strings.TrimSpace(string(b)))
-	if err != nil {
-		return signature.SecretKey{}, fmt.Errorf("signing key %s: %w", path, err)
+	opts := &slog.HandlerOptions{Level: l}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	default:
+		return nil, fmt.Errorf("--log-format %q: want text or json", format)
 	}
-	return k, nil
 }
 
 // stdio is the protocol channel of --stdio mode.

@@ -1,0 +1,260 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"runtime"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/schollz/progressbar/v3"
+	"golang.org/x/sync/errgroup"
+	"golang.org/x/term"
+)
+
+type prefetchFlags struct {
+	config, mapping, upstream, cacheDir, logLevel, logFormat string
+	jobs                                                     int
+}
+
+// newPrefetchFlags declares prefetch's flags; the names and defaults
+// shared with serve are the same, so that one configuration file serves
+// both.
+func newPrefetchFlags(stderr io.Writer) (*flag.FlagSet, *prefetchFlags) {
+	fs := flag.NewFlagSet("prefetch", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var f prefetchFlags
+	fs.StringVar(&f.config, configFlag, "", "TOML `file` of settings (serve's file works: keys of serve's other flags are ignored); flags given on the command line override it")
+	fs.StringVar(&f.mapping, "mapping", "", "mapping file: native path -> cross path (required)")
+	fs.StringVar(&f.upstream, "upstream", "daemon", "where cross paths are read: daemon (local nix-daemon socket) or unix:///path/to/socket")
+	fs.StringVar(&f.cacheDir, "cache-dir", "state/cache", "directory of rewritten NARs and their path info (serve's --cache-dir)")
+	fs.IntVar(&f.jobs, "jobs", runtime.NumCPU(), "paths prepared in parallel (the default is the number of CPUs)")
+	fs.StringVar(&f.logLevel, "log-level", "", "debug, info, warn or error (default warn; info logs every rewrite)")
+	fs.StringVar(&f.logFormat, "log-format", "text", "log format: text or json")
+	return fs, &f
+}
+
+// runPrefetch prepares every servable path into the cache, so that the
+// first client of a fresh cache does not wait for rewrites.
+func runPrefetch(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs, f := newPrefetchFlags(stderr)
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if f.mapping == "" {
+		return errors.New("--mapping is required")
+	}
+	if f.jobs < 1 {
+		return fmt.Errorf("--jobs %d: want at least 1", f.jobs)
+	}
+	var bar *progressbar.ProgressBar
+	logOut := stderr
+	if isTerminal(stderr) {
+		bar = newPrefetchBar(stderr)
+		logOut = barWriter{bar}
+	}
+	logger, err := newLogger(logOut, f.logFormat, f.logLevel, slog.LevelWarn)
+	if err != nil {
+		return err
+	}
+	st, closeStore, err := openStore(storeOptions{mapping: f.mapping, upstream: f.upstream, cacheDir: f.cacheDir}, logger)
+	if err != nil {
+		return err
+	}
+	defer closeStore()
+
+	var p progress = silent{}
+	if bar != nil {
+		p = &barProgress{bar: bar}
+	}
+	res, err := prefetch(ctx, st, f.jobs, p)
+	p.finish()
+	if err != nil {
+		return err
+	}
+	res.report(stdout)
+	return res.err()
+}
+
+// prefetchStore is what prefetch needs of *store.Store.
+type prefetchStore interface {
+	ValidPaths(ctx context.Context) ([]string, error)
+	Prefetch(ctx context.Context, p string) (narSize uint64, err error)
+	Problems(ctx context.Context) map[string]error
+}
+
+// progress is told about each path as it is done.
+type progress interface {
+	start(paths int)
+	done(narSize uint64)
+	finish()
+}
+
+type silent struct{}
+
+func (silent) start(int)   {}
+func (silent) done(uint64) {}
+func (silent) finish()     {}
+
+// prefetchResult is what a prefetch did.
+type prefetchResult struct {
+	jobs     int
+	total    int    // servable
+	paths    int    // prepared
+	bytes    uint64 // NAR bytes of the prepared paths
+	elapsed  time.Duration
+	failed   map[string]error // servable paths whose preparation failed
+	problems map[string]error // mapped paths that cannot be served
+}
+
+// prefetch prepares every path of st.ValidPaths with up to jobs at once.
+// A failed path does not stop the others; the error is for a run that
+// could not list the paths or was interrupted.
+func prefetch(ctx context.Context, st prefetchStore, jobs int, p progress) (*prefetchResult, error) {
+	start := time.Now()
+	paths, err := st.ValidPaths(ctx)
+	if err != nil {
+		return nil, err
+	}
+	p.start(len(paths))
+	res := &prefetchResult{jobs: jobs, total: len(paths), failed: make(map[string]error)}
+	var mu sync.Mutex
+	var g errgroup.Group
+	g.SetLimit(jobs)
+	for _, path := range paths {
+		if ctx.Err() != nil {
+			break
+		}
+		g.Go(func() error {
+			n, err := st.Prefetch(ctx, path)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				res.failed[path] = err
+			} else {
+				res.paths++
+				res.bytes += n
+			}
+			p.done(n)
+			return nil
+		})
+	}
+	g.Wait()
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("interrupted after %d of %d paths: %w", res.paths, len(paths), err)
+	}
+	res.problems = st.Problems(ctx)
+	res.elapsed = time.Since(start)
+	return res, nil
+}
+
+// report writes the summary line, then every problem and failure.
+func (r *prefetchResult) report(w io.Writer) {
+	fmt.Fprintf(w, "prefetched %d of %d servable paths (%s) in %v with %d jobs; %d failed; %s cannot be served\n",
+		r.paths, r.total, formatBytes(r.bytes), r.elapsed.Round(time.Millisecond), r.jobs, len(r.failed), plural(len(r.problems), "mapped path"))
+	list := func(what string, errs map[string]error) {
+		paths := make([]string, 0, len(errs))
+		for p := range errs {
+			paths = append(paths, p)
+		}
+		sort.Strings(paths)
+		for _, p := range paths {
+			msg := errs[p].Error()
+			if !strings.Contains(msg, p) {
+				msg = p + ": " + msg
+			}
+			fmt.Fprintf(w, "%s: %s\n", what, msg)
+		}
+	}
+	list("cannot be served", r.problems)
+	list("failed", r.failed)
+}
+
+// err is the command's verdict: any problem or failure is an error.
+func (r *prefetchResult) err() error {
+	var what []string
+	if len(r.failed) > 0 {
+		what = append(what, plural(len(r.failed), "path")+" failed")
+	}
+	if len(r.problems) > 0 {
+		what = append(what, plural(len(r.problems), "mapped path")+" cannot be served")
+	}
+	if len(what) == 0 {
+		return nil
+	}
+	return fmt.Errorf("%s (listed above)", strings.Join(what, ", "))
+}
+
+func plural(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
+}
+
+// formatBytes writes n in IEC units, as cache sizes are given.
+func formatBytes(n uint64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := uint64(unit), 0
+	for m := n / unit; m >= unit && exp < 5; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	return ok && term.IsTerminal(int(f.Fd()))
+}
+
+func newPrefetchBar(w io.Writer) *progressbar.ProgressBar {
+	return progressbar.NewOptions(-1,
+		progressbar.OptionSetWriter(w),
+		progressbar.OptionSetDescription("prefetch"),
+		progressbar.OptionShowCount(),
+		progressbar.OptionSetItsString("paths"),
+		progressbar.OptionSetElapsedTime(true),
+		progressbar.OptionSetPredictTime(true),
+		progressbar.OptionSetWidth(30),
+		progressbar.OptionThrottle(100*time.Millisecond),
+		progressbar.OptionClearOnFinish(),
+	)
+}
+
+// barProgress shows paths done out of the total, and the bytes so far in
+// the description.
+type barProgress struct {
+	bar   *progressbar.ProgressBar
+	bytes uint64 // under the caller's lock (prefetch's mu)
+}
+
+func (b *barProgress) start(paths int) { b.bar.ChangeMax(paths) }
+
+func (b *barProgress) done(n uint64) {
+	b.bytes += n
+	b.bar.Describe("prefetch " + formatBytes(b.bytes))
+	_ = b.bar.Add(1)
+}
+
+func (b *barProgress) finish() { _ = b.bar.Finish() }
+
+// barWriter prints log lines above the progress bar instead of through it.
+type barWriter struct{ bar *progressbar.ProgressBar }
+
+func (w barWriter) Write(b []byte) (int, error) {
+	if _, err := progressbar.Bprintf(w.bar, "%s", b); err != nil {
+		return 0, err
+	}
+	return len(b), nil
+}

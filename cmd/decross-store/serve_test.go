@@ -1,0 +1,225 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nix-community/go-nix/pkg/narinfo/signature"
+	"golang.org/x/crypto/ssh"
+)
+
+// serveFixture is what serve needs to start, written into a fresh
+// directory: a signing key, a mapping and an authorized_keys file.
+type serveFixture struct {
+	dir, signingKey, mapping, authorizedKeys, hostKey, cacheDir string
+}
+
+func newServeFixture(t *testing.T) serveFixture {
+	t.Helper()
+	dir := t.TempDir()
+	sk, _, err := signature.GenerateKeypair("test-1", rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, _, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sshPub, err := ssh.NewPublicKey(pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const native = "/nix/store/00000000000000000000000000000001-hello-2.12"
+	const cross = "/nix/store/00000000000000000000000000000002-hello-aarch64-unknown-linux-gnu-2.12"
+	return serveFixture{
+		dir:            dir,
+		signingKey:     writeFile(t, dir, "secret.key", sk.String(), 0o600),
+		mapping:        writeFile(t, dir, "mapping.json", `{"paths":[{"native":"`+native+`","cross":"`+cross+`"}]}`, 0o644),
+		authorizedKeys: writeFile(t, dir, "authorized_keys", string(ssh.MarshalAuthorizedKey(sshPub)), 0o644),
+		hostKey:        filepath.Join(dir, "state", "ssh_host_ed25519_key"),
+		cacheDir:       filepath.Join(dir, "state", "cache"),
+	}
+}
+
+func (f serveFixture) config(t *testing.T, extra string) string {
+	t.Helper()
+	return writeFile(t, f.dir, "decross-store.toml", strings.Join([]string{
+		`listen = "127.0.0.1:0"`,
+		`host-key = "` + f.hostKey + `"`,
+		`authorized-keys = "` + f.authorizedKeys + `"`,
+		`mapping = "` + f.mapping + `"`,
+		`signing-key = "` + f.signingKey + `"`,
+		`cache-dir = "` + f.cacheDir + `"`,
+		`shutdown-timeout = "5s"`,
+		extra,
+	}, "\n"), 0o644)
+}
+
+// lineWatcher collects what serve logs and hands over the first line that
+// matches re.
+type lineWatcher struct {
+	re    *regexp.Regexp
+	found chan string
+	mu    sync.Mutex
+	buf   bytes.Buffer
+	once  sync.Once
+	pw    *io.PipeWriter
+}
+
+func newLineWatcher(re string) *lineWatcher {
+	pr, pw := io.Pipe()
+	w := &lineWatcher{re: regexp.MustCompile(re), found: make(chan string, 1), pw: pw}
+	go func() {
+		sc := bufio.NewScanner(pr)
+		for sc.Scan() {
+			w.mu.Lock()
+			w.buf.WriteString(sc.Text() + "\n")
+			w.mu.Unlock()
+			if m := w.re.FindStringSubmatch(sc.Text()); m != nil {
+				w.once.Do(func() { w.found <- m[1] })
+			}
+		}
+		io.Copy(io.Discard, pr)
+	}()
+	return w
+}
+
+func (w *lineWatcher) Write(b []byte) (int, error) { return w.pw.Write(b) }
+
+func (w *lineWatcher) String() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.buf.String()
+}
+
+// `serve --config FILE` alone starts a real SSH server, in either log
+// format, and stops on cancellation.
+func TestServeConfigOnly(t *testing.T) {
+	tests := []struct {
+		format string
+		re     string // captures the listen address from the "serving" line
+	}{
+		{"text", `msg=serving listen=(\S+)`},
+		{"json", `^\{.*"msg":"serving","listen":"([^"]+)"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.format, func(t *testing.T) {
+			fx := newServeFixture(t)
+			cfg := fx.config(t, `log-format = "`+tt.format+`"`)
+			logs := newLineWatcher(tt.re)
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			done := make(chan error, 1)
+			go func() { done <- runServe(ctx, []string{"--config", cfg}, io.Discard, logs) }()
+			var addr string
+			select {
+			case addr = <-logs.found:
+			case err := <-done:
+				t.Fatalf("serve exited: %v\n%s", err, logs)
+			case <-time.After(30 * time.Second):
+				t.Fatalf("no serving line\n%s", logs)
+			}
+			conn, err := net.DialTimeout("tcp", addr, 10*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+			banner, err := bufio.NewReader(conn).ReadString('\n')
+			conn.Close()
+			if err != nil || !strings.HasPrefix(banner, "SSH-2.0-") {
+				t.Fatalf("banner %q, %v", banner, err)
+			}
+			if tt.format == "json" {
+				for _, line := range strings.Split(strings.TrimSpace(logs.String()), "\n") {
+					var v map[string]any
+					if err := json.Unmarshal([]byte(line), &v); err != nil {
+						t.Errorf("log line is not JSON: %q: %v", line, err)
+					}
+				}
+			}
+			fi, err := os.Stat(fx.hostKey)
+			if err != nil || fi.Mode().Perm() != 0o600 {
+				t.Errorf("generated host key: %v, %v; want mode 0600", fi, err)
+			}
+			cancel()
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Fatalf("serve after cancel: %v", err)
+				}
+			case <-time.After(30 * time.Second):
+				t.Fatal("serve did not stop")
+			}
+		})
+	}
+}
+
+// Like sshd, serve refuses keys that group or others have any permission
+// on, and says how to fix it.
+func TestServeRefusesOpenKeys(t *testing.T) {
+	tests := []struct {
+		what string
+		mode os.FileMode
+	}{
+		{"signing key", 0o644},
+		{"signing key", 0o640},
+		{"signing key", 0o604},
+		{"signing key", 0o620},
+		{"host key", 0o644},
+		{"host key", 0o660},
+	}
+	for _, tt := range tests {
+		t.Run(fmt.Sprintf("%s %#o", tt.what, tt.mode), func(t *testing.T) {
+			fx := newServeFixture(t)
+			p := fx.signingKey
+			if tt.what == "host key" {
+				if err := os.MkdirAll(filepath.Dir(fx.hostKey), 0o700); err != nil {
+					t.Fatal(err)
+				}
+				// Refused on its mode, before it is parsed.
+				p = writeFile(t, filepath.Dir(fx.hostKey), filepath.Base(fx.hostKey), "not a key", tt.mode)
+			}
+			if err := os.Chmod(p, tt.mode); err != nil {
+				t.Fatal(err)
+			}
+			err := runServe(context.Background(), []string{"--config", fx.config(t, "")}, io.Discard, io.Discard)
+			want := fmt.Sprintf("%s %s is accessible by group or others (mode %#o); run chmod 600 %s", tt.what, p, tt.mode, p)
+			if err == nil || err.Error() != want {
+				t.Fatalf("serve: %v\nwant: %s", err, want)
+			}
+		})
+	}
+}
+
+func TestKeygenWritesSecretKey0600(t *testing.T) {
+	dir := t.TempDir()
+	sk, pk := filepath.Join(dir, "secret.key"), filepath.Join(dir, "public.key")
+	if err := runKeygen(context.Background(), []string{"--name", "k-1", "--secret-key-file", sk, "--public-key-file", pk}, io.Discard, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(sk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o600 {
+		t.Errorf("secret key mode %#o, want 0600", fi.Mode().Perm())
+	}
+	// What keygen wrote, serve accepts.
+	if _, err := loadSecretKey(sk); err != nil {
+		t.Errorf("load the key keygen wrote: %v", err)
+	}
+}
