@@ -9,6 +9,7 @@ import (
 
 	"github.com/decross-store/decross-store/pathinfo"
 	"github.com/nix-community/go-nix/pkg/nixbase32"
+	"golang.org/x/sync/errgroup"
 )
 
 func (c *serverConn) dispatch(ctx context.Context, op uint64) error {
@@ -178,6 +179,30 @@ func (c *serverConn) validInfo(ctx context.Context, p string) (info *pathinfo.Pa
 	return info, nil, nil
 }
 
+// batchQueries bounds the path info queries one batch request (QueryValidPaths,
+// QueryMissing) runs at once. On a cold store each query may wait for a
+// rewrite; running them together lets the store prepare the batch in
+// parallel (it bounds the rewrites itself).
+const batchQueries = 16
+
+// validPaths reports which of paths are valid.
+func (c *serverConn) validPaths(ctx context.Context, paths []string) ([]bool, error) {
+	ok := make([]bool, len(paths))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(batchQueries)
+	for i, p := range paths {
+		g.Go(func() error {
+			info, _, err := c.validInfo(gctx, p)
+			ok[i] = info != nil
+			return err
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	return ok, nil
+}
+
 func (c *serverConn) isValidPath(ctx context.Context) error {
 	p, err := c.readStorePath()
 	if err != nil {
@@ -263,13 +288,13 @@ func (c *serverConn) queryValidPaths(ctx context.Context) error {
 			return fmt.Errorf("read substitute flag: %w", err)
 		}
 	}
+	ok, err := c.validPaths(ctx, paths)
+	if err != nil {
+		return c.opFailed("QueryValidPaths", err)
+	}
 	var valid []string
-	for _, p := range paths {
-		info, _, err := c.validInfo(ctx, p)
-		if err != nil {
-			return c.opFailed("QueryValidPaths", err)
-		}
-		if info != nil {
+	for i, p := range paths {
+		if ok[i] {
 			valid = append(valid, p)
 		}
 	}
@@ -407,14 +432,21 @@ func (c *serverConn) queryMissing(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	var unknown []string
+	var opaque, unknown []string
 	for _, d := range ds {
-		ok, _, err := c.validOpaque(ctx, d)
-		if err != nil {
-			return c.opFailed("QueryMissing", err)
-		}
-		if !ok {
+		if d.drv {
 			unknown = append(unknown, d.path)
+		} else {
+			opaque = append(opaque, d.path)
+		}
+	}
+	ok, err := c.validPaths(ctx, opaque)
+	if err != nil {
+		return c.opFailed("QueryMissing", err)
+	}
+	for i, p := range opaque {
+		if !ok[i] {
+			unknown = append(unknown, p)
 		}
 	}
 	slices.Sort(unknown)
