@@ -50,6 +50,31 @@ type Config struct {
 	// rather than holding it forever. Zero selects the default.
 	UpstreamQueryTimeout time.Duration // one path info query (default 1 minute)
 	UpstreamStallTimeout time.Duration // no NAR bytes for this long (default 2 minutes)
+
+	// Rewrites bounds the rewrites running at once (default: the number
+	// of CPUs, at least 4: a rewrite of a small path waits on the upstream
+	// and the disk as much as on a CPU).
+	Rewrites int
+	// NoReadAhead turns off preparing the references of a path in the
+	// background once the path is asked for (for a caller that prepares
+	// every path itself, like prefetch).
+	NoReadAhead bool
+
+	Hooks Hooks
+}
+
+// Hooks observe the store's work, for metrics. Nil fields are skipped;
+// the others are called synchronously, so they must be quick and safe for
+// concurrent use.
+type Hooks struct {
+	// Rewrote: a path was rewritten from an upstream NAR of upstreamBytes
+	// into a cached NAR of servedBytes.
+	Rewrote   func(upstreamBytes, servedBytes uint64, took time.Duration)
+	CacheHit  func() // a path was prepared from a cache entry
+	CacheMiss func() // a path had no usable cache entry and is rewritten
+	// Upstream: one upstream request ("QueryPathInfo", "NarFromPath"; for
+	// a NAR, the time to its first byte) ended.
+	Upstream func(op string, took time.Duration, err error)
 }
 
 // Store serves native paths. It is safe for concurrent use.
@@ -69,6 +94,22 @@ type Store struct {
 	prepFlight   singleflight.Group
 	prepared     sync.Map      // served path -> *prepared
 	builds       chan struct{} // semaphore: rewrites running at once
+
+	// Read-ahead: references of asked-for paths, prepared in the
+	// background by a fixed set of workers. The queue is bounded and
+	// drops what does not fit (the client asks for it anyway), so memory
+	// does not grow with the closure.
+	ahead       chan string
+	aheadQueued sync.Map // path -> struct{}: in ahead, or being prepared from it
+	aheadStart  sync.Once
+	aheadDone   sync.WaitGroup
+
+	// life is cancelled by Close: shared work runs in it, detached from
+	// the requests waiting for it.
+	life context.Context
+	stop context.CancelFunc
+
+	work workTracker // shared work in progress
 
 	caFlight   singleflight.Group
 	caMu       sync.Mutex
@@ -108,8 +149,14 @@ func New(cfg Config) (*Store, error) {
 		tooLong: make(map[string]bool),
 		byHash:  make(map[string]string),
 		caIndex: make(map[string]bool),
-		builds:  make(chan struct{}, max(2, runtime.GOMAXPROCS(0))),
 	}
+	rewrites := cfg.Rewrites
+	if rewrites <= 0 {
+		rewrites = max(4, runtime.GOMAXPROCS(0))
+	}
+	s.builds = make(chan struct{}, rewrites)
+	s.ahead = make(chan string, aheadQueue)
+	s.life, s.stop = context.WithCancel(context.Background())
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
@@ -142,6 +189,111 @@ func New(cfg Config) (*Store, error) {
 	return s, nil
 }
 
+// aheadQueue bounds the paths waiting for read-ahead.
+const aheadQueue = 4096
+
+// aheadWorkers is how many rewrites read-ahead may run at once: one fewer
+// than the rewrite limit, so that a path a client asks for never waits
+// behind read-ahead for a slot.
+func (s *Store) aheadWorkers() int { return max(1, cap(s.builds)-1) }
+
+// readAhead queues the served references of src for preparation in the
+// background: a client that asked for a path asks for its references
+// next, one at a time, and would otherwise wait for each rewrite in turn.
+func (s *Store) readAhead(src *source) {
+	if s.cfg.NoReadAhead {
+		return
+	}
+	s.aheadStart.Do(func() {
+		for range s.aheadWorkers() {
+			s.aheadDone.Add(1)
+			go s.aheadWorker()
+		}
+	})
+	for _, r := range s.mappedReferences(src) {
+		if r == src.served {
+			continue
+		}
+		if _, ok := s.prepared.Load(r); ok {
+			continue
+		}
+		if _, queued := s.aheadQueued.LoadOrStore(r, struct{}{}); queued {
+			continue
+		}
+		select {
+		case s.ahead <- r:
+		default:
+			s.aheadQueued.Delete(r) // full: the client will ask for it
+		}
+	}
+}
+
+func (s *Store) aheadWorker() {
+	defer s.aheadDone.Done()
+	for {
+		select {
+		case <-s.life.Done():
+			return
+		case p := <-s.ahead:
+			// Errors are not reported: nobody asked yet, and the client
+			// that does will get them.
+			if _, err := s.prepare(s.life, p); err != nil && s.life.Err() == nil {
+				s.log.Debug("read-ahead failed", "path", p, "error", err)
+			}
+			s.aheadQueued.Delete(p)
+		}
+	}
+}
+
+// Close cancels the work in progress (rewrites are detached from the
+// requests that started them) and read-ahead, and waits for them to end,
+// so that nothing writes to the cache afterwards.
+func (s *Store) Close() {
+	s.stop()
+	s.aheadDone.Wait()
+	s.work.close()
+}
+
+// workTracker counts work in progress and waits for it to end. Unlike a
+// sync.WaitGroup it may see new work while close waits: that work is
+// refused.
+type workTracker struct {
+	mu     sync.Mutex
+	n      int
+	closed bool
+	idle   *sync.Cond
+}
+
+func (t *workTracker) begin() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		return false
+	}
+	t.n++
+	return true
+}
+
+func (t *workTracker) end() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.n--; t.n == 0 && t.idle != nil {
+		t.idle.Broadcast()
+	}
+}
+
+func (t *workTracker) close() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.closed = true
+	if t.idle == nil {
+		t.idle = sync.NewCond(&t.mu)
+	}
+	for t.n > 0 {
+		t.idle.Wait()
+	}
+}
+
 func hashPart(p string) string { return p[len(storepath.StoreDir)+1:][:32] }
 
 // upstreamPathInfo is QueryPathInfo on the upstream, memoised: path info of
@@ -153,7 +305,11 @@ func (s *Store) upstreamPathInfo(ctx context.Context, p string) (*pathinfo.PathI
 	v, err := s.shared(ctx, &s.infoFlight, p, func(work context.Context) (any, error) {
 		work, cancel := context.WithTimeout(work, s.cfg.UpstreamQueryTimeout)
 		defer cancel()
+		start := time.Now()
 		info, err := s.cfg.Upstream.QueryPathInfo(work, p)
+		if h := s.cfg.Hooks.Upstream; h != nil {
+			h("QueryPathInfo", time.Since(start), err)
+		}
 		if err != nil {
 			return nil, fmt.Errorf("upstream query path info %s: %w", p, err)
 		}
@@ -171,11 +327,16 @@ func (s *Store) upstreamPathInfo(ctx context.Context, p string) (*pathinfo.PathI
 
 // shared runs fn once for all concurrent callers with the same key. fn
 // runs detached from any caller's cancellation, since others may wait for
-// it; each caller waits only as long as its own ctx allows. A panic in fn
-// becomes an error for its callers instead of killing the server.
+// it (Close cancels it); each caller waits only as long as its own ctx
+// allows. A panic in fn becomes an error for its callers instead of
+// killing the server.
 func (s *Store) shared(ctx context.Context, g *singleflight.Group, key string, fn func(work context.Context) (any, error)) (any, error) {
-	work := context.WithoutCancel(ctx)
+	work := s.life
 	ch := g.DoChan(key, func() (v any, err error) {
+		if !s.work.begin() {
+			return nil, errors.New("store closed")
+		}
+		defer s.work.end()
 		defer func() {
 			if r := recover(); r != nil {
 				s.log.Error("panic while preparing a path", "key", key, "panic", r, "stack", string(debug.Stack()))
@@ -416,6 +577,7 @@ func (s *Store) prepare(ctx context.Context, served string) (*prepared, error) {
 		if err != nil || src == nil {
 			return (*prepared)(nil), err
 		}
+		s.readAhead(src)
 		p, err := s.build(work, src)
 		if err != nil {
 			// The upstream path may have been rebuilt with other bytes
@@ -476,13 +638,24 @@ func (s *Store) build(ctx context.Context, src *source) (*prepared, error) {
 			entry = nil
 		}
 	}
-	if entry == nil {
+	if entry != nil {
+		if h := s.cfg.Hooks.CacheHit; h != nil {
+			h()
+		}
+	} else {
+		if h := s.cfg.Hooks.CacheMiss; h != nil {
+			h()
+		}
 		start := time.Now()
 		entry, err = s.rewriteInto(ctx, src, key, refs)
 		if err != nil {
 			return nil, err
 		}
-		s.log.Info("rewrote path", "path", src.served, "from", src.from, "narSize", entry.NarSize, "duration", time.Since(start).Round(time.Millisecond))
+		took := time.Since(start)
+		if h := s.cfg.Hooks.Rewrote; h != nil {
+			h(src.info.NarSize, entry.NarSize, took)
+		}
+		s.log.Info("rewrote path", "path", src.served, "from", src.from, "narSize", entry.NarSize, "duration", took.Round(time.Millisecond))
 	}
 	info := entry.PathInfo()
 	if src.isCA() {
@@ -534,7 +707,11 @@ func (s *Store) rewriteInto(ctx context.Context, src *source, key string, refs [
 	})
 	defer stall.Stop()
 
+	start := time.Now()
 	rc, err := s.cfg.Upstream.NarFromPath(ctx, src.from)
+	if h := s.cfg.Hooks.Upstream; h != nil {
+		h("NarFromPath", time.Since(start), err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("read upstream NAR of %s: %w", src.from, err)
 	}

@@ -164,10 +164,11 @@ func (f *fixture) store(t *testing.T) *Store {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
-	s, err := New(Config{Mapping: f.mapping, Upstream: f.up, Cache: c, SigningKey: &f.key, Now: func() time.Time { return time.Unix(1700000000, 0) }})
+	s, err := New(Config{NoReadAhead: true, Mapping: f.mapping, Upstream: f.up, Cache: c, SigningKey: &f.key, Now: func() time.Time { return time.Unix(1700000000, 0) }})
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(s.Close)
 	return s
 }
 
@@ -436,10 +437,11 @@ func TestStuckUpstreamDoesNotHoldRequests(t *testing.T) {
 	up := &stuckUpstream{fakeUpstream: f.up, release: make(chan struct{})}
 	c, _ := narcache.Open(f.cacheDir)
 	t.Cleanup(func() { c.Close() })
-	s, err := New(Config{Mapping: f.mapping, Upstream: up, Cache: c, SigningKey: &f.key})
+	s, err := New(Config{NoReadAhead: true, Mapping: f.mapping, Upstream: up, Cache: c, SigningKey: &f.key})
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(s.Close)
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
 	done := make(chan error, 1)
@@ -472,10 +474,11 @@ func TestPanicInSharedWorkIsAnError(t *testing.T) {
 	f := newFixture(t)
 	c, _ := narcache.Open(f.cacheDir)
 	t.Cleanup(func() { c.Close() })
-	s, err := New(Config{Mapping: f.mapping, Upstream: panickyUpstream{f.up}, Cache: c, SigningKey: &f.key})
+	s, err := New(Config{NoReadAhead: true, Mapping: f.mapping, Upstream: panickyUpstream{f.up}, Cache: c, SigningKey: &f.key})
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(s.Close)
 	_, err = s.QueryPathInfo(context.Background(), nativeGlibc)
 	if err == nil || !strings.Contains(err.Error(), "upstream exploded") {
 		t.Fatalf("err = %v, want the panic as an error", err)
@@ -538,11 +541,12 @@ func TestStalledUpstreamFailsTheRewrite(t *testing.T) {
 	f := newFixture(t)
 	c, _ := narcache.Open(f.cacheDir)
 	t.Cleanup(func() { c.Close() })
-	s, err := New(Config{Mapping: f.mapping, Upstream: stallingUpstream{f.up}, Cache: c, SigningKey: &f.key,
+	s, err := New(Config{NoReadAhead: true, Mapping: f.mapping, Upstream: stallingUpstream{f.up}, Cache: c, SigningKey: &f.key,
 		UpstreamStallTimeout: 100 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(s.Close)
 	start := time.Now()
 	_, err = s.QueryPathInfo(context.Background(), nativeGlibc)
 	if err == nil || !strings.Contains(err.Error(), "no NAR data") {
@@ -629,10 +633,11 @@ func TestContentAddressedFoundAfterLaterBuild(t *testing.T) {
 	}
 	t.Cleanup(func() { c.Close() })
 	now := time.Unix(1700000000, 0)
-	s, err := New(Config{Mapping: f.mapping, Upstream: f.up, Cache: c, SigningKey: &f.key, Now: func() time.Time { return now }})
+	s, err := New(Config{NoReadAhead: true, Mapping: f.mapping, Upstream: f.up, Cache: c, SigningKey: &f.key, Now: func() time.Time { return now }})
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(s.Close)
 	ctx := context.Background()
 	if info, err := s.QueryPathInfo(ctx, srcPath); err != nil || info != nil {
 		t.Fatalf("before hello is built: %v, %v; want not served", info, err)
@@ -658,10 +663,11 @@ func TestRewriterSettingsInCacheKey(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
-	s, err := New(Config{Mapping: f.mapping, Upstream: f.up, Cache: c, SigningKey: &f.key, Rewrite: rewrite.Options{TextMax: 1}})
+	s, err := New(Config{NoReadAhead: true, Mapping: f.mapping, Upstream: f.up, Cache: c, SigningKey: &f.key, Rewrite: rewrite.Options{TextMax: 1}})
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(s.Close)
 	readNAR(t, s, nativeHello)
 	if got := f.up.narReads.Load(); got != reads+1 {
 		t.Errorf("upstream NAR read %d more times, want 1 (a rebuild)", got-reads)
@@ -748,10 +754,11 @@ func TestPrefetchWithoutKeyWarmsTheCache(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	unsigned, err := New(Config{Mapping: f.mapping, Upstream: f.up, Cache: c})
+	unsigned, err := New(Config{NoReadAhead: true, Mapping: f.mapping, Upstream: f.up, Cache: c})
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(unsigned.Close)
 	ctx := context.Background()
 	size, err := unsigned.Prefetch(ctx, nativeHello)
 	if err != nil {
@@ -783,5 +790,99 @@ func TestPrefetchWithoutKeyWarmsTheCache(t *testing.T) {
 	readNAR(t, s, nativeHello)
 	if got := f.up.narReads.Load(); got != reads {
 		t.Errorf("serving after prefetch read %d upstream NARs, want 0", got-reads)
+	}
+}
+
+// Asking for a path prepares its references in the background: the
+// client asks for them next, and finds them ready.
+func TestReadAheadPreparesReferences(t *testing.T) {
+	f := newFixture(t)
+	c, err := narcache.Open(f.cacheDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	rewrote := make(chan uint64, 8)
+	s, err := New(Config{Mapping: f.mapping, Upstream: f.up, Cache: c, SigningKey: &f.key,
+		Hooks: Hooks{Rewrote: func(_, served uint64, _ time.Duration) { rewrote <- served }}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	ctx := context.Background()
+	if _, err := s.QueryPathInfo(ctx, nativeHello); err != nil {
+		t.Fatal(err)
+	}
+	// hello, and glibc by read-ahead; the source is content-addressed and
+	// read ahead too (it is served unchanged, but still prepared).
+	deadline := time.After(30 * time.Second)
+	for n := 0; n < 3; n++ {
+		select {
+		case <-rewrote:
+		case <-deadline:
+			t.Fatalf("%d paths prepared, want hello and its two references", n)
+		}
+	}
+	reads := f.up.narReads.Load()
+	for _, p := range []string{nativeGlibc, srcPath} {
+		if _, err := s.QueryPathInfo(ctx, p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := f.up.narReads.Load(); got != reads {
+		t.Errorf("asking for the references read %d more upstream NARs, want 0", got-reads)
+	}
+}
+
+// Read-ahead never takes every rewrite slot, so a path a client asks for
+// is not queued behind it.
+func TestReadAheadLeavesARewriteSlot(t *testing.T) {
+	f := newFixture(t)
+	c, err := narcache.Open(f.cacheDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	for _, rewrites := range []int{1, 2, 4} {
+		s, err := New(Config{Mapping: f.mapping, Upstream: f.up, Cache: c, Rewrites: rewrites})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if w := s.aheadWorkers(); w < 1 || (rewrites > 1 && w >= rewrites) {
+			t.Errorf("Rewrites %d: %d read-ahead workers", rewrites, w)
+		}
+		s.Close()
+	}
+}
+
+// The read-ahead queue is bounded: a path with more references than it
+// holds does not block the request or grow memory.
+func TestReadAheadQueueIsBounded(t *testing.T) {
+	f := newFixture(t)
+	c, err := narcache.Open(f.cacheDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	s, err := New(Config{Mapping: f.mapping, Upstream: f.up, Cache: c})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Workers not started: nothing drains the queue.
+	s.aheadStart.Do(func() {})
+	t.Cleanup(s.Close)
+	refs := make([]string, aheadQueue+100)
+	for i := range refs {
+		refs[i] = fmt.Sprintf("/nix/store/%032d-ref", i)
+	}
+	src := &source{served: nativeHello, info: &pathinfo.PathInfo{References: refs}}
+	s.readAhead(src)
+	if got := len(s.ahead); got != aheadQueue {
+		t.Errorf("queue holds %d paths, want its bound %d", got, aheadQueue)
+	}
+	queued := 0
+	s.aheadQueued.Range(func(any, any) bool { queued++; return true })
+	if queued != aheadQueue {
+		t.Errorf("%d paths marked queued, want %d (those dropped are not remembered)", queued, aheadQueue)
 	}
 }

@@ -19,7 +19,7 @@ const DefaultSocket = "/nix/var/nix/daemon-socket/socket"
 
 // maxIdle bounds the connections kept open between requests; a daemon
 // forks a worker per connection, so hoarding them is not free.
-const maxIdle = 4
+const maxIdle = 8
 
 // Daemon is a reader of one nix-daemon. Connections are dialled and
 // handshaken lazily.

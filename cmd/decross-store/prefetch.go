@@ -64,7 +64,7 @@ func runPrefetch(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	if err != nil {
 		return err
 	}
-	st, closeStore, err := openStore(storeOptions{mapping: f.mapping, upstream: f.upstream, cacheDir: f.cacheDir}, logger)
+	st, closeStore, err := openStore(storeOptions{mapping: f.mapping, upstream: f.upstream, cacheDir: f.cacheDir, noReadAhead: true}, logger)
 	if err != nil {
 		return err
 	}

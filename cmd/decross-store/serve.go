@@ -154,6 +154,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 type storeOptions struct {
 	mapping, upstream, cacheDir string
 	signingKey                  string // "": path info is unsigned
+	noReadAhead                 bool   // the caller prepares every path itself
 }
 
 // openStore assembles the store.
@@ -180,20 +181,22 @@ func openStore(o storeOptions, logger *slog.Logger) (*store.Store, func(), error
 		return nil, nil, err
 	}
 	st, err := store.New(store.Config{
-		Mapping:    m,
-		Upstream:   up,
-		Cache:      cache,
-		SigningKey: key,
-		Logger:     logger,
+		Mapping:     m,
+		Upstream:    up,
+		Cache:       cache,
+		SigningKey:  key,
+		Logger:      logger,
+		NoReadAhead: o.noReadAhead,
 	})
 	if err != nil {
 		cache.Close()
 		up.Close()
 		return nil, nil, err
 	}
-	// Closing the cache waits for a compaction in progress, so that exit
-	// does not leave a half-written temporary file behind.
-	return st, func() { cache.Close(); up.Close() }, nil
+	// Closing the store cancels its rewrites, and closing the cache waits
+	// for a compaction in progress, so that exit does not leave a
+	// half-written temporary file behind.
+	return st, func() { st.Close(); cache.Close(); up.Close() }, nil
 }
 
 // newLogger returns a slog logger writing format ("text" or "json") to w,
