@@ -18,6 +18,7 @@ import (
 
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 	"github.com/nix-community/go-nix/pkg/storepath"
+	"golang.org/x/sync/errgroup"
 	"golang.org/x/sync/singleflight"
 
 	"github.com/decross-store/decross-store/daemonproto"
@@ -462,9 +463,17 @@ func (s *Store) walkClosure(ctx context.Context, root string, found map[string]b
 	var problem error
 	seen := map[string]bool{root: true}
 	queue := []string{root}
-	for len(queue) > 0 {
-		p := queue[0]
-		queue = queue[1:]
+	fetched := 0 // queue[:fetched] have been asked for
+	for i := 0; i < len(queue); i++ {
+		// A level of the walk is asked for at once: on a cold start the
+		// walk of a large closure is a round trip per path otherwise.
+		if i == fetched {
+			if err := s.fetchInfos(ctx, queue[fetched:]); err != nil {
+				return err
+			}
+			fetched = len(queue)
+		}
+		p := queue[i]
 		info, err := s.upstreamPathInfo(ctx, p)
 		if err != nil {
 			return err
@@ -517,6 +526,33 @@ func (s *Store) walkClosure(ctx context.Context, root string, found map[string]b
 		}
 	}
 	return problem
+}
+
+// walkQueries bounds the upstream path info queries a closure walk runs at
+// once.
+const walkQueries = 8
+
+// fetchInfos makes sure the upstream path infos of paths are known,
+// asking for those that are not concurrently.
+func (s *Store) fetchInfos(ctx context.Context, paths []string) error {
+	var missing []string
+	for _, p := range paths {
+		if _, ok := s.upstreamInfo.Load(p); !ok {
+			missing = append(missing, p)
+		}
+	}
+	if len(missing) < 2 {
+		return nil // the walk asks for it itself
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(walkQueries)
+	for _, p := range missing {
+		g.Go(func() error {
+			_, err := s.upstreamPathInfo(gctx, p)
+			return err
+		})
+	}
+	return g.Wait()
 }
 
 // isServedCA reports whether p is a content-addressed path in the closure

@@ -886,3 +886,69 @@ func TestReadAheadQueueIsBounded(t *testing.T) {
 		t.Errorf("%d paths marked queued, want %d (those dropped are not remembered)", queued, aheadQueue)
 	}
 }
+
+// overlapUpstream records whether two path info queries ever ran at once.
+// Queries for paths in wait block (up to a bound) until another query is
+// in flight.
+type overlapUpstream struct {
+	*fakeUpstream
+	wait     map[string]bool
+	mu       sync.Mutex
+	inFlight int
+	overlap  bool
+	changed  chan struct{} // closed and replaced when inFlight changes
+}
+
+func (u *overlapUpstream) QueryPathInfo(ctx context.Context, p string) (*pathinfo.PathInfo, error) {
+	u.mu.Lock()
+	u.inFlight++
+	if u.inFlight > 1 {
+		u.overlap = true
+	}
+	close(u.changed)
+	u.changed = make(chan struct{})
+	u.mu.Unlock()
+	defer func() {
+		u.mu.Lock()
+		u.inFlight--
+		u.mu.Unlock()
+	}()
+	deadline := time.After(2 * time.Second)
+	for u.wait[p] {
+		u.mu.Lock()
+		overlap, changed := u.overlap, u.changed
+		u.mu.Unlock()
+		if overlap {
+			break
+		}
+		select {
+		case <-changed:
+		case <-deadline:
+			return u.fakeUpstream.QueryPathInfo(ctx, p)
+		}
+	}
+	return u.fakeUpstream.QueryPathInfo(ctx, p)
+}
+
+// A closure walk asks for the upstream path infos of a level at once.
+func TestClosureWalkQueriesConcurrently(t *testing.T) {
+	f := newFixture(t)
+	c, err := narcache.Open(f.cacheDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	up := &overlapUpstream{fakeUpstream: f.up, wait: map[string]bool{crossGlibc: true, srcPath: true}, changed: make(chan struct{})}
+	s, err := New(Config{NoReadAhead: true, Mapping: f.mapping, Upstream: up, Cache: c})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	// hello references glibc and the source: one level of two paths.
+	if _, err := s.QueryPathInfo(context.Background(), nativeHello); err != nil {
+		t.Fatal(err)
+	}
+	if !up.overlap {
+		t.Error("the closure walk asked for hello's references one at a time")
+	}
+}
