@@ -393,6 +393,11 @@ func TestCancelledClientDoesNotFailSharedWork(t *testing.T) {
 	if info, err := s.QueryPathInfo(context.Background(), nativeGlibc); err != nil || info == nil {
 		t.Fatalf("after a cancelled request: %v, %v", info, err)
 	}
+	// The second request joined (or found) the work of the first: had
+	// cancelling killed it, the second would have read the NAR again.
+	if n := f.up.narReads.Load(); n != 1 {
+		t.Errorf("upstream NAR read %d times, want 1: the cancelled request's work was not shared", n)
+	}
 }
 
 func TestCrossBuiltAfterStartIsServed(t *testing.T) {

@@ -68,6 +68,7 @@ func (a *Hasher) Sum() []byte {
 	return a.sum
 }
 
-// Close stops the goroutine without computing a digest the caller does not
-// need (for abandoned streams).
+// Close ends the goroutine, for abandoned streams. It waits for the bytes
+// already written to be hashed and computes the digest (Sum does both);
+// it is safe to call after Sum, and Sum after it.
 func (a *Hasher) Close() { a.Sum() }
