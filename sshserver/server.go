@@ -136,7 +136,8 @@ type Server struct {
 }
 
 // Hooks observes a Server. Its methods are called from the goroutines
-// serving connections, several at once, and should return quickly.
+// serving connections, several at once, some with the server's lock
+// held: they should return quickly and must not call the Server.
 type Hooks interface {
 	// ConnectionOpened and ConnectionClosed bracket a connection that
 	// got a handshake slot, whether or not it authenticates.
