@@ -272,7 +272,9 @@ func (c *serverConn) narFromPath(ctx context.Context) error {
 	c.last()
 	// Once LAST is out the client expects exactly one NAR; a failure now
 	// can only be signalled by hanging up.
-	if _, err := c.w.w.ReadFrom(rc); err != nil {
+	n, err := c.w.w.ReadFrom(rc)
+	c.narSent(n)
+	if err != nil {
 		return fmt.Errorf("send nar of %s: %w", p, err)
 	}
 	return nil

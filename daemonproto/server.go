@@ -61,7 +61,46 @@ type Server struct {
 	// instead of waiting for the next one; a session idle at that moment
 	// ends at once (rw is closed if it is an io.Closer).
 	Draining func(ctx context.Context) <-chan struct{}
+
+	// Hooks, when set, is told about every request, for metrics.
+	Hooks Hooks
 }
+
+// Hooks observes what a Server does. Its methods are called from the
+// goroutines serving connections, several at once, and should return
+// quickly.
+type Hooks interface {
+	// Request reports a request once it has been answered or has failed:
+	// op is its name in the protocol ("QueryPathInfo", "NarFromPath";
+	// "Handshake" for the handshake, "unknown" for an operation code
+	// this server does not know), reason is "" when it succeeded.
+	Request(op string, reason Reason)
+	// NarSent reports n bytes of a NAR sent by NarFromPath, including
+	// those of a transfer cut short.
+	NarSent(n int64)
+}
+
+// Reason says why a request failed.
+type Reason string
+
+const (
+	// ReasonNotServed: the path is not valid in this store (the Store
+	// said so with ErrInvalidPath, or it names no path this store has),
+	// or it is a derivation to build.
+	ReasonNotServed Reason = "not_served"
+	// ReasonRefusedWrite: a write (AddToStore, CollectGarbage, ...).
+	ReasonRefusedWrite Reason = "refused_write"
+	// ReasonUpstream: any other error of the Store, such as an upstream
+	// daemon that failed or timed out.
+	ReasonUpstream Reason = "upstream"
+	// ReasonProtocol: the client sent something that does not follow
+	// the protocol (a malformed frame, an unknown operation); the
+	// connection is closed.
+	ReasonProtocol Reason = "protocol"
+	// ReasonIO: the connection failed during the request, or a NAR broke
+	// off while it was sent.
+	ReasonIO Reason = "io"
+)
 
 const (
 	defaultMaxStringLen    = 1 << 20
@@ -117,8 +156,16 @@ func (s *Server) ServeConn(ctx context.Context, rw io.ReadWriter) error {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	srv := s
+	if s.Hooks != nil {
+		// A copy whose Store marks its errors, so that a failed request
+		// can be told from one this server turns down itself.
+		marked := *s
+		marked.Store = markedStore{s.Store}
+		srv = &marked
+	}
 	c := &serverConn{
-		srv: s,
+		srv: srv,
 		log: log,
 		lim: s.limits(),
 		r:   wireReader{r: bufio.NewReaderSize(rw, ioBufferSize)},
@@ -143,8 +190,10 @@ func (s *Server) ServeConn(ctx context.Context, rw io.ReadWriter) error {
 		if errors.Is(err, io.EOF) {
 			return nil
 		}
+		c.observe("Handshake", err)
 		return fmt.Errorf("handshake: %w", err)
 	}
+	c.observe("Handshake", nil)
 	log.Debug("client connected", "protocol", fmt.Sprintf("1.%d", minor(c.ver)))
 	for {
 		if err := ctx.Err(); err != nil {
@@ -168,7 +217,9 @@ func (s *Server) ServeConn(ctx context.Context, rw io.ReadWriter) error {
 			return fmt.Errorf("read opcode: %w", err)
 		}
 		c.budget = c.lim.request
+		c.failed = ""
 		if err := c.dispatch(ctx, op); err != nil {
+			c.observe(opName(op), err)
 			if IsMalformed(err) {
 				// The rest of the request cannot be located, so the stream is
 				// lost: tell the client why, then hang up.
@@ -180,9 +231,36 @@ func (s *Server) ServeConn(ctx context.Context, rw io.ReadWriter) error {
 			}
 			return fmt.Errorf("op %d: %w", op, err)
 		}
-		if err := c.w.flush(); err != nil {
+		err = c.w.flush()
+		c.observe(opName(op), err)
+		if err != nil {
 			return fmt.Errorf("op %d: write reply: %w", op, err)
 		}
+	}
+}
+
+// observe reports a request that ended with err (nil: the reply is out,
+// which may be an error sent by opFailed or refuse) to the hooks.
+func (c *serverConn) observe(op string, err error) {
+	h := c.srv.Hooks
+	if h == nil {
+		return
+	}
+	reason := c.failed
+	switch {
+	case err == nil:
+	case IsMalformed(err):
+		reason = ReasonProtocol
+	default:
+		reason = ReasonIO
+	}
+	h.Request(op, reason)
+}
+
+// narSent reports NAR bytes sent to the hooks.
+func (c *serverConn) narSent(n int64) {
+	if h := c.srv.Hooks; h != nil && n > 0 {
+		h.NarSent(n)
 	}
 }
 
@@ -228,6 +306,7 @@ type serverConn struct {
 	ver      uint64 // min(client, server)
 	features []string
 	budget   uint64 // bytes of strings the current request may still keep
+	failed   Reason // why the current request was answered with an error
 }
 
 func (c *serverConn) atLeast(m uint64) bool { return minor(c.ver) >= m }
@@ -320,6 +399,10 @@ func (c *serverConn) last() { c.w.u64(stderrLast) }
 // the connection stays in sync.
 func (c *serverConn) opFailed(op string, err error) error {
 	c.log.Debug("op failed", "op", op, "err", err)
+	c.failed = ReasonNotServed
+	if !errors.Is(err, ErrInvalidPath) && errors.As(err, new(storeError)) {
+		c.failed = ReasonUpstream
+	}
 	c.sendError(err.Error())
 	return nil
 }
@@ -327,6 +410,96 @@ func (c *serverConn) opFailed(op string, err error) error {
 // refuse answers a write op once its request has been consumed.
 func (c *serverConn) refuse(op string) error {
 	c.log.Debug("refused write", "op", op)
+	c.failed = ReasonRefusedWrite
 	c.sendError("decross-store is a read-only store: " + op + " refused")
 	return nil
+}
+
+// storeError is an error that came from the Store.
+type storeError struct{ err error }
+
+func (e storeError) Error() string { return e.err.Error() }
+func (e storeError) Unwrap() error { return e.err }
+
+func markStoreError(err error) error {
+	if err == nil {
+		return nil
+	}
+	return storeError{err}
+}
+
+// markedStore wraps every error of a Store in a storeError.
+type markedStore struct{ s Store }
+
+func (m markedStore) QueryPathInfo(ctx context.Context, path string) (*pathinfo.PathInfo, error) {
+	info, err := m.s.QueryPathInfo(ctx, path)
+	return info, markStoreError(err)
+}
+
+func (m markedStore) QueryPathFromHashPart(ctx context.Context, hashPart string) (string, error) {
+	p, err := m.s.QueryPathFromHashPart(ctx, hashPart)
+	return p, markStoreError(err)
+}
+
+func (m markedStore) NarFromPath(ctx context.Context, path string) (io.ReadCloser, error) {
+	rc, err := m.s.NarFromPath(ctx, path)
+	return rc, markStoreError(err)
+}
+
+func (m markedStore) ValidPaths(ctx context.Context) ([]string, error) {
+	paths, err := m.s.ValidPaths(ctx)
+	return paths, markStoreError(err)
+}
+
+// opNames names the operation codes as Nix's worker protocol does, for
+// Hooks; an operation code not listed is "unknown", so that a client
+// cannot make up names.
+var opNames = map[uint64]string{
+	opIsValidPath:                 "IsValidPath",
+	opHasSubstitutes:              "HasSubstitutes",
+	opQueryPathHash:               "QueryPathHash",
+	opQueryReferences:             "QueryReferences",
+	opQueryReferrers:              "QueryReferrers",
+	opAddToStore:                  "AddToStore",
+	opAddTextToStore:              "AddTextToStore",
+	opBuildPaths:                  "BuildPaths",
+	opEnsurePath:                  "EnsurePath",
+	opAddTempRoot:                 "AddTempRoot",
+	opAddIndirectRoot:             "AddIndirectRoot",
+	opSyncWithGC:                  "SyncWithGC",
+	opFindRoots:                   "FindRoots",
+	opQueryDeriver:                "QueryDeriver",
+	opSetOptions:                  "SetOptions",
+	opCollectGarbage:              "CollectGarbage",
+	opQuerySubstitutablePathInfo:  "QuerySubstitutablePathInfo",
+	opQueryDerivationOutputs:      "QueryDerivationOutputs",
+	opQueryAllValidPaths:          "QueryAllValidPaths",
+	opQueryPathInfo:               "QueryPathInfo",
+	opQueryDerivationOutputNames:  "QueryDerivationOutputNames",
+	opQueryPathFromHashPart:       "QueryPathFromHashPart",
+	opQuerySubstitutablePathInfos: "QuerySubstitutablePathInfos",
+	opQueryValidPaths:             "QueryValidPaths",
+	opQuerySubstitutablePaths:     "QuerySubstitutablePaths",
+	opQueryValidDerivers:          "QueryValidDerivers",
+	opOptimiseStore:               "OptimiseStore",
+	opVerifyStore:                 "VerifyStore",
+	opBuildDerivation:             "BuildDerivation",
+	opAddSignatures:               "AddSignatures",
+	opNarFromPath:                 "NarFromPath",
+	opAddToStoreNar:               "AddToStoreNar",
+	opQueryMissing:                "QueryMissing",
+	opQueryDerivationOutputMap:    "QueryDerivationOutputMap",
+	opRegisterDrvOutput:           "RegisterDrvOutput",
+	opQueryRealisation:            "QueryRealisation",
+	opAddMultipleToStore:          "AddMultipleToStore",
+	opAddBuildLog:                 "AddBuildLog",
+	opBuildPathsWithResults:       "BuildPathsWithResults",
+	opAddPermRoot:                 "AddPermRoot",
+}
+
+func opName(op uint64) string {
+	if n, ok := opNames[op]; ok {
+		return n
+	}
+	return "unknown"
 }

@@ -119,6 +119,10 @@ type Server struct {
 	// means 10s.
 	SessionCloseTimeout time.Duration
 
+	// Hooks, when set, is told about connections, sessions and refusals,
+	// for metrics.
+	Hooks Hooks
+
 	mu         sync.Mutex
 	inShutdown bool
 	listeners  map[*net.Listener]struct{}
@@ -129,6 +133,45 @@ type Server struct {
 	cancel     context.CancelFunc
 	shutdownCh chan struct{} // closed when Shutdown or Close begins
 	lingering  atomic.Int32  // refused connections being drained
+}
+
+// Hooks observes a Server. Its methods are called from the goroutines
+// serving connections, several at once, some with the server's lock
+// held: they should return quickly and must not call the Server.
+type Hooks interface {
+	// ConnectionOpened and ConnectionClosed bracket a connection that
+	// got a handshake slot, whether or not it authenticates.
+	ConnectionOpened()
+	ConnectionClosed()
+	// SessionStarted and SessionEnded bracket a nix-daemon session: a
+	// run of the Handler.
+	SessionStarted()
+	SessionEnded()
+	// Refused reports a connection or session turned away by a limit.
+	Refused(limit Limit)
+}
+
+// Limit names what a refused connection or session ran into.
+type Limit string
+
+const (
+	// LimitQueueFull: no handshake slot was free and the queue (or the
+	// address's share of it) was full (MaxQueue, MaxQueuePerSource).
+	LimitQueueFull Limit = "queue_full"
+	// LimitQueueTimeout: no handshake slot came free within QueueTimeout.
+	LimitQueueTimeout Limit = "queue_timeout"
+	// LimitConnections: an authenticated client found no connection
+	// slot (MaxConnections) within QueueTimeout.
+	LimitConnections Limit = "max_connections"
+	// LimitSessions: a session channel beyond MaxSessionsPerConn.
+	LimitSessions Limit = "max_sessions"
+)
+
+// refused reports a refusal to the hooks when err is one of the limits'.
+func (s *Server) refused(l Limit, err error) {
+	if s.Hooks != nil && errors.Is(err, errTooMany) {
+		s.Hooks.Refused(l)
+	}
 }
 
 // conn is the server's record of one TCP connection that holds a
@@ -210,6 +253,7 @@ func (s *Server) Serve(l net.Listener) error {
 		t, queued, err := startups.enter(src)
 		if err != nil {
 			log.Warn("connection refused", "remote", nc.RemoteAddr().String(), "reason", err)
+			s.refused(LimitQueueFull, err)
 			s.refuseFromAccept(nc, err)
 			continue
 		}
@@ -478,6 +522,7 @@ func (s *Server) startSession(c *conn) (bool, string) {
 	}
 	limit := orDefault(s.MaxSessionsPerConn, defaultMaxSessionsPerConn)
 	if c.sessions >= limit {
+		s.refused(LimitSessions, errTooMany)
 		return false, fmt.Sprintf("session limit %d reached", limit)
 	}
 	c.sessions++
@@ -579,6 +624,7 @@ func (s *Server) serveConn(base context.Context, cfg *ssh.ServerConfig, nc net.C
 		log.Debug("connection waiting for a handshake slot")
 		if err := s.startups.wait(t, s.queueTimeout(), ShuttingDown(base)); err != nil {
 			log.Warn("connection refused", "reason", err, "waited", time.Since(start))
+			s.refused(LimitQueueTimeout, err)
 			refuse(nc, err, true)
 			return
 		}
@@ -592,6 +638,10 @@ func (s *Server) serveConn(base context.Context, cfg *ssh.ServerConfig, nc net.C
 		return
 	}
 	defer s.untrackConn(c)
+	if s.Hooks != nil {
+		s.Hooks.ConnectionOpened()
+		defer s.Hooks.ConnectionClosed()
+	}
 	log.Info("connection opened", waited...)
 
 	_ = c.nc.SetDeadline(start.Add(s.handshakeTimeout()))
@@ -609,6 +659,7 @@ func (s *Server) serveConn(base context.Context, cfg *ssh.ServerConfig, nc net.C
 	log = log.With("user", sc.User(), "key", sc.Permissions.Extensions[fingerprintExt])
 	if err := s.admit(base, c, log); err != nil {
 		log.Warn("connection refused after authentication", "reason", err)
+		s.refused(LimitConnections, err)
 		s.refuseSessions(sc, chans, err)
 		return
 	}
@@ -778,7 +829,13 @@ func (s *Server) exec(ctx context.Context, log *slog.Logger, ch ssh.Channel, req
 	}
 	log.Info("exec", "store", clip(cmd.store), "process_ops", cmd.processOps)
 	start := time.Now()
+	if s.Hooks != nil {
+		s.Hooks.SessionStarted()
+	}
 	err := s.runHandler(sctx, log, ch)
+	if s.Hooks != nil {
+		s.Hooks.SessionEnded()
+	}
 	log.Info("session ended", "duration", time.Since(start), "err", err)
 	status := uint32(0)
 	if err != nil {

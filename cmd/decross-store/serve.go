@@ -16,6 +16,7 @@ import (
 
 	"github.com/decross-store/decross-store/daemonproto"
 	"github.com/decross-store/decross-store/mapping"
+	"github.com/decross-store/decross-store/metrics"
 	"github.com/decross-store/decross-store/narcache"
 	"github.com/decross-store/decross-store/sshserver"
 	"github.com/decross-store/decross-store/store"
@@ -24,7 +25,7 @@ import (
 
 type serveFlags struct {
 	listen, hostKey, authorizedKeys, mapping, signingKey, upstream, cacheDir string
-	logLevel, logFormat, remoteStore, config                                 string
+	logLevel, logFormat, remoteStore, config, metrics                        string
 	stdio                                                                    bool
 	shutdownTimeout                                                          time.Duration
 
@@ -57,6 +58,7 @@ func newServeFlags(stderr io.Writer) (*flag.FlagSet, *serveFlags) {
 	fs.IntVar(&f.maxQueue, "max-queue", 256, "SSH connections waiting for a handshake slot; more are refused")
 	fs.IntVar(&f.maxQueuePerSource, "max-queue-per-source", 0, "waiting connections of one address (default half of --max-queue)")
 	fs.DurationVar(&f.queueTimeout, "queue-timeout", 30*time.Second, "how long a connection may wait for a handshake slot, or for a connection slot once authenticated")
+	fs.StringVar(&f.metrics, "metrics", "", "`address` (host:port) to serve Prometheus metrics on, over HTTP at /metrics (default: none)")
 	fs.StringVar(&f.remoteStore, "store", "", "with --stdio: what Nix passes for an ssh-ng URL's remote-store= parameter; ignored, the mapping decides what is served")
 	return fs, &f
 }
@@ -74,6 +76,9 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	if !f.stdio && f.remoteStore != "" {
 		return errors.New("--store is only accepted with --stdio")
+	}
+	if f.stdio && f.metrics != "" {
+		return errors.New("--metrics is not available with --stdio: each session is a process of its own; serve metrics from the SSH server")
 	}
 
 	// In --stdio mode stdout is the protocol channel: logs go to stderr only,
@@ -93,6 +98,11 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			return err
 		}
 	}
+	m, stopMetrics, err := startMetrics(ctx, f.metrics, logger)
+	if err != nil {
+		return err
+	}
+	defer stopMetrics()
 	st, closeStore, err := openStore(storeOptions{mapping: f.mapping, upstream: f.upstream, cacheDir: f.cacheDir, signingKey: f.signingKey}, logger)
 	if err != nil {
 		return err
@@ -124,6 +134,10 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		MaxQueue:             f.maxQueue,
 		MaxQueuePerSource:    f.maxQueuePerSource,
 		QueueTimeout:         f.queueTimeout,
+	}
+	if m != nil {
+		proto.Hooks = m.Protocol(metrics.DoorSSH)
+		srv.Hooks = m.SSH()
 	}
 	l, err := net.Listen("tcp", f.listen)
 	if err != nil {
