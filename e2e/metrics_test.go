@@ -68,6 +68,9 @@ func TestMetrics(t *testing.T) {
 		{"decross_store_errors_total", "door=ssh,op=QueryPathInfo,reason=not_served", atLeast(1), ">= 1"},
 		{"decross_store_ssh_sessions_total", "", atLeast(4), ">= 4"},
 		{"decross_store_ssh_connections_total", "", atLeast(4), ">= 4"},
+		// A fresh cache: every served path of the closure was rewritten.
+		{"decross_store_cache_misses_total", "", atLeast(2), ">= 2 (a fresh cache)"},
+		{"decross_store_rewrite_output_bytes_total", "", atLeast(closureBytes), fmt.Sprintf(">= %v, the closure's NAR size", closureBytes)},
 	} {
 		got, ok := metricValue(fams, c.name, c.labels)
 		if !ok || !c.check(got) {
@@ -82,6 +85,20 @@ func TestMetrics(t *testing.T) {
 	}
 	if refused < 1 {
 		t.Errorf("no refused_write error counted for nix copy --to")
+	}
+	for name, want := range map[string]string{
+		"decross_store_rewrite_duration_seconds":          "",
+		"decross_store_upstream_request_duration_seconds": "op=NarFromPath",
+	} {
+		var n uint64
+		for _, mt := range fams[name].GetMetric() {
+			if labels(mt) == want {
+				n = mt.GetHistogram().GetSampleCount()
+			}
+		}
+		if n == 0 {
+			t.Errorf("%s{%s}: no observations after a cold copy", name, want)
+		}
 	}
 	if bi := fams["decross_store_build_info"].GetMetric(); len(bi) != 1 || !strings.HasPrefix(labels(bi[0]), "version=decross-store ") {
 		t.Errorf("build_info = %v, want one series with the version", bi)

@@ -103,7 +103,11 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	defer stopMetrics()
-	st, closeStore, err := openStore(storeOptions{mapping: f.mapping, upstream: f.upstream, cacheDir: f.cacheDir, signingKey: f.signingKey}, logger)
+	so := storeOptions{mapping: f.mapping, upstream: f.upstream, cacheDir: f.cacheDir, signingKey: f.signingKey}
+	if m != nil {
+		so.hooks = store.Hooks{Rewrote: m.Rewrote, CacheHit: m.CacheHit, CacheMiss: m.CacheMiss, Upstream: m.UpstreamDone}
+	}
+	st, closeStore, err := openStore(so, logger)
 	if err != nil {
 		return err
 	}
@@ -169,6 +173,7 @@ type storeOptions struct {
 	mapping, upstream, cacheDir string
 	signingKey                  string // "": path info is unsigned
 	noReadAhead                 bool   // the caller prepares every path itself
+	hooks                       store.Hooks
 }
 
 // openStore assembles the store.
@@ -201,6 +206,7 @@ func openStore(o storeOptions, logger *slog.Logger) (*store.Store, func(), error
 		SigningKey:  key,
 		Logger:      logger,
 		NoReadAhead: o.noReadAhead,
+		Hooks:       o.hooks,
 	})
 	if err != nil {
 		cache.Close()
