@@ -14,15 +14,8 @@ import (
 	"github.com/nix-community/go-nix/pkg/derivation"
 
 	"github.com/decross-store/decross-store/narstream"
-	"github.com/decross-store/decross-store/pathinfo"
+	"github.com/decross-store/decross-store/upstream"
 )
-
-// Store is the part of the upstream store this package reads.
-type Store interface {
-	// QueryPathInfo returns nil, nil when path is not valid.
-	QueryPathInfo(ctx context.Context, path string) (*pathinfo.PathInfo, error)
-	NarFromPath(ctx context.Context, path string) (io.ReadCloser, error)
-}
 
 const (
 	// MaxDrvSize bounds one .drv file; the largest in nixpkgs are a few
@@ -34,7 +27,7 @@ const (
 )
 
 // ReadDerivation reads and parses the .drv at drvPath through store.
-func ReadDerivation(ctx context.Context, store Store, drvPath string) (*derivation.Derivation, error) {
+func ReadDerivation(ctx context.Context, store upstream.Reader, drvPath string) (*derivation.Derivation, error) {
 	if _, err := checkDrvPath(drvPath); err != nil {
 		return nil, fmt.Errorf("read derivation %s: %w", drvPath, err)
 	}

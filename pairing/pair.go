@@ -8,6 +8,8 @@ import (
 	"strings"
 
 	"github.com/nix-community/go-nix/pkg/derivation"
+
+	"github.com/decross-store/decross-store/upstream"
 )
 
 // Root pairs a native derivation with the cross derivation built for it.
@@ -31,7 +33,7 @@ type Options struct {
 	Derivations DrvSource
 }
 
-func (o Options) drvSource(store Store) DrvSource {
+func (o Options) drvSource(store upstream.Reader) DrvSource {
 	if o.Derivations != nil {
 		return o.Derivations
 	}

@@ -11,6 +11,7 @@ import (
 	"github.com/decross-store/decross-store/classify"
 	"github.com/decross-store/decross-store/mapping"
 	"github.com/decross-store/decross-store/pathinfo"
+	"github.com/decross-store/decross-store/upstream"
 	"github.com/nix-community/go-nix/pkg/storepath"
 )
 
@@ -86,42 +87,36 @@ type closure struct {
 	scan  map[string]*classify.Result
 }
 
+// closureQueries bounds the path info queries a closure walk runs at once.
+const closureQueries = 8
+
 // walkClosure reads the path infos of roots' closure and scans each NAR for
 // ELF machines and references. Roots that are not valid are reported in
 // missing rather than failing the walk.
-func walkClosure(ctx context.Context, store Store, roots []string) (*closure, []string, error) {
+func walkClosure(ctx context.Context, store upstream.Reader, roots []string) (*closure, []string, error) {
 	c := &closure{info: map[string]*pathinfo.PathInfo{}, scan: map[string]*classify.Result{}}
 	var problems []string
-	queue := append([]string(nil), roots...)
-	seen := map[string]bool{}
-	for _, r := range roots {
-		seen[r] = true
-	}
-	for len(queue) > 0 {
-		p := queue[0]
-		queue = queue[1:]
-		if err := ctx.Err(); err != nil {
-			return nil, nil, fmt.Errorf("runtime closure: %w", err)
-		}
-		if len(c.info) >= MaxClosure {
-			return nil, nil, fmt.Errorf("runtime closure: more than %d paths", MaxClosure)
-		}
+	query := func(ctx context.Context, p string) (*pathinfo.PathInfo, error) {
 		info, err := store.QueryPathInfo(ctx, p)
 		if err != nil {
-			return nil, nil, fmt.Errorf("runtime closure: query path info %s: %w", p, err)
+			return nil, fmt.Errorf("runtime closure: query path info %s: %w", p, err)
 		}
+		return info, nil
+	}
+	err := upstream.WalkClosure(ctx, query, roots, closureQueries, func(p string, info *pathinfo.PathInfo) error {
 		if info == nil {
 			problems = append(problems, fmt.Sprintf("%s: %v (not built, or garbage-collected)", p, errNotValid))
-			continue
+			return nil
+		}
+		if len(c.info) >= MaxClosure {
+			return fmt.Errorf("runtime closure: more than %d paths", MaxClosure)
 		}
 		c.info[p] = info
 		c.paths = append(c.paths, p)
-		for _, r := range info.References {
-			if !seen[r] {
-				seen[r] = true
-				queue = append(queue, r)
-			}
-		}
+		return nil
+	})
+	if err != nil {
+		return nil, nil, err
 	}
 	sort.Strings(c.paths)
 	for _, p := range c.paths {
@@ -137,7 +132,7 @@ func walkClosure(ctx context.Context, store Store, roots []string) (*closure, []
 	return c, problems, nil
 }
 
-func scanPath(ctx context.Context, store Store, info *pathinfo.PathInfo) (*classify.Result, error) {
+func scanPath(ctx context.Context, store upstream.Reader, info *pathinfo.PathInfo) (*classify.Result, error) {
 	var refs []string
 	for _, r := range info.References {
 		if r != info.Path {
@@ -279,7 +274,7 @@ func fileList(f classify.Files) string {
 // Map pairs the roots' graphs and emits an entry for every input-addressed
 // path of the runtime closure of the cross roots' outputs. Problems do not
 // make it fail: the report lists them and the mapping holds what paired.
-func Map(ctx context.Context, store Store, roots []Root, opts Options) (*Report, error) {
+func Map(ctx context.Context, store upstream.Reader, roots []Root, opts Options) (*Report, error) {
 	var nroots, croots []string
 	for _, r := range roots {
 		nroots = append(nroots, r.Native)
@@ -302,7 +297,7 @@ func Map(ctx context.Context, store Store, roots []Root, opts Options) (*Report,
 
 // Map is the second half of the package-level Map, for callers that
 // already paired.
-func (p *Pairing) Map(ctx context.Context, store Store, opts Options) (*Report, error) {
+func (p *Pairing) Map(ctx context.Context, store upstream.Reader, opts Options) (*Report, error) {
 	// The runtime closure starts at the outputs of the cross roots.
 	var starts []string
 	for c, parent := range p.via {
@@ -464,7 +459,7 @@ func leaks(cl *closure, classes map[string]Class, native func(to string) ([]stri
 
 // Check analyses what m would serve from store: the runtime closure of its
 // cross paths, classified, with leaks and every path that cannot be served.
-func Check(ctx context.Context, store Store, m *mapping.Mapping, opts Options) (*Report, error) {
+func Check(ctx context.Context, store upstream.Reader, m *mapping.Mapping, opts Options) (*Report, error) {
 	rep := &Report{Mapping: m}
 	var roots, nativeDrvs []string
 	for _, e := range m.Entries() {

@@ -17,6 +17,8 @@ import (
 	"github.com/nix-community/go-nix/pkg/derivation"
 	"github.com/nix-community/go-nix/pkg/nixhash"
 	"github.com/nix-community/go-nix/pkg/storepath"
+
+	"github.com/decross-store/decross-store/upstream"
 )
 
 // DrvSource reads derivations by .drv path. Implementations must be safe
@@ -28,7 +30,7 @@ type DrvSource interface {
 // StoreSource reads derivations through Store.NarFromPath, which works for
 // any daemon but costs a connection (a forked worker) per derivation.
 type StoreSource struct {
-	Store Store
+	Store upstream.Reader
 }
 
 // ReadDerivation reads drvPath as a NAR from the store.

@@ -18,28 +18,20 @@ import (
 
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 	"github.com/nix-community/go-nix/pkg/storepath"
-	"golang.org/x/sync/errgroup"
 	"golang.org/x/sync/singleflight"
 
-	"github.com/decross-store/decross-store/daemonproto"
 	"github.com/decross-store/decross-store/internal/asynchash"
 	"github.com/decross-store/decross-store/mapping"
 	"github.com/decross-store/decross-store/narcache"
 	"github.com/decross-store/decross-store/pathinfo"
 	"github.com/decross-store/decross-store/rewrite"
+	"github.com/decross-store/decross-store/upstream"
 )
-
-// Upstream is where cross-built paths are read from, typically the local
-// nix-daemon. QueryPathInfo returns (nil, nil) for a path that is not valid.
-type Upstream interface {
-	QueryPathInfo(ctx context.Context, path string) (*pathinfo.PathInfo, error)
-	NarFromPath(ctx context.Context, path string) (io.ReadCloser, error)
-}
 
 // Config is what a Store is made of.
 type Config struct {
 	Mapping    *mapping.Mapping
-	Upstream   Upstream
+	Upstream   upstream.Reader // where cross builds are read
 	Cache      *narcache.Cache
 	SigningKey *signature.SecretKey // nil: path info is unsigned (enough to warm the cache)
 	Logger     *slog.Logger         // nil discards
@@ -354,11 +346,16 @@ func (s *Store) shared(ctx context.Context, g *singleflight.Group, key string, f
 	}
 }
 
+// ErrNotServed is matched (errors.Is) by the errors that say why this
+// store does not serve a path: a leak, an unmapped reference, a cross path
+// not built, an untrusted upstream. A door answers such a path as absent
+// (the worker protocol's "not valid", an HTTP 404), with the error's text
+// as the reason; other errors are failures of the store or its upstream.
+var ErrNotServed = errors.New("path not served")
+
 // notServedError says why this store does not serve a path it knows of.
 // Its text contains "is not valid", which Nix clients read as an invalid
-// path (so a substituter list moves on to the next one), and it matches
-// daemonproto.ErrInvalidPath, so validity queries answer "no" rather than
-// failing.
+// path (so a substituter list moves on to the next one).
 type notServedError struct {
 	path string
 	why  error
@@ -370,7 +367,7 @@ func (e *notServedError) Error() string {
 
 func (e *notServedError) Unwrap() error { return e.why }
 
-func (e *notServedError) Is(target error) bool { return target == daemonproto.ErrInvalidPath }
+func (e *notServedError) Is(target error) bool { return target == ErrNotServed }
 
 // closureProblem marks what walkClosure found wrong, as opposed to a
 // failure to ask the upstream.
@@ -461,99 +458,63 @@ func (s *Store) checkClosure(ctx context.Context, root string) error {
 // returns the first problem.
 func (s *Store) walkClosure(ctx context.Context, root string, found map[string]bool) error {
 	var problem error
-	seen := map[string]bool{root: true}
-	queue := []string{root}
-	fetched := 0 // queue[:fetched] have been asked for
-	for i := 0; i < len(queue); i++ {
-		// A level of the walk is asked for at once: on a cold start the
-		// walk of a large closure is a round trip per path otherwise.
-		if i == fetched {
-			if err := s.fetchInfos(ctx, queue[fetched:]); err != nil {
-				return err
-			}
-			fetched = len(queue)
-		}
-		p := queue[i]
-		info, err := s.upstreamPathInfo(ctx, p)
-		if err != nil {
+	err := upstream.WalkClosure(ctx, s.upstreamPathInfo, []string{root}, walkQueries, func(p string, info *pathinfo.PathInfo) error {
+		bad, err := s.checkClosurePath(ctx, root, p, info, found)
+		if err != nil || bad == nil {
 			return err
 		}
-		var bad error
-		switch e, mapped := s.cfg.Mapping.ByCross(p); {
-		case info == nil:
-			bad = problemf("its closure references %s, which is not valid in the upstream store", p)
-		case mapped && s.tooLong[e.Native]:
-			bad = problemf("its closure references %s, whose native path %s is longer than it", p, e.Native)
-		case mapped:
-		case info.CA != "":
-			if found != nil {
-				found[p] = true
-			}
-			for _, r := range info.References {
-				if r == p {
-					continue
-				}
-				ri, err := s.upstreamPathInfo(ctx, r)
-				if err != nil {
-					return err
-				}
-				if ri == nil || ri.CA == "" {
-					bad = problemf("its closure holds the content-addressed path %s, which references the non-content-addressed path %s and so cannot be served unchanged", p, r)
-					break
-				}
-			}
-		case p == root:
-			bad = problemf("%s is neither in the mapping nor content-addressed", p)
-		default:
-			bad = problemf("its closure references %s, which is input-addressed and not in the mapping", p)
+		if found == nil {
+			return bad
 		}
-		if bad != nil {
-			if found == nil {
-				return bad
-			}
-			if problem == nil {
-				problem = bad
-			}
+		if problem == nil {
+			problem = bad
 		}
-		if info == nil {
-			continue
-		}
-		for _, r := range info.References {
-			if !seen[r] {
-				seen[r] = true
-				queue = append(queue, r)
-			}
-		}
+		return nil
+	})
+	if err != nil {
+		return err
 	}
 	return problem
+}
+
+// checkClosurePath says what makes p, a path in root's upstream closure,
+// unservable (bad), or fails to find out (err). It records p in found if
+// it is content-addressed.
+func (s *Store) checkClosurePath(ctx context.Context, root, p string, info *pathinfo.PathInfo, found map[string]bool) (bad, err error) {
+	switch e, mapped := s.cfg.Mapping.ByCross(p); {
+	case info == nil:
+		bad = problemf("its closure references %s, which is not valid in the upstream store", p)
+	case mapped && s.tooLong[e.Native]:
+		bad = problemf("its closure references %s, whose native path %s is longer than it", p, e.Native)
+	case mapped:
+	case info.CA != "":
+		if found != nil {
+			found[p] = true
+		}
+		for _, r := range info.References {
+			if r == p {
+				continue
+			}
+			ri, err := s.upstreamPathInfo(ctx, r)
+			if err != nil {
+				return nil, err
+			}
+			if ri == nil || ri.CA == "" {
+				bad = problemf("its closure holds the content-addressed path %s, which references the non-content-addressed path %s and so cannot be served unchanged", p, r)
+				break
+			}
+		}
+	case p == root:
+		bad = problemf("%s is neither in the mapping nor content-addressed", p)
+	default:
+		bad = problemf("its closure references %s, which is input-addressed and not in the mapping", p)
+	}
+	return bad, nil
 }
 
 // walkQueries bounds the upstream path info queries a closure walk runs at
 // once.
 const walkQueries = 8
-
-// fetchInfos makes sure the upstream path infos of paths are known,
-// asking for those that are not concurrently.
-func (s *Store) fetchInfos(ctx context.Context, paths []string) error {
-	var missing []string
-	for _, p := range paths {
-		if _, ok := s.upstreamInfo.Load(p); !ok {
-			missing = append(missing, p)
-		}
-	}
-	if len(missing) < 2 {
-		return nil // the walk asks for it itself
-	}
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(walkQueries)
-	for _, p := range missing {
-		g.Go(func() error {
-			_, err := s.upstreamPathInfo(gctx, p)
-			return err
-		})
-	}
-	return g.Wait()
-}
 
 // isServedCA reports whether p is a content-addressed path in the closure
 // of some mapped cross path. The index is filled by walking every mapped
@@ -906,7 +867,7 @@ func (s *Store) ValidPaths(ctx context.Context) ([]string, error) {
 		switch {
 		case err == nil:
 			out = append(out, e.Native)
-		case !errors.Is(err, daemonproto.ErrInvalidPath):
+		case !errors.Is(err, ErrNotServed):
 			return nil, fmt.Errorf("list valid paths: %w", err) // the upstream failed: no partial list
 		}
 	}

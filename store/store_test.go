@@ -20,7 +20,6 @@ import (
 	"github.com/nix-community/go-nix/pkg/nar"
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 
-	"github.com/decross-store/decross-store/daemonproto"
 	"github.com/decross-store/decross-store/mapping"
 	"github.com/decross-store/decross-store/narcache"
 	"github.com/decross-store/decross-store/pathinfo"
@@ -490,12 +489,12 @@ func TestPanicInSharedWorkIsAnError(t *testing.T) {
 	}
 }
 
-func TestNotServedMatchesInvalidPath(t *testing.T) {
+func TestNotServedMatchesErrNotServed(t *testing.T) {
 	f := newFixture(t)
 	s := f.store(t)
 	_, err := s.QueryPathInfo(context.Background(), nativeLeaky)
-	if !errors.Is(err, daemonproto.ErrInvalidPath) || !strings.Contains(err.Error(), "is not valid") {
-		t.Fatalf("err = %v: want one matching daemonproto.ErrInvalidPath and saying 'is not valid'", err)
+	if !errors.Is(err, ErrNotServed) || !strings.Contains(err.Error(), "is not valid") {
+		t.Fatalf("err = %v: want one matching ErrNotServed and saying 'is not valid'", err)
 	}
 }
 

@@ -164,7 +164,7 @@ const (
 	storeDirUsage   = "read .drv files from `directory` when they hash to their paths, else through the upstream (empty: always through the upstream)"
 )
 
-func drvSource(dir string, store pairing.Store) pairing.DrvSource {
+func drvSource(dir string, store upstream.Reader) pairing.DrvSource {
 	up := pairing.StoreSource{Store: store}
 	if dir == "" {
 		return up

@@ -112,7 +112,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	defer closeStore()
-	proto := &daemonproto.Server{Store: st, Logger: logger, NixVersion: version(), Draining: sshserver.ShuttingDown}
+	proto := &daemonproto.Server{Store: protoStore{st}, Logger: logger, NixVersion: version(), Draining: sshserver.ShuttingDown}
 
 	if f.stdio {
 		return serveStdio(ctx, proto, f.shutdownTimeout, logger)
