@@ -9,6 +9,8 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"syscall"
+	"time"
 
 	"github.com/decross-store/decross-store/daemonproto"
 	"github.com/decross-store/decross-store/pathinfo"
@@ -25,11 +27,18 @@ const maxIdle = 8
 // handshaken lazily.
 type Daemon struct {
 	socket string
+	dials  chan struct{} // semaphore: connections being opened at once
 
 	mu     sync.Mutex
 	idle   []*daemonproto.Client
 	closed bool
 }
+
+// maxDials bounds the connections opened at once. nix-daemon listens with
+// a small backlog (5 in Nix 2.8) and forks a worker per connection before
+// it accepts the next, so a burst of concurrent connects overflows the
+// backlog, which a unix socket reports as EAGAIN.
+const maxDials = 2
 
 // Open parses addr: "daemon" = /nix/var/nix/daemon-socket/socket (honour
 // NIX_DAEMON_SOCKET_PATH), or "unix:///path/to/socket". It does not
@@ -53,7 +62,7 @@ func Open(addr string) (*Daemon, error) {
 	default:
 		return nil, fmt.Errorf("open upstream %q: want \"daemon\" or unix:///path/to/socket", addr)
 	}
-	return &Daemon{socket: socket}, nil
+	return &Daemon{socket: socket, dials: make(chan struct{}, maxDials)}, nil
 }
 
 // Socket is the path of the daemon socket.
@@ -62,8 +71,28 @@ func (d *Daemon) Socket() string { return d.socket }
 var errClosed = errors.New("upstream daemon reader closed")
 
 func (d *Daemon) dial(ctx context.Context) (*daemonproto.Client, error) {
+	select {
+	case d.dials <- struct{}{}:
+	case <-ctx.Done():
+		return nil, fmt.Errorf("connect to nix-daemon: %w", ctx.Err())
+	}
+	defer func() { <-d.dials }()
 	var dialer net.Dialer
-	conn, err := dialer.DialContext(ctx, "unix", d.socket)
+	var conn net.Conn
+	var err error
+	// A full backlog (other clients of the daemon) clears as the daemon
+	// accepts: retry for a while before calling the daemon unreachable.
+	for wait := 5 * time.Millisecond; ; wait *= 2 {
+		conn, err = dialer.DialContext(ctx, "unix", d.socket)
+		if err == nil || !errors.Is(err, syscall.EAGAIN) || wait > time.Second {
+			break
+		}
+		select {
+		case <-time.After(wait):
+		case <-ctx.Done():
+			return nil, fmt.Errorf("connect to nix-daemon: %w", ctx.Err())
+		}
+	}
 	if err != nil {
 		return nil, fmt.Errorf("connect to nix-daemon: %w", err)
 	}

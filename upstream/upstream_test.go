@@ -383,3 +383,79 @@ func checkAgainstNix(t *testing.T, addr string) {
 		t.Errorf("NarFromPath differs from nix-store --dump (%v)", err)
 	}
 }
+
+// A burst of requests opens at most maxDials connections at once: each
+// connection here is held before its handshake until another one arrives
+// (or a bound passes), so more concurrent dials would show as overlap.
+func TestDialsAreBounded(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "socket")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &daemonproto.Server{Store: mapStore{servedPath: fakeNAR}}
+	var mu sync.Mutex
+	handshaking, most := 0, 0
+	more := make(chan struct{}) // closed and replaced when handshaking grows
+	var wg sync.WaitGroup
+	go func() {
+		for {
+			conn, err := l.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			handshaking++
+			most = max(most, handshaking)
+			close(more)
+			more = make(chan struct{})
+			mu.Unlock()
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer conn.Close()
+				deadline := time.After(200 * time.Millisecond)
+				for {
+					mu.Lock()
+					n, grew := handshaking, more
+					mu.Unlock()
+					if n > maxDials {
+						break // the bound is broken: no need to wait
+					}
+					select {
+					case <-grew:
+						continue
+					case <-deadline:
+					}
+					break
+				}
+				mu.Lock()
+				handshaking--
+				mu.Unlock()
+				_ = srv.ServeConn(context.Background(), conn)
+			}()
+		}
+	}()
+	t.Cleanup(func() { l.Close(); wg.Wait() })
+	d, err := Open("unix://" + sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	var calls sync.WaitGroup
+	for range 8 {
+		calls.Add(1)
+		go func() {
+			defer calls.Done()
+			if _, err := d.QueryPathInfo(t.Context(), servedPath); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	calls.Wait()
+	mu.Lock()
+	defer mu.Unlock()
+	if most > maxDials {
+		t.Errorf("%d connections in their handshake at once, want at most %d", most, maxDials)
+	}
+}
