@@ -120,7 +120,7 @@ func TestCompactionPausesMidFile(t *testing.T) {
 					t.Fatal(err)
 				}
 				other.Close()
-				e := put(t, c, "k", data)
+				// Set before the compactor starts, with the first commit.
 				chunks := make(chan int, 100)
 				readers := make(chan io.ReadCloser, 1)
 				c.chunkDone = func() {
@@ -134,6 +134,7 @@ func TestCompactionPausesMidFile(t *testing.T) {
 						readers <- r
 					}
 				}
+				e := put(t, c, "k", data)
 				time.Sleep(c.compactDelay)
 				synctest.Wait()
 				if len(chunks) != 1 || len(readers) != 1 {

@@ -353,3 +353,5 @@ func TestStaleCompactionKeepsNewEntry(t *testing.T) {
 		t.Fatalf("rebuilt entry: %d bytes, %v", len(b), err)
 	}
 }
+
+func sha(b []byte) (h [32]byte) { return sha256.Sum256(b) }
