@@ -14,11 +14,17 @@ import (
 	"github.com/decross-store/decross-store/pathinfo"
 )
 
+// compactChunk is how much a compaction reads between two checks that the
+// cache is still quiet.
+const compactChunk = 1 << 20
+
+// errClosed stops a compaction when the cache is closed.
+var errClosed = errors.New("cache closed")
+
 // scheduleCompaction queues e for compression in the background. A full
 // queue drops it: the next Open of the plain NAR queues it again.
 func (c *Cache) scheduleCompaction(e *Entry) {
 	c.mu.Lock()
-	c.lastUse[e.Path] = time.Now()
 	if c.queued[e.Path] {
 		c.mu.Unlock()
 		return
@@ -29,49 +35,55 @@ func (c *Cache) scheduleCompaction(e *Entry) {
 		c.worker.Add(1)
 		go c.compactor()
 	})
-	if !c.requeue(e) {
-		c.unqueue(e.Path)
-	}
-}
-
-// requeue puts e (back) at the end of the queue, unless it is full.
-func (c *Cache) requeue(e *Entry) bool {
 	select {
 	case c.compactQ <- e:
-		return true
 	default:
-		return false
+		c.unqueue(e.Path)
 	}
 }
 
 func (c *Cache) unqueue(path string) {
 	c.mu.Lock()
 	delete(c.queued, path)
-	delete(c.lastUse, path)
 	c.mu.Unlock()
 }
 
-// untilQuiet is how long path must still go unread before it is
-// compacted: compression does not compete with the transfers it would
-// slow down.
-func (c *Cache) untilQuiet(path string) time.Duration {
-	c.quietChecks.Add(1)
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.readers[path] > 0 {
-		return c.compactDelay
+// waitQuiet returns once no NAR of the cache has been read or written in
+// this process for compactDelay, false if the cache is closed first.
+// Compression then never competes with a transfer for the disk or a core.
+// It waits on activity changes and a timer, never polls.
+func (c *Cache) waitQuiet() bool {
+	for {
+		c.mu.Lock()
+		busy, last, changed := c.busy, c.lastBusy, c.activity
+		c.mu.Unlock()
+		var timer *time.Timer
+		var timeout <-chan time.Time
+		if busy == 0 {
+			wait := c.compactDelay - time.Since(last)
+			if wait <= 0 {
+				return true
+			}
+			timer = time.NewTimer(wait)
+			timeout = timer.C
+		}
+		select {
+		case <-changed:
+		case <-timeout:
+		case <-c.closed:
+			return false
+		}
+		if timer != nil {
+			timer.Stop()
+		}
 	}
-	return c.compactDelay - time.Since(c.lastUse[path])
 }
 
-// compactor compresses queued entries one at a time, each once it has
-// gone unread for compactDelay. An entry still in use goes back to the end
-// of the queue, so that one busy path does not hold up the others; once a
-// whole pass of the queue has found nothing ready, it sleeps until the
-// first entry can be.
+// compactor compresses queued entries one at a time, each once the whole
+// cache has been quiet for compactDelay, pausing between chunks whenever
+// a transfer starts.
 func (c *Cache) compactor() {
 	defer c.worker.Done()
-	notReady, soonest := 0, time.Duration(0)
 	for {
 		var e *Entry
 		select {
@@ -79,28 +91,9 @@ func (c *Cache) compactor() {
 		case <-c.closed:
 			return
 		}
-		if wait := c.untilQuiet(e.Path); wait > 0 {
-			if !c.requeue(e) {
-				c.unqueue(e.Path)
-			}
-			notReady++
-			if soonest == 0 || wait < soonest {
-				soonest = wait
-			}
-			if notReady >= len(c.compactQ) {
-				select {
-				case <-time.After(soonest):
-				case <-c.closed:
-					return
-				}
-				notReady, soonest = 0, 0
-			}
-			continue
-		}
-		notReady, soonest = 0, 0
 		// An error leaves the entry as it was (plain, or removed when
 		// damaged); there is nobody to report it to but the next reader.
-		_ = c.Compact(e)
+		_ = c.compact(e, true)
 		c.unqueue(e.Path)
 	}
 }
@@ -109,9 +102,20 @@ func (c *Cache) compactor() {
 // the plain bytes against e on the way. It does nothing when there is no
 // plain NAR (already compacted, or removed).
 func (c *Cache) Compact(e *Entry) error {
+	return c.compact(e, false)
+}
+
+// compact is Compact; with pause, it waits for the cache to be quiet
+// before every chunk. The compressed NAR is written to a temporary file
+// and renamed only once complete, so a pause or a stop never leaves a
+// partial NAR under an entry's name.
+func (c *Cache) compact(e *Entry, pause bool) error {
 	files, err := c.files(e.Path)
 	if err != nil {
 		return err
+	}
+	if pause && !c.waitQuiet() {
+		return errClosed
 	}
 	f, err := os.Open(files.plain)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -121,6 +125,10 @@ func (c *Cache) Compact(e *Entry) error {
 		return fmt.Errorf("compact %s: %w", e.Path, err)
 	}
 	defer f.Close()
+	// A reader like any other: no process evicts the entry meanwhile.
+	if err := lockShared(f); err != nil {
+		return fmt.Errorf("compact %s: %w", e.Path, err)
+	}
 	fi, err := f.Stat()
 	if err != nil {
 		return fmt.Errorf("compact %s: %w", e.Path, err)
@@ -144,12 +152,34 @@ func (c *Cache) Compact(e *Entry) error {
 	if err != nil {
 		return fmt.Errorf("compact %s: %w", e.Path, err)
 	}
+	defer zw.Close()
 	h := sha256.New()
-	n, err := io.Copy(io.MultiWriter(zw, h), io.LimitReader(f, int64(e.NarSize)+1))
-	if cerr := zw.Close(); err == nil {
-		err = cerr
+	out := io.MultiWriter(zw, h)
+	in := io.LimitReader(f, int64(e.NarSize)+1)
+	buf := make([]byte, compactChunk)
+	var n int64
+	for first := true; ; first = false {
+		if pause && !first && !c.waitQuiet() {
+			return errClosed
+		}
+		k, rerr := io.ReadFull(in, buf)
+		if k > 0 {
+			if _, err := out.Write(buf[:k]); err != nil {
+				return fmt.Errorf("compact %s: %w", e.Path, err)
+			}
+			n += int64(k)
+		}
+		if c.chunkDone != nil {
+			c.chunkDone()
+		}
+		if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
+			break
+		}
+		if rerr != nil {
+			return fmt.Errorf("compact %s: %w", e.Path, rerr)
+		}
 	}
-	if err != nil {
+	if err := zw.Close(); err != nil {
 		return fmt.Errorf("compact %s: %w", e.Path, err)
 	}
 	var got pathinfo.NarHash
@@ -157,16 +187,19 @@ func (c *Cache) Compact(e *Entry) error {
 	if uint64(n) != e.NarSize || got != e.NarHash {
 		// Another process sharing the directory may have rebuilt the entry
 		// since e was queued: then the NAR is not damaged, e is stale.
-		if current, err := c.readEntry(e.Path); err != nil || current == nil || current.NarHash != e.NarHash || current.NarSize != e.NarSize {
+		if !c.current(e) {
 			return nil
 		}
 		err := fmt.Errorf("compact %s: %w: NAR has %d bytes and hash %s, metadata says %d bytes and %s", e.Path, ErrDamaged, n, got, e.NarSize, e.NarHash)
-		if rmErr := c.removeDamaged(e.Path, files.plain, id); rmErr != nil {
+		if rmErr := c.removeDamaged(e, files.plain, id); rmErr != nil {
 			err = errors.Join(err, rmErr)
 		}
 		return err
 	}
-	if err := tmp.Sync(); err != nil {
+	// No fsync: a compressed NAR that did not reach the disk before a
+	// power loss fails verification, and the entry is rebuilt (see Commit).
+	zfi, err := tmp.Stat()
+	if err != nil {
 		return fmt.Errorf("compact %s: %w", e.Path, err)
 	}
 	if err := tmp.Close(); err != nil {
@@ -174,12 +207,13 @@ func (c *Cache) Compact(e *Entry) error {
 	}
 
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	// A commit may have replaced the entry meanwhile: then this is stale.
 	if current, err := identity(files.plain); err != nil || current != id {
+		c.mu.Unlock()
 		return nil
 	}
 	if err := os.Rename(tmp.Name(), files.zst); err != nil {
+		c.mu.Unlock()
 		return fmt.Errorf("compact %s: %w", e.Path, err)
 	}
 	committed = true
@@ -187,8 +221,11 @@ func (c *Cache) Compact(e *Entry) error {
 		c.verified[files.zst] = verifiedFile{id: zid, hash: e.NarHash, size: e.NarSize} // made from bytes just checked
 	}
 	delete(c.verified, files.plain)
-	if err := os.Remove(files.plain); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	err = os.Remove(files.plain)
+	c.mu.Unlock()
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("compact %s: %w", e.Path, err)
 	}
-	return syncDir(c.dir)
+	c.resized(e.Path[len("/nix/store/"):][:32], zfi.Size()-fi.Size())
+	return nil
 }

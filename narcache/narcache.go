@@ -10,7 +10,6 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -31,6 +30,17 @@ const maxMetadataSize = 16 << 20
 
 // ErrDamaged reports an entry whose NAR does not match its metadata.
 var ErrDamaged = errors.New("cache entry damaged")
+
+// ErrEvicted reports an entry removed (evicted, or replaced by a rebuild)
+// since it was looked up. errors.Is(ErrEvicted, ErrDamaged) holds: either
+// way the caller looks the path up again and rebuilds it, but nothing was
+// damaged.
+var ErrEvicted error = evictedError{}
+
+type evictedError struct{}
+
+func (evictedError) Error() string        { return "cache entry evicted or replaced since it was looked up" }
+func (evictedError) Is(target error) bool { return target == ErrDamaged }
 
 // Entry is the metadata of one cached NAR.
 type Entry struct {
@@ -61,26 +71,47 @@ func (e *Entry) PathInfo() *pathinfo.PathInfo {
 
 // Cache is a directory of entries. It is safe for concurrent use; callers
 // must not write the same path concurrently (the store serialises that).
+// Several processes may share one directory (serve --stdio runs one per
+// session): what they must agree on goes through the file system (file
+// locks, metadata mtimes), not through memory.
 type Cache struct {
-	dir string
+	dir     string
+	maxSize int64 // bytes; 0: unbounded
 
-	// mu guards the maps and every rename or removal of an entry's files,
-	// so that a commit, a compaction and a removal of one path never
-	// interleave.
+	// mu guards the maps and activity fields, and every rename or removal
+	// of an entry's files, so that a commit, a compaction, an eviction and a
+	// removal of one path never interleave in this process.
 	mu        sync.Mutex
 	verified  map[string]verifiedFile // by NAR file name: what was last verified
-	readers   map[string]int          // by store path: readers open now
 	queued    map[string]bool         // by store path: waiting for compaction
-	lastUse   map[string]time.Time    // by store path, while queued: last commit or read
 	verifying singleflight.Group
 
-	compactDelay time.Duration // quiet time before compacting an entry
-	quietChecks  atomic.Int64  // how often the compactor asked whether an entry is quiet
+	// NARs of this cache being read or written now, when that count last
+	// fell to zero, and a channel closed (and replaced) whenever it changes:
+	// the compactor waits on it.
+	busy     int
+	lastBusy time.Time
+	activity chan struct{}
+
+	compactDelay time.Duration // quiet time of the whole cache before compacting
+	chunkDone    func()        // tests: called after each chunk a compaction writes
 	compactQ     chan *Entry
 	startOnce    sync.Once
 	closeOnce    sync.Once
 	closed       chan struct{}
 	worker       sync.WaitGroup
+
+	sizes sizeIndex
+	stats counters
+}
+
+// Option configures a Cache.
+type Option func(*Cache)
+
+// WithMaxSize bounds the cache to about bytes (0: unbounded): once the
+// entries take more, the least recently served ones are evicted.
+func WithMaxSize(bytes int64) Option {
+	return func(c *Cache) { c.maxSize = max(bytes, 0) }
 }
 
 const defaultCompactDelay = 2 * time.Second
@@ -108,23 +139,27 @@ const staleTempAge = time.Hour
 
 // Open opens (creating if needed) the cache directory, and removes the
 // temporary files that processes killed while writing left behind.
-func Open(dir string) (*Cache, error) {
+func Open(dir string, opts ...Option) (*Cache, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("open cache: %w", err)
 	}
 	// Best effort: a leftover this user may not remove (another user's, in
 	// a shared directory) must not make the cache unusable.
 	removeStaleTemps(dir, time.Now().Add(-staleTempAge))
-	return &Cache{
+	c := &Cache{
 		dir:          dir,
 		verified:     make(map[string]verifiedFile),
-		readers:      make(map[string]int),
 		queued:       make(map[string]bool),
-		lastUse:      make(map[string]time.Time),
+		activity:     make(chan struct{}),
 		compactDelay: defaultCompactDelay,
 		compactQ:     make(chan *Entry, 1024),
 		closed:       make(chan struct{}),
-	}, nil
+		sizes:        sizeIndex{entries: make(map[string]*indexed), touched: make(map[string]time.Time)},
+	}
+	for _, o := range opts {
+		o(c)
+	}
+	return c, nil
 }
 
 // removeStaleTemps removes temporary files last written before cutoff.
@@ -142,8 +177,10 @@ func removeStaleTemps(dir string, cutoff time.Time) {
 	}
 }
 
-// Close stops background compaction, waiting for one in progress. Entries
-// left plain are compacted when a later process opens them.
+// Close stops background work (compaction, a directory scan), waiting for
+// it: a compaction in progress is abandoned and its temporary file
+// removed. Entries left plain are compacted when a later process opens
+// them.
 func (c *Cache) Close() error {
 	c.closeOnce.Do(func() { close(c.closed) })
 	c.worker.Wait()
@@ -158,23 +195,47 @@ func (c *Cache) files(path string) (entryFiles, error) {
 	if sp, err := storepath.FromAbsolutePath(path); err != nil || sp.Absolute() != path {
 		return entryFiles{}, fmt.Errorf("cache file name for %q: not a plain store path (%v)", path, err)
 	}
-	hashPart := path[len(storepath.StoreDir)+1:][:32]
-	base := filepath.Join(c.dir, hashPart)
-	return entryFiles{plain: base + ".nar", zst: base + ".nar.zst", meta: base + ".json"}, nil
+	return c.filesOf(path[len(storepath.StoreDir)+1:][:32]), nil
 }
 
-// Lookup returns the entry for path if it exists with the given key. A
-// missing, foreign-keyed or unreadable entry is a miss (nil, nil); only I/O
-// errors other than "not found" are returned.
+func (c *Cache) filesOf(hashPart string) entryFiles {
+	base := filepath.Join(c.dir, hashPart)
+	return entryFiles{plain: base + ".nar", zst: base + ".nar.zst", meta: base + ".json"}
+}
+
+// Lookup returns the entry for path if it exists with the given key and
+// its NAR is there. A missing, foreign-keyed or unreadable entry, and one
+// whose NAR is missing or plainly cut short, is a miss (nil, nil): the
+// caller rebuilds it, which replaces whatever is left. Only I/O errors
+// other than "not found" are returned.
 func (c *Cache) Lookup(path, key string) (*Entry, error) {
 	e, err := c.readEntry(path)
 	if err != nil {
 		return nil, err
 	}
-	if e == nil || e.Key != key {
+	if e == nil || e.Key != key || !c.narPresent(e) {
+		c.stats.misses.Add(1)
 		return nil, nil
 	}
+	c.stats.hits.Add(1)
 	return e, nil
+}
+
+// narPresent tells whether e has a NAR file that may hold its NAR: a
+// non-empty compressed one, or a plain one of the right length. This
+// catches what a power loss typically leaves of a file renamed before its
+// data reached the disk (nothing, or a zero-length or short file) without
+// reading it; Open's hash check catches the rest.
+func (c *Cache) narPresent(e *Entry) bool {
+	files, err := c.files(e.Path)
+	if err != nil {
+		return false
+	}
+	if fi, err := os.Stat(files.zst); err == nil && fi.Mode().IsRegular() && fi.Size() > 0 {
+		return true
+	}
+	fi, err := os.Stat(files.plain)
+	return err == nil && fi.Mode().IsRegular() && uint64(fi.Size()) == e.NarSize
 }
 
 // readEntry reads the metadata of path's entry, nil when there is none of
@@ -208,6 +269,36 @@ func (c *Cache) readEntry(path string) (*Entry, error) {
 	return &e, nil
 }
 
+// current tells whether e is still the entry its metadata file describes.
+func (c *Cache) current(e *Entry) bool {
+	now, err := c.readEntry(e.Path)
+	return err == nil && now != nil && now.Key == e.Key && now.NarHash == e.NarHash && now.NarSize == e.NarSize
+}
+
+// beginIO and endIO bracket every read and write of a NAR of the cache,
+// so that compaction keeps off the disk while they run.
+func (c *Cache) beginIO() {
+	c.mu.Lock()
+	c.busy++
+	c.signalLocked()
+	c.mu.Unlock()
+}
+
+func (c *Cache) endIO() {
+	c.mu.Lock()
+	c.busy--
+	if c.busy == 0 {
+		c.lastBusy = time.Now()
+	}
+	c.signalLocked()
+	c.mu.Unlock()
+}
+
+func (c *Cache) signalLocked() {
+	close(c.activity)
+	c.activity = make(chan struct{})
+}
+
 // Writer receives one NAR for the cache. Commit makes it visible; Abort
 // (safe after Commit) discards it.
 type Writer struct {
@@ -226,10 +317,12 @@ func (c *Cache) Create(path string) (*Writer, error) {
 	if err != nil {
 		return nil, err
 	}
+	// A temporary file is never an entry: eviction does not see it.
 	tmp, err := os.CreateTemp(c.dir, ".tmp-*.nar")
 	if err != nil {
 		return nil, fmt.Errorf("cache create %s: %w", path, err)
 	}
+	c.beginIO()
 	return &Writer{cache: c, path: path, tmp: tmp, hash: asynchash.New(sha256.New()), files: files}, nil
 }
 
@@ -250,22 +343,38 @@ func (w *Writer) Sum() pathinfo.NarHash {
 
 // Commit finishes the entry. meta supplies everything except NarHash and
 // NarSize, which come from the bytes written; Version and Path are set here.
+//
+// Nothing is fsynced. A crash of the process loses nothing written; what a
+// power loss (or kernel crash) can leave of recent entries is caught before
+// anything is served, since every process that comes up afterwards checks
+// an entry before serving it:
+//   - metadata missing, empty or cut short: it does not parse, a miss;
+//   - metadata without a NAR, an empty NAR, or a plain one of the wrong
+//     length: Lookup misses;
+//   - a NAR of the right length with other bytes (zeros where the data
+//     never reached the disk, the previous entry's NAR beside new
+//     metadata): Open hashes it against the metadata, finds it damaged,
+//     removes the entry;
+//   - a compressed NAR cut short: the same, or zstd fails;
+//   - a NAR without metadata: a miss, replaced by the rebuild.
+//
+// Metadata that parses is trusted only as far as it is checked: its path
+// and key must match, and its hash and size are checked against the NAR.
+// So an fsync would only keep entries across a power loss, which costs a
+// rebuild at worst, and it would cost every cold request a flush of its
+// whole NAR.
 func (w *Writer) Commit(meta Entry) (*Entry, error) {
 	if w.done {
 		return nil, fmt.Errorf("cache commit %s: writer already finished", w.path)
 	}
 	w.done = true
+	c := w.cache
+	defer c.endIO()
 	sum := w.Sum() // also ends the hashing goroutine on every path below
 	fail := func(err error) (*Entry, error) {
 		w.tmp.Close()
 		os.Remove(w.tmp.Name())
 		return nil, fmt.Errorf("cache commit %s: %w", w.path, err)
-	}
-	if err := w.tmp.Sync(); err != nil {
-		return fail(err)
-	}
-	if err := w.tmp.Close(); err != nil {
-		return fail(err)
 	}
 	meta.Version = formatVersion
 	meta.Path = w.path
@@ -279,7 +388,12 @@ func (w *Writer) Commit(meta Entry) (*Entry, error) {
 	if err != nil {
 		return fail(err)
 	}
-	c := w.cache
+	js = append(js, '\n')
+	// Held until the metadata is written: an evictor (of any process)
+	// cannot take the NAR between its rename and its metadata.
+	if err := lockShared(w.tmp); err != nil {
+		return fail(err)
+	}
 	c.mu.Lock()
 	// Nothing of a previous entry may survive next to the new NAR, even
 	// for a moment: its metadata and compressed NAR go first.
@@ -290,20 +404,24 @@ func (w *Writer) Commit(meta Entry) (*Entry, error) {
 	if err == nil {
 		delete(c.verified, w.files.zst)
 		// Freshly written from the bytes we hashed: no need to re-verify.
-		if id, idErr := identity(w.files.plain); idErr == nil {
-			c.verified[w.files.plain] = verifiedFile{id: id, hash: sum, size: w.hash.Size()}
+		if fi, statErr := w.tmp.Stat(); statErr == nil {
+			c.verified[w.files.plain] = verifiedFile{id: identityOf(fi), hash: sum, size: meta.NarSize}
 		}
 	}
 	c.mu.Unlock()
 	if err != nil {
 		return fail(err)
 	}
-	if err := writeFileAtomic(w.files.meta, append(js, '\n')); err != nil {
+	err = writeFileAtomic(w.files.meta, js)
+	if cerr := w.tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
 		return nil, fmt.Errorf("cache commit %s: %w", w.path, err)
 	}
-	if err := syncDir(c.dir); err != nil {
-		return nil, fmt.Errorf("cache commit %s: %w", w.path, err)
-	}
+	hashPart := filepath.Base(w.files.meta)[:32]
+	c.added(hashPart, int64(meta.NarSize)+int64(len(js)))
+	c.evict(hashPart)
 	c.scheduleCompaction(&meta)
 	return &meta, nil
 }
@@ -317,8 +435,11 @@ func (w *Writer) Abort() {
 	w.hash.Close()
 	w.tmp.Close()
 	os.Remove(w.tmp.Name())
+	w.cache.endIO()
 }
 
+// writeFileAtomic writes name through a temporary file and a rename, so
+// that no process sees it half-written. Without an fsync (see Commit).
 func writeFileAtomic(name string, data []byte) error {
 	tmp, err := os.CreateTemp(filepath.Dir(name), ".tmp-*.json")
 	if err != nil {
@@ -329,25 +450,11 @@ func writeFileAtomic(name string, data []byte) error {
 		os.Remove(tmp.Name())
 		return err
 	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		os.Remove(tmp.Name())
-		return err
-	}
 	if err := tmp.Close(); err != nil {
 		os.Remove(tmp.Name())
 		return err
 	}
 	return os.Rename(tmp.Name(), name)
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
 
 func identity(name string) (fileID, error) {
@@ -373,12 +480,14 @@ func (c *Cache) Remove(path string) error {
 		return err
 	}
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	delete(c.verified, files.plain)
 	delete(c.verified, files.zst)
-	if err := removeFiles(files.meta, files.zst, files.plain); err != nil {
+	err = removeFiles(files.meta, files.zst, files.plain)
+	c.mu.Unlock()
+	if err != nil {
 		return fmt.Errorf("cache remove %s: %w", path, err)
 	}
+	c.removed(filepath.Base(files.meta)[:32])
 	return nil
 }
 
@@ -396,6 +505,11 @@ func removeFiles(names ...string) error {
 // first checked against e's SHA-256; on a mismatch the entry is removed and
 // the error wraps ErrDamaged.
 //
+// An entry evicted or replaced (by this process or another) since e was
+// looked up is not damaged: nothing is removed, and the error wraps
+// ErrEvicted (which wraps ErrDamaged, so that a caller rebuilding damaged
+// entries rebuilds this one too).
+//
 // Damage after that check (bit rot, a truncated file) is caught while the
 // NAR streams by zstd's frame checksum and by the length: the reader's last
 // Read then fails with ErrDamaged instead of io.EOF and the entry is
@@ -404,45 +518,54 @@ func removeFiles(names ...string) error {
 // as fast as the network; a file replaced on purpose by a valid zstd stream
 // of the same length would need write access to the cache, which could as
 // well rewrite the metadata.
+//
+// The reader holds a shared lock on the NAR file until it is closed, so
+// that no process evicts the entry under it.
 func (c *Cache) Open(e *Entry) (io.ReadCloser, error) {
 	files, err := c.files(e.Path)
 	if err != nil {
 		return nil, err
 	}
-	// The descriptor streamed is the one whose identity was verified, so a
-	// file replaced in between cannot slip through. Compaction may rename
-	// the plain NAR away between two opens: look for the compressed one
-	// again before calling the NAR missing.
-	name, compressed := files.zst, true
-	f, err := os.Open(name)
-	for _, next := range []string{files.plain, files.zst} {
-		if !errors.Is(err, fs.ErrNotExist) {
-			break
+	c.beginIO()
+	r, err := c.open(e, files)
+	if err != nil {
+		c.endIO()
+		return nil, fmt.Errorf("cache open %s: %w", e.Path, err)
+	}
+	c.touch(filepath.Base(files.meta)[:32], files.meta)
+	return r, nil
+}
+
+func (c *Cache) open(e *Entry, files entryFiles) (io.ReadCloser, error) {
+	f, name, compressed, err := openNAR(files)
+	if errors.Is(err, fs.ErrNotExist) {
+		if !c.current(e) {
+			return nil, ErrEvicted
 		}
-		name, compressed = next, next == files.zst
-		f, err = os.Open(name)
+		err = fmt.Errorf("NAR file missing: %w", ErrDamaged)
+		if rmErr := c.removeDamaged(e, name, fileID{}); rmErr != nil {
+			err = errors.Join(err, rmErr)
+		}
+		return nil, err
 	}
 	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			err = fmt.Errorf("NAR file missing: %w", ErrDamaged)
-			if rmErr := c.removeDamaged(e.Path, name, fileID{}); rmErr != nil {
-				err = errors.Join(err, rmErr)
-			}
-		}
-		return nil, fmt.Errorf("cache open %s: %w", e.Path, err)
+		return nil, err
 	}
 	fi, err := f.Stat()
 	if err != nil {
 		f.Close()
-		return nil, fmt.Errorf("cache open %s: %w", e.Path, err)
+		return nil, err
 	}
 	id := identityOf(fi)
 	damaged := func(err error) (io.ReadCloser, error) {
 		f.Close()
-		if rmErr := c.removeDamaged(e.Path, name, id); rmErr != nil {
+		if !c.current(e) {
+			return nil, ErrEvicted // rebuilt by another process meanwhile
+		}
+		if rmErr := c.removeDamaged(e, name, id); rmErr != nil {
 			err = errors.Join(err, rmErr)
 		}
-		return nil, fmt.Errorf("cache open %s: %w", e.Path, err)
+		return nil, err
 	}
 	if err := c.verifyOnce(name, compressed, e, id); err != nil {
 		return damaged(err)
@@ -456,10 +579,38 @@ func (c *Cache) Open(e *Entry) (io.ReadCloser, error) {
 		// Left plain by an earlier process, or not compacted yet.
 		c.scheduleCompaction(e)
 	}
-	c.mu.Lock()
-	c.readers[e.Path]++
-	c.mu.Unlock()
 	return &checkedReader{body: body, entry: e, cache: c, name: name, id: id}, nil
+}
+
+// openNAR opens the NAR file of an entry, compressed or plain, and takes a
+// shared lock on it. A file unlinked before the lock was granted (evicted,
+// compacted or replaced) is not one to read: look again. Compaction may
+// rename the plain NAR away between two opens, so the compressed one is
+// looked for again before calling the NAR missing.
+func openNAR(files entryFiles) (f *os.File, name string, compressed bool, err error) {
+	for range 3 {
+		name, compressed = files.zst, true
+		f, err = os.Open(name)
+		for _, next := range []string{files.plain, files.zst} {
+			if !errors.Is(err, fs.ErrNotExist) {
+				break
+			}
+			name, compressed = next, next == files.zst
+			f, err = os.Open(name)
+		}
+		if err != nil {
+			return nil, name, compressed, err
+		}
+		if err := lockShared(f); err != nil {
+			f.Close()
+			return nil, name, compressed, err
+		}
+		if linked(f) {
+			return f, name, compressed, nil
+		}
+		f.Close()
+	}
+	return nil, name, compressed, fs.ErrNotExist
 }
 
 // verifyOnce checks the NAR file with identity id against e, unless that
@@ -506,14 +657,14 @@ func (c *Cache) verifyOnce(narFile string, compressed bool, e *Entry, id fileID)
 	return err
 }
 
-// removeDamaged removes the entry for path if its NAR file name is still
-// the damaged one (identity id), or is missing: a reader of an old file must
+// removeDamaged removes the entry of e if its NAR file name is still the
+// damaged one (identity id), or is missing: a reader of an old file must
 // not delete an entry rebuilt or compacted meanwhile.
-func (c *Cache) removeDamaged(path, name string, id fileID) error {
+func (c *Cache) removeDamaged(e *Entry, name string, id fileID) error {
 	current, err := identity(name)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
-		files, ferr := c.files(path)
+		files, ferr := c.files(e.Path)
 		if ferr != nil {
 			return ferr
 		}
@@ -524,11 +675,12 @@ func (c *Cache) removeDamaged(path, name string, id fileID) error {
 			}
 		}
 	case err != nil:
-		return fmt.Errorf("cache remove %s: %w", path, err)
+		return fmt.Errorf("cache remove %s: %w", e.Path, err)
 	case current != id:
 		return nil // already rebuilt
 	}
-	return c.Remove(path)
+	c.stats.damaged.Add(1)
+	return c.Remove(e.Path)
 }
 
 func verify(body io.Reader, e *Entry) error {
@@ -575,7 +727,7 @@ func (r *checkedReader) Read(p []byte) (int, error) {
 			err = fmt.Errorf("%w: %v", ErrDamaged, err)
 		}
 		err = fmt.Errorf("read cached NAR of %s: %w", r.entry.Path, err)
-		if rmErr := r.cache.removeDamaged(r.entry.Path, r.name, r.id); rmErr != nil {
+		if rmErr := r.cache.removeDamaged(r.entry, r.name, r.id); rmErr != nil {
 			err = errors.Join(err, rmErr)
 		}
 	}
@@ -588,14 +740,7 @@ func (r *checkedReader) Read(p []byte) (int, error) {
 func (r *checkedReader) Close() error {
 	if !r.closed {
 		r.closed = true
-		r.cache.mu.Lock()
-		if r.cache.readers[r.entry.Path]--; r.cache.readers[r.entry.Path] <= 0 {
-			delete(r.cache.readers, r.entry.Path)
-		}
-		if r.cache.queued[r.entry.Path] {
-			r.cache.lastUse[r.entry.Path] = time.Now()
-		}
-		r.cache.mu.Unlock()
+		defer r.cache.endIO()
 	}
 	return r.body.Close()
 }

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"errors"
-	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -37,9 +36,9 @@ func putAt(t *testing.T, c *Cache, path, key string, data []byte) *Entry {
 
 // openCache opens a cache whose background compactor stops with the test,
 // so it cannot write into a directory being removed.
-func openCache(t *testing.T, dir string) *Cache {
+func openCache(t *testing.T, dir string, opts ...Option) *Cache {
 	t.Helper()
-	c, err := Open(dir)
+	c, err := Open(dir, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -273,59 +272,6 @@ func TestStaleReaderKeepsRebuiltEntry(t *testing.T) {
 	}
 }
 
-func TestCompaction(t *testing.T) {
-	dir := t.TempDir()
-	c := openCache(t, dir)
-	c.compactDelay = 10 * time.Millisecond
-	defer c.Close()
-	data := bytes.Repeat([]byte("compressible nar bytes "), 100000)
-	e := put(t, c, "k", data)
-	plain := filepath.Join(dir, testPath[11:43]+".nar")
-	zst := plain + ".zst"
-
-	// A reader opened on the plain NAR keeps it from being compacted and
-	// reads it whole even if compaction happens right after.
-	r, err := c.Open(e)
-	if err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(100 * time.Millisecond)
-	if _, err := os.Stat(zst); err == nil {
-		t.Fatal("compacted while a reader had the entry open")
-	}
-	got, err := io.ReadAll(r)
-	r.Close()
-	if err != nil || !bytes.Equal(got, data) {
-		t.Fatalf("plain read: %d bytes, %v", len(got), err)
-	}
-
-	// Then the background compactor replaces the plain NAR.
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		_, zerr := os.Stat(zst)
-		_, perr := os.Stat(plain)
-		if zerr == nil && errors.Is(perr, os.ErrNotExist) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("not compacted: zst %v, plain %v", zerr, perr)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	zfi, _ := os.Stat(zst)
-	if zfi.Size() >= int64(len(data))/4 {
-		t.Errorf("compressed NAR has %d bytes for %d of repetitive data", zfi.Size(), len(data))
-	}
-	if got, err := readAll(t, c, e); err != nil || !bytes.Equal(got, data) {
-		t.Fatalf("compressed read: %d bytes, %v", len(got), err)
-	}
-	// A restarted process verifies the compressed NAR and serves it.
-	c2 := openCache(t, dir)
-	if got, err := readAll(t, c2, e); err != nil || !bytes.Equal(got, data) {
-		t.Fatalf("read after restart: %d bytes, %v", len(got), err)
-	}
-}
-
 // TestCompactionChecksThePlainNAR: damage to the plain NAR after it was
 // written is caught when it is compacted, and the entry removed.
 func TestCompactionChecksThePlainNAR(t *testing.T) {
@@ -408,55 +354,4 @@ func TestStaleCompactionKeepsNewEntry(t *testing.T) {
 	}
 }
 
-// TestBusyEntryDoesNotStallCompaction: an entry held open goes back in the
-// queue, and the entries behind it are compacted meanwhile.
-func TestBusyEntryDoesNotStallCompaction(t *testing.T) {
-	dir := t.TempDir()
-	c := openCache(t, dir)
-	c.compactDelay = 10 * time.Millisecond
-	busyPath := "/nix/store/1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b-busy-1.0"
-	busy := putAt(t, c, busyPath, "b", bytes.Repeat([]byte("busy"), 1000))
-	r, err := c.Open(busy)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
-	put(t, c, "k", bytes.Repeat([]byte("idle"), 1000))
-	zst := filepath.Join(dir, testPath[11:43]+".nar.zst")
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		if _, err := os.Stat(zst); err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("an idle entry was not compacted while another was busy")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	if _, err := os.Stat(filepath.Join(dir, busyPath[11:43]+".nar.zst")); err == nil {
-		t.Fatal("the busy entry was compacted while open")
-	}
-}
-
-// TestCompactorWaitsForBusyEntries: entries that are all in use are
-// checked again after a wait, not in a loop that burns a core for as long
-// as the transfers last.
-func TestCompactorWaitsForBusyEntries(t *testing.T) {
-	dir := t.TempDir()
-	c := openCache(t, dir)
-	c.compactDelay = 50 * time.Millisecond
-	for i, p := range []string{"/nix/store/1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c-a-1.0", "/nix/store/1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d-b-1.0"} {
-		e := putAt(t, c, p, fmt.Sprint(i), bytes.Repeat([]byte("busy"), 1000))
-		r, err := c.Open(e)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer r.Close()
-	}
-	time.Sleep(500 * time.Millisecond)
-	// About one check per entry per compactDelay: 20 here. A loop without
-	// a wait makes hundreds of thousands.
-	if n := c.quietChecks.Load(); n > 1000 {
-		t.Fatalf("the compactor checked busy entries %d times in 0.5 s", n)
-	}
-}
+func sha(b []byte) (h [32]byte) { return sha256.Sum256(b) }

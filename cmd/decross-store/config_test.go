@@ -30,6 +30,7 @@ func TestConfigFileAndFlags(t *testing.T) {
 listen = "0.0.0.0:2222"
 host-key = "/var/lib/decross-store/ssh_host_ed25519_key"
 cache-dir = "/var/lib/decross-store/cache"
+cache-max-size = "50GiB"
 shutdown-timeout = "45s"
 stdio = false
 log-format = "json"
@@ -58,8 +59,8 @@ jobs = 3 # prefetch's: accepted, not applied to serve
 			if tt.args[0] != "--config" && f.config == "" {
 				return
 			}
-			if f.cacheDir != "/var/lib/decross-store/cache" || f.hostKey != "/var/lib/decross-store/ssh_host_ed25519_key" {
-				t.Errorf("cache-dir %q, host-key %q: not taken from the file", f.cacheDir, f.hostKey)
+			if f.cacheDir != "/var/lib/decross-store/cache" || f.hostKey != "/var/lib/decross-store/ssh_host_ed25519_key" || f.cacheMaxSize != 50<<30 {
+				t.Errorf("cache-dir %q, host-key %q, cache-max-size %v: not taken from the file", f.cacheDir, f.hostKey, f.cacheMaxSize)
 			}
 		})
 	}
@@ -75,6 +76,7 @@ signing-key = "/etc/decross-store/secret.key"
 mapping = "/etc/decross-store/mapping.json"
 cache-dir = "/var/lib/decross-store/cache"
 upstream = "unix:///run/nix.sock"
+cache-max-size = 1073741824
 jobs = 5
 `, 0o644)
 	fs, f := newPrefetchFlags(io.Discard)
@@ -82,7 +84,7 @@ jobs = 5
 		t.Fatal(err)
 	}
 	want := prefetchFlags{config: cfg, mapping: "/etc/decross-store/mapping.json", upstream: "unix:///run/nix.sock",
-		cacheDir: "/var/lib/decross-store/cache", logFormat: "text", jobs: 2}
+		cacheDir: "/var/lib/decross-store/cache", logFormat: "text", jobs: 2, cacheMaxSize: 1 << 30}
 	if *f != want {
 		t.Errorf("got %+v\nwant %+v", *f, want)
 	}
@@ -98,6 +100,7 @@ func TestConfigErrors(t *testing.T) {
 		{"string flag given a number", "\nlisten = 2222\n", []string{":2:", `key "listen"`, "an integer, want a string"}},
 		{"bool flag given a string", "stdio = \"yes\"\n", []string{":1:", `key "stdio"`, "a string, want a boolean"}},
 		{"bad duration", "\n\n\nshutdown-timeout = \"soon\"\n", []string{":4:", `key "shutdown-timeout"`, `invalid value "soon"`}},
+		{"bad size", "cache-max-size = \"50 gigs\"\n", []string{":1:", `key "cache-max-size"`, `invalid size "50 gigs"`}},
 		{"duration without unit", "shutdown-timeout = 30\n", []string{":1:", `key "shutdown-timeout"`, `an integer, want a string such as "30s"`}},
 		{"array", "listen = [\"a\", \"b\"]\n", []string{":1:", `key "listen"`, "an array"}},
 		{"date", "listen = 2024-01-01\n", []string{":1:", `key "listen"`, "a date"}},

@@ -17,11 +17,14 @@ import (
 	"github.com/schollz/progressbar/v3"
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/term"
+
+	"github.com/decross-store/decross-store/narcache"
 )
 
 type prefetchFlags struct {
 	config, mapping, upstream, cacheDir, logLevel, logFormat string
 	jobs                                                     int
+	cacheMaxSize                                             narcache.Size
 }
 
 // newPrefetchFlags declares prefetch's flags; the names and defaults
@@ -35,6 +38,7 @@ func newPrefetchFlags(stderr io.Writer) (*flag.FlagSet, *prefetchFlags) {
 	fs.StringVar(&f.mapping, "mapping", "", "mapping file: native path -> cross path (required)")
 	fs.StringVar(&f.upstream, "upstream", "daemon", "where cross paths are read: daemon (local nix-daemon socket) or unix:///path/to/socket")
 	fs.StringVar(&f.cacheDir, "cache-dir", "state/cache", "directory of rewritten NARs and their path info (serve's --cache-dir)")
+	fs.Var(&f.cacheMaxSize, "cache-max-size", cacheMaxSizeUsage)
 	fs.IntVar(&f.jobs, "jobs", runtime.NumCPU(), "paths prepared in parallel (the default is the number of CPUs)")
 	fs.StringVar(&f.logLevel, "log-level", "", "debug, info, warn or error (default warn; info logs every rewrite)")
 	fs.StringVar(&f.logFormat, "log-format", "text", "log format: text or json")
@@ -64,7 +68,7 @@ func runPrefetch(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	if err != nil {
 		return err
 	}
-	st, closeStore, err := openStore(storeOptions{mapping: f.mapping, upstream: f.upstream, cacheDir: f.cacheDir, noReadAhead: true}, logger)
+	st, closeStore, err := openStore(storeOptions{mapping: f.mapping, upstream: f.upstream, cacheDir: f.cacheDir, cacheMaxSize: f.cacheMaxSize, noReadAhead: true}, logger)
 	if err != nil {
 		return err
 	}

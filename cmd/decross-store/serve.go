@@ -28,6 +28,7 @@ type serveFlags struct {
 	logLevel, logFormat, remoteStore, config, metrics                        string
 	stdio                                                                    bool
 	shutdownTimeout                                                          time.Duration
+	cacheMaxSize                                                             narcache.Size
 
 	// SSH limits: see sshserver.Server.
 	maxConnections, maxStartups, maxStartupsPerSource, maxQueue, maxQueuePerSource int
@@ -48,6 +49,7 @@ func newServeFlags(stderr io.Writer) (*flag.FlagSet, *serveFlags) {
 	fs.StringVar(&f.signingKey, "signing-key", "", "Nix secret signing key file (required)")
 	fs.StringVar(&f.upstream, "upstream", "daemon", "where cross paths are read: daemon (local nix-daemon socket) or unix:///path/to/socket")
 	fs.StringVar(&f.cacheDir, "cache-dir", "state/cache", "directory of rewritten NARs and their path info")
+	fs.Var(&f.cacheMaxSize, "cache-max-size", cacheMaxSizeUsage)
 	fs.BoolVar(&f.stdio, "stdio", false, "serve one worker-protocol session on stdin/stdout instead of SSH (for use behind OpenSSH as remote-program)")
 	fs.StringVar(&f.logLevel, "log-level", "", "debug, info, warn or error (default info; warn with --stdio, where stderr is the user's terminal)")
 	fs.StringVar(&f.logFormat, "log-format", "text", "log format: text (logfmt key=value lines) or json (one JSON object per line)")
@@ -103,7 +105,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	defer stopMetrics()
-	so := storeOptions{mapping: f.mapping, upstream: f.upstream, cacheDir: f.cacheDir, signingKey: f.signingKey}
+	so := storeOptions{mapping: f.mapping, upstream: f.upstream, cacheDir: f.cacheDir, cacheMaxSize: f.cacheMaxSize, signingKey: f.signingKey}
 	if m != nil {
 		so.hooks = store.Hooks{Rewrote: m.Rewrote, CacheHit: m.CacheHit, CacheMiss: m.CacheMiss, Upstream: m.UpstreamDone}
 	}
@@ -171,10 +173,13 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 // storeOptions is what serve and prefetch share to open the store.
 type storeOptions struct {
 	mapping, upstream, cacheDir string
-	signingKey                  string // "": path info is unsigned
-	noReadAhead                 bool   // the caller prepares every path itself
+	cacheMaxSize                narcache.Size // 0: unbounded
+	signingKey                  string        // "": path info is unsigned
+	noReadAhead                 bool          // the caller prepares every path itself
 	hooks                       store.Hooks
 }
+
+const cacheMaxSizeUsage = "evict the least recently served cache entries once the cache holds more than `SIZE` (such as 50GiB or 500MiB; default: unbounded)"
 
 // openStore assembles the store.
 func openStore(o storeOptions, logger *slog.Logger) (*store.Store, func(), error) {
@@ -194,7 +199,7 @@ func openStore(o storeOptions, logger *slog.Logger) (*store.Store, func(), error
 	if err != nil {
 		return nil, nil, err
 	}
-	cache, err := narcache.Open(o.cacheDir)
+	cache, err := narcache.Open(o.cacheDir, narcache.WithMaxSize(int64(o.cacheMaxSize)))
 	if err != nil {
 		up.Close()
 		return nil, nil, err
