@@ -70,6 +70,8 @@ func TestMetrics(t *testing.T) {
 		{"decross_store_ssh_connections_total", "", atLeast(4), ">= 4"},
 		// A fresh cache: every served path of the closure was rewritten.
 		{"decross_store_cache_misses_total", "", atLeast(2), ">= 2 (a fresh cache)"},
+		{"decross_store_cache_entries", "", atLeast(2), ">= 2"},
+		{"decross_store_cache_size_bytes", "", atLeast(closureBytes), fmt.Sprintf(">= %v, the closure's NAR size", closureBytes)},
 		{"decross_store_rewrite_output_bytes_total", "", atLeast(closureBytes), fmt.Sprintf(">= %v, the closure's NAR size", closureBytes)},
 	} {
 		got, ok := metricValue(fams, c.name, c.labels)

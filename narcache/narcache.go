@@ -78,6 +78,11 @@ type Cache struct {
 	dir     string
 	maxSize int64 // bytes; 0: unbounded
 
+	// decoders holds zstd decoders between reads: a new one allocates
+	// about a megabyte, which for a closure of small paths costs more
+	// than decoding them.
+	decoders sync.Pool
+
 	// mu guards the maps and activity fields, and every rename or removal
 	// of an entry's files, so that a commit, a compaction, an eviction and a
 	// removal of one path never interleave in this process.
@@ -572,7 +577,7 @@ func (c *Cache) open(e *Entry, files entryFiles) (io.ReadCloser, error) {
 	}
 	var body io.ReadCloser = f
 	if compressed {
-		if body, err = newZstdFile(f); err != nil {
+		if body, err = c.newZstdFile(f); err != nil {
 			return damaged(err)
 		}
 	} else {
@@ -639,11 +644,11 @@ func (c *Cache) verifyOnce(narFile string, compressed bool, e *Entry, id fileID)
 		}
 		var body io.Reader = f
 		if compressed {
-			zr, err := newZstdFile(f)
+			zr, err := c.newZstdFile(f)
 			if err != nil {
 				return nil, err
 			}
-			defer zr.zr.Close()
+			defer zr.release()
 			body = zr
 		}
 		if err := verify(body, e); err != nil {
@@ -746,18 +751,39 @@ func (r *checkedReader) Close() error {
 }
 
 type zstdFile struct {
-	f  *os.File
-	zr *zstd.Decoder
+	f     *os.File
+	zr    *zstd.Decoder
+	cache *Cache
 }
 
-func newZstdFile(f *os.File) (*zstdFile, error) {
-	// Single-goroutine, bounded-window decoding keeps memory flat no matter
-	// how large the NAR is.
-	zr, err := zstd.NewReader(f, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true), zstd.WithDecoderMaxWindow(64<<20))
-	if err != nil {
+func (c *Cache) newZstdFile(f *os.File) (*zstdFile, error) {
+	zr, _ := c.decoders.Get().(*zstd.Decoder)
+	if zr == nil {
+		// Single-goroutine, bounded-window decoding keeps memory flat no
+		// matter how large the NAR is, and leaves nothing running between
+		// reads, so a decoder can wait in the pool.
+		var err error
+		zr, err = zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true), zstd.WithDecoderMaxWindow(64<<20))
+		if err != nil {
+			return nil, fmt.Errorf("zstd decoder: %w", err)
+		}
+	}
+	if err := zr.Reset(f); err != nil {
+		c.decoders.Put(zr)
 		return nil, fmt.Errorf("%w: %v", ErrDamaged, err)
 	}
-	return &zstdFile{f: f, zr: zr}, nil
+	return &zstdFile{f: f, zr: zr, cache: c}, nil
+}
+
+// release returns the decoder to the pool; the file stays open.
+func (z *zstdFile) release() {
+	if z.zr == nil {
+		return
+	}
+	if z.zr.Reset(nil) == nil {
+		z.cache.decoders.Put(z.zr)
+	}
+	z.zr = nil
 }
 
 func (z *zstdFile) Read(p []byte) (int, error) {
@@ -769,7 +795,7 @@ func (z *zstdFile) Read(p []byte) (int, error) {
 }
 
 func (z *zstdFile) Close() error {
-	z.zr.Close()
+	z.release()
 	return z.f.Close()
 }
 

@@ -834,7 +834,11 @@ func (s *Store) NarFromPath(ctx context.Context, p string) (io.ReadCloser, error
 		if !errors.Is(err, narcache.ErrDamaged) || attempt > 0 {
 			return nil, err
 		}
-		s.log.Warn("cache entry damaged, rebuilding", "path", p, "error", err)
+		if errors.Is(err, narcache.ErrEvicted) {
+			s.log.Debug("cache entry evicted since it was prepared, rebuilding", "path", p)
+		} else {
+			s.log.Warn("cache entry damaged, rebuilding", "path", p, "error", err)
+		}
 		s.prepared.Delete(p)
 	}
 }

@@ -7,6 +7,8 @@ import (
 	"net"
 
 	"github.com/decross-store/decross-store/metrics"
+	"github.com/decross-store/decross-store/narcache"
+	"github.com/decross-store/decross-store/store"
 )
 
 // startMetrics serves metrics on addr until stop is called; with addr
@@ -32,4 +34,23 @@ func startMetrics(ctx context.Context, addr string, logger *slog.Logger) (m *met
 			logger.Error("metrics server failed", "err", err)
 		}
 	}, nil
+}
+
+// storeHooks reports the store's work to m (none when m is nil).
+func storeHooks(m *metrics.Metrics) store.Hooks {
+	if m == nil {
+		return store.Hooks{}
+	}
+	return store.Hooks{Rewrote: m.Rewrote, CacheHit: m.CacheHit, CacheMiss: m.CacheMiss, Upstream: m.UpstreamDone}
+}
+
+// observeCache makes every scrape of m read c's figures.
+func observeCache(m *metrics.Metrics, c *narcache.Cache) {
+	if m == nil {
+		return
+	}
+	m.ObserveCache(func() metrics.CacheStats {
+		st := c.Stats()
+		return metrics.CacheStats{Entries: st.Entries, Bytes: st.Bytes, Hits: st.Hits, Misses: st.Misses, Evictions: st.Evictions}
+	})
 }

@@ -105,11 +105,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	defer stopMetrics()
-	so := storeOptions{mapping: f.mapping, upstream: f.upstream, cacheDir: f.cacheDir, cacheMaxSize: f.cacheMaxSize, signingKey: f.signingKey}
-	if m != nil {
-		so.hooks = store.Hooks{Rewrote: m.Rewrote, CacheHit: m.CacheHit, CacheMiss: m.CacheMiss, Upstream: m.UpstreamDone}
-	}
-	st, closeStore, err := openStore(so, logger)
+	st, closeStore, err := openStore(storeOptions{mapping: f.mapping, upstream: f.upstream, cacheDir: f.cacheDir, cacheMaxSize: f.cacheMaxSize, signingKey: f.signingKey, metrics: m}, logger)
 	if err != nil {
 		return err
 	}
@@ -173,10 +169,10 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 // storeOptions is what serve and prefetch share to open the store.
 type storeOptions struct {
 	mapping, upstream, cacheDir string
-	cacheMaxSize                narcache.Size // 0: unbounded
-	signingKey                  string        // "": path info is unsigned
-	noReadAhead                 bool          // the caller prepares every path itself
-	hooks                       store.Hooks
+	cacheMaxSize                narcache.Size    // 0: unbounded
+	signingKey                  string           // "": path info is unsigned
+	noReadAhead                 bool             // the caller prepares every path itself
+	metrics                     *metrics.Metrics // nil: none
 }
 
 const cacheMaxSizeUsage = "evict the least recently served cache entries once the cache holds more than `SIZE` (such as 50GiB or 500MiB; default: unbounded)"
@@ -204,6 +200,7 @@ func openStore(o storeOptions, logger *slog.Logger) (*store.Store, func(), error
 		up.Close()
 		return nil, nil, err
 	}
+	observeCache(o.metrics, cache)
 	st, err := store.New(store.Config{
 		Mapping:     m,
 		Upstream:    up,
@@ -211,7 +208,7 @@ func openStore(o storeOptions, logger *slog.Logger) (*store.Store, func(), error
 		SigningKey:  key,
 		Logger:      logger,
 		NoReadAhead: o.noReadAhead,
-		Hooks:       o.hooks,
+		Hooks:       storeHooks(o.metrics),
 	})
 	if err != nil {
 		cache.Close()
