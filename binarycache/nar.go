@@ -241,13 +241,13 @@ func (r *narReader) finish() error {
 	// A decompressor may stop at the end of its stream; the file hash
 	// covers the whole file.
 	if _, err := io.Copy(io.Discard, r.file); err != nil {
-		return fmt.Errorf("read the rest of %s: %w", r.where, err)
+		return fmt.Errorf("read the rest of the NAR file of %s, %s: %w", r.path, r.where, err)
 	}
 	if r.ni.FileSize > 0 && r.file.n != r.ni.FileSize {
-		return fmt.Errorf("%w: %s is %d bytes, its FileSize is %d", ErrCorrupt, r.where, r.file.n, r.ni.FileSize)
+		return fmt.Errorf("%w: the NAR file of %s, %s, is %d bytes, its FileSize is %d", ErrCorrupt, r.path, r.where, r.file.n, r.ni.FileSize)
 	}
 	if r.file.h != nil && !bytes.Equal(r.file.h.Sum(nil), r.ni.FileHash.Digest()) {
-		return fmt.Errorf("%w: %s does not match its FileHash %s", ErrCorrupt, r.where, r.ni.FileHash)
+		return fmt.Errorf("%w: the NAR file of %s, %s, does not match its FileHash %s", ErrCorrupt, r.path, r.where, r.ni.FileHash)
 	}
 	return nil
 }
