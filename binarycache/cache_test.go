@@ -270,7 +270,7 @@ func TestBadNarInfo(t *testing.T) {
 		{name: "oversized", narinfo: func(s string) string { return s + "System: " + strings.Repeat("x", MaxNarInfoSize) + "\n" }, want: "larger than"},
 		{name: "other path", narinfo: func(s string) string { return strings.Replace(s, helloPath, otherPath, 1) }, want: "is for " + otherPath},
 		{name: "compression", narinfo: func(s string) string { return strings.Replace(s, "Compression: none", "Compression: lz4", 1) }, want: `compression "lz4" is not supported`},
-		{name: "no NarHash", narinfo: func(s string) string { return regexpDrop(s, "NarHash: ") }, want: "no NarHash"},
+		{name: "no NarHash", narinfo: func(s string) string { return dropLines(s, "NarHash: ") }, want: "no NarHash"},
 		{name: "bad hash", narinfo: func(s string) string { return strings.Replace(s, "NarHash: sha256:", "NarHash: sha256:x", 1) }, want: "parse narinfo"},
 	}
 	for _, tt := range tests {
@@ -292,7 +292,7 @@ func TestBadNarInfo(t *testing.T) {
 	}
 }
 
-func regexpDrop(s, prefix string) string {
+func dropLines(s, prefix string) string {
 	var out []string
 	for _, l := range strings.Split(s, "\n") {
 		if !strings.HasPrefix(l, prefix) {
