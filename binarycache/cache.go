@@ -145,7 +145,7 @@ func Open(rawURL string, opts Options) (*Cache, error) {
 		}
 		c.b, err = openS3Backend(u, client)
 	default:
-		return nil, fmt.Errorf("open binary cache %s: want file:///dir, http(s)://host/path or s3://bucket?endpoint=...", rawURL)
+		return nil, fmt.Errorf("open binary cache %s: want file:///dir, http(s)://host/path or s3://bucket?endpoint=URL", rawURL)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("open binary cache %s: %w", rawURL, err)

@@ -1,6 +1,7 @@
 package binarycache
 
 import (
+	"bufio"
 	"bytes"
 	"compress/bzip2"
 	"compress/gzip"
@@ -165,25 +166,29 @@ func newNarReader(body io.ReadCloser, ni *narinfo.NarInfo, info *pathinfo.PathIn
 		f.h = sha256.New() // parseNarInfo accepts no other
 	}
 	r := &narReader{body: body, file: f, ni: ni, path: info.Path, where: where, h: sha256.New(), max: ni.NarSize, closeD: func() {}}
+	// Decompressors that are not handed an io.ByteReader read byte by
+	// byte (xz) or wrap their own buffer; one buffer here serves all. The
+	// bytes it holds were counted and hashed by f already.
+	buf := bufio.NewReaderSize(f, 64<<10)
 	var err error
 	switch ni.Compression {
 	case "none":
 		r.dec = f
 	case "xz":
-		r.dec, err = xz.NewReader(f)
+		r.dec, err = xz.NewReader(buf)
 	case "zstd":
 		var d *zstd.Decoder
-		d, err = zstd.NewReader(f, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true), zstd.WithDecoderMaxWindow(maxZstdWindow))
+		d, err = zstd.NewReader(buf, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true), zstd.WithDecoderMaxWindow(maxZstdWindow))
 		if err == nil {
 			r.dec, r.closeD = d, d.Close
 		}
 	case "bzip2":
-		r.dec = bzip2.NewReader(f)
+		r.dec = bzip2.NewReader(buf)
 	case "br":
-		r.dec = brotli.NewReader(f)
+		r.dec = brotli.NewReader(buf)
 	case "gzip":
 		var g *gzip.Reader
-		g, err = gzip.NewReader(f)
+		g, err = gzip.NewReader(buf)
 		if err == nil {
 			r.dec, r.closeD = g, func() { g.Close() }
 		}
