@@ -70,6 +70,9 @@ func TestBinaryCache(t *testing.T) {
 	for _, info := range pathInfoJSON(t, nix("nix", "path-info", "--json", "-r", out)) {
 		want[info.Path] = info
 	}
+	if want[out].Deriver == "" || len(want[out].References) != 1 {
+		t.Fatalf("nix path-info says %+v; want a deriver and one reference, to compare them", want[out])
+	}
 	nars := map[string][]byte{}
 	for _, p := range closure {
 		nars[p] = []byte(nix("nix-store", "--dump", p))
