@@ -1,0 +1,13 @@
+// Package binarycache reads store paths from a Nix binary cache: a
+// directory written by `nix copy --to file://...`, any HTTP(S) binary cache,
+// or an S3-compatible bucket. It is the read side of an upstream: path
+// metadata comes from <hash>.narinfo files, checked against trusted public
+// keys, and NARs are decompressed (xz, zstd, bzip2, br or none) and checked
+// against the narinfo's hashes and sizes while they stream, so that nothing
+// unverified is ever handed out as a complete NAR.
+//
+// Requests for small files and the start of a NAR download are retried a
+// bounded number of times on server errors, timeouts and truncated bodies;
+// a NAR body that breaks or stalls mid-stream fails the read. A Cache is
+// safe for concurrent use.
+package binarycache
