@@ -16,6 +16,7 @@ import (
 	"github.com/nix-community/go-nix/pkg/storepath"
 
 	"github.com/decross-store/decross-store/pathinfo"
+	"github.com/decross-store/decross-store/upstream"
 )
 
 // MaxNarInfoSize bounds a narinfo file. The largest real ones (paths with
@@ -24,13 +25,21 @@ const MaxNarInfoSize = 1 << 20
 
 // ErrUntrusted is wrapped by the error for a narinfo that no trusted
 // public key has signed. The message names the path and the keys that did
-// sign it.
-var ErrUntrusted = errors.New("no trusted signature")
+// sign it. It matches upstream.ErrUnusable.
+var ErrUntrusted error = &unusableError{"no trusted signature"}
 
 // ErrCorrupt is wrapped by the error for a NAR whose bytes do not match
 // its narinfo (NarHash, NarSize, FileHash or FileSize), and for a narinfo
-// that cannot be used.
-var ErrCorrupt = errors.New("binary cache content does not match its narinfo")
+// that cannot be used. It matches upstream.ErrUnusable.
+var ErrCorrupt error = &unusableError{"binary cache content does not match its narinfo"}
+
+// unusableError is a sentinel that also matches upstream.ErrUnusable: the
+// path is in the cache, but must not be used, which the store reports as
+// a path it does not serve rather than as a failing upstream.
+type unusableError struct{ msg string }
+
+func (e *unusableError) Error() string        { return e.msg }
+func (e *unusableError) Is(target error) bool { return target == upstream.ErrUnusable }
 
 // knownFields are the narinfo fields go-nix's parser knows. Nix ignores
 // fields it does not know, so that caches can add some; so does this

@@ -400,6 +400,9 @@ func (s *Store) resolve(ctx context.Context, served string) (*source, error) {
 			return nil, notServed("it is longer than its cross path %s, so binaries cannot be rewritten in place", e.Cross)
 		}
 		info, err := s.upstreamPathInfo(ctx, e.Cross)
+		if errors.Is(err, upstream.ErrUnusable) {
+			return nil, notServed("its cross path %s cannot be used: %w", e.Cross, err)
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -423,6 +426,9 @@ func (s *Store) resolve(ctx context.Context, served string) (*source, error) {
 		return nil, err
 	}
 	info, err := s.upstreamPathInfo(ctx, served)
+	if errors.Is(err, upstream.ErrUnusable) {
+		return nil, &notServedError{path: served, why: err}
+	}
 	if err != nil || info == nil {
 		return nil, err
 	}
@@ -458,23 +464,46 @@ func (s *Store) checkClosure(ctx context.Context, root string) error {
 // returns the first problem.
 func (s *Store) walkClosure(ctx context.Context, root string, found map[string]bool) error {
 	var problem error
-	err := upstream.WalkClosure(ctx, s.upstreamPathInfo, []string{root}, walkQueries, func(p string, info *pathinfo.PathInfo) error {
+	// A path the upstream has but that must not be used is a problem of
+	// the closure, like a path it does not have, not a failure of the walk.
+	var mu sync.Mutex
+	unusable := make(map[string]error)
+	query := func(ctx context.Context, p string) (*pathinfo.PathInfo, error) {
+		info, err := s.upstreamPathInfo(ctx, p)
+		if errors.Is(err, upstream.ErrUnusable) {
+			mu.Lock()
+			unusable[p] = err
+			mu.Unlock()
+			return nil, nil
+		}
+		return info, err
+	}
+	err := upstream.WalkClosure(ctx, query, []string{root}, walkQueries, func(p string, info *pathinfo.PathInfo) error {
+		if why := unusable[p]; why != nil {
+			return closureBad(&problem, found, problemf("its closure holds %s, which cannot be used: %v", p, why))
+		}
 		bad, err := s.checkClosurePath(ctx, root, p, info, found)
 		if err != nil || bad == nil {
 			return err
 		}
-		if found == nil {
-			return bad
-		}
-		if problem == nil {
-			problem = bad
-		}
-		return nil
+		return closureBad(&problem, found, bad)
 	})
 	if err != nil {
 		return err
 	}
 	return problem
+}
+
+// closureBad records a problem of a closure walk: the first one stops a
+// walk without found; a walk with found goes on and reports the first.
+func closureBad(problem *error, found map[string]bool, bad error) error {
+	if found == nil {
+		return bad
+	}
+	if *problem == nil {
+		*problem = bad
+	}
+	return nil
 }
 
 // checkClosurePath says what makes p, a path in root's upstream closure,
@@ -496,6 +525,9 @@ func (s *Store) checkClosurePath(ctx context.Context, root, p string, info *path
 				continue
 			}
 			ri, err := s.upstreamPathInfo(ctx, r)
+			if errors.Is(err, upstream.ErrUnusable) {
+				return problemf("its closure holds %s, which cannot be used: %v", r, err), nil
+			}
 			if err != nil {
 				return nil, err
 			}

@@ -24,6 +24,7 @@ import (
 	"github.com/decross-store/decross-store/narcache"
 	"github.com/decross-store/decross-store/pathinfo"
 	"github.com/decross-store/decross-store/rewrite"
+	"github.com/decross-store/decross-store/upstream"
 )
 
 const (
@@ -954,5 +955,48 @@ func TestClosureWalkQueriesConcurrently(t *testing.T) {
 	}
 	if !up.overlap {
 		t.Error("the closure walk asked for hello's references one at a time")
+	}
+}
+
+// unusableUpstream refuses some paths the way a binary cache refuses an
+// untrusted narinfo.
+type unusableUpstream struct {
+	*fakeUpstream
+	refuse map[string]bool
+}
+
+func (u unusableUpstream) QueryPathInfo(ctx context.Context, p string) (*pathinfo.PathInfo, error) {
+	if u.refuse[p] {
+		return nil, fmt.Errorf("no trusted signature for %s: signed only by other-1: %w", p, upstream.ErrUnusable)
+	}
+	return u.fakeUpstream.QueryPathInfo(ctx, p)
+}
+
+// A path the upstream has but must not be used is not served, and neither
+// is what references it; it is no failure of the store.
+func TestUnusableUpstreamPathIsNotServed(t *testing.T) {
+	f := newFixture(t)
+	c, err := narcache.Open(f.cacheDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	up := unusableUpstream{fakeUpstream: f.up, refuse: map[string]bool{crossGlibc: true}}
+	s, err := New(Config{NoReadAhead: true, Mapping: f.mapping, Upstream: up, Cache: c})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	for p, want := range map[string]string{
+		nativeGlibc: "its cross path " + crossGlibc + " cannot be used: ",
+		nativeHello: "its closure holds " + crossGlibc + ", which cannot be used: ",
+	} {
+		_, err := s.QueryPathInfo(context.Background(), p)
+		if !errors.Is(err, ErrNotServed) || !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), "signed only by other-1") {
+			t.Errorf("QueryPathInfo(%s) = %v; want not served: %q and the upstream's reason", p, err, want)
+		}
+	}
+	if n := f.up.narReads.Load(); n != 0 {
+		t.Errorf("%d upstream NARs read for unservable paths", n)
 	}
 }

@@ -2,6 +2,7 @@ package upstream
 
 import (
 	"context"
+	"errors"
 	"io"
 
 	"golang.org/x/sync/errgroup"
@@ -16,6 +17,13 @@ type Reader interface {
 	QueryPathInfo(ctx context.Context, path string) (*pathinfo.PathInfo, error)
 	NarFromPath(ctx context.Context, path string) (io.ReadCloser, error)
 }
+
+// ErrUnusable is matched by a Reader's errors about one path that is
+// there but must not be used: a binary cache's narinfo that no trusted key
+// signed, or one whose content does not match it. A store reports such a
+// path as not served, with the error as the reason, rather than as a
+// failing upstream.
+var ErrUnusable = errors.New("upstream path unusable")
 
 // QueryFunc looks up the path info of one path, nil when it is not valid.
 type QueryFunc func(ctx context.Context, path string) (*pathinfo.PathInfo, error)

@@ -5,6 +5,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strconv"
 	"strings"
 	"testing"
@@ -83,9 +84,9 @@ jobs = 5
 	if err := parseFlags(fs, []string{"--config", cfg, "--jobs", "2"}); err != nil {
 		t.Fatal(err)
 	}
-	want := prefetchFlags{config: cfg, mapping: "/etc/decross-store/mapping.json", upstream: "unix:///run/nix.sock",
+	want := prefetchFlags{config: cfg, mapping: "/etc/decross-store/mapping.json", upstream: upstreamFlags{addr: "unix:///run/nix.sock"},
 		cacheDir: "/var/lib/decross-store/cache", logFormat: "text", jobs: 2, cacheMaxSize: 1 << 30}
-	if *f != want {
+	if !reflect.DeepEqual(*f, want) {
 		t.Errorf("got %+v\nwant %+v", *f, want)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -45,7 +46,8 @@ func runMap(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	fs.Var(&crosses, "cross", "cross `.drv` built for the --native at the same position")
 	pairsFile := fs.String("pairs", "", `JSON `+"`file`"+` with a list of {"native": DRV, "cross": DRV}`)
 	suffix := fs.String("host-suffix", "", "host platform suffix of cross names, e.g. -aarch64-unknown-linux-gnu (default: inferred from the roots)")
-	addr := fs.String("upstream", "daemon", "upstream store: daemon or unix:///path/to/socket")
+	var up upstreamFlags
+	up.register(fs)
 	storeDir := fs.String("store-dir", defaultStoreDir, storeDirUsage)
 	allowBuild := fs.Bool("allow-build-platform", false, "map build-platform (x86_64) paths to the native path of the same name although their bytes differ")
 	strict := fs.Bool("strict", false, "exit with an error when there is any problem or leak")
@@ -74,11 +76,11 @@ func runMap(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if len(roots) == 0 {
 		return errors.New("no derivations to pair: give --native and --cross, or --pairs")
 	}
-	store, err := upstream.Open(*addr)
+	store, closeUpstream, err := up.open(slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
 	if err != nil {
 		return err
 	}
-	defer store.Close()
+	defer closeUpstream()
 	opts := pairing.Options{HostSuffix: *suffix, AllowBuildPlatform: *allowBuild, Derivations: drvSource(*storeDir, store)}
 	rep, err := pairing.Map(ctx, store, roots, opts)
 	if err != nil {
@@ -187,7 +189,8 @@ func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.Usage = func() { fmt.Fprint(stderr, checkUsage); fs.PrintDefaults() }
 	mapFile := fs.String("mapping", "", "mapping `file` to check")
 	suffix := fs.String("host-suffix", "", "host platform suffix of cross names (default: inferred from the mapping)")
-	addr := fs.String("upstream", "daemon", "upstream store: daemon or unix:///path/to/socket")
+	var up upstreamFlags
+	up.register(fs)
 	storeDir := fs.String("store-dir", defaultStoreDir, storeDirUsage)
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -199,11 +202,11 @@ func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
-	store, err := upstream.Open(*addr)
+	store, closeUpstream, err := up.open(slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
 	if err != nil {
 		return err
 	}
-	defer store.Close()
+	defer closeUpstream()
 	rep, err := pairing.Check(ctx, store, m, pairing.Options{HostSuffix: *suffix, Derivations: drvSource(*storeDir, store)})
 	if err != nil {
 		return err

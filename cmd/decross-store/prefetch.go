@@ -22,9 +22,10 @@ import (
 )
 
 type prefetchFlags struct {
-	config, mapping, upstream, cacheDir, logLevel, logFormat string
-	jobs                                                     int
-	cacheMaxSize                                             narcache.Size
+	config, mapping, cacheDir, logLevel, logFormat string
+	jobs                                           int
+	cacheMaxSize                                   narcache.Size
+	upstream                                       upstreamFlags
 }
 
 // newPrefetchFlags declares prefetch's flags; the names and defaults
@@ -36,7 +37,7 @@ func newPrefetchFlags(stderr io.Writer) (*flag.FlagSet, *prefetchFlags) {
 	var f prefetchFlags
 	fs.StringVar(&f.config, configFlag, "", "TOML `file` of settings (serve's file works: keys of serve's other flags are ignored); flags given on the command line override it")
 	fs.StringVar(&f.mapping, "mapping", "", "mapping file: native path -> cross path (required)")
-	fs.StringVar(&f.upstream, "upstream", "daemon", "where cross paths are read: daemon (local nix-daemon socket) or unix:///path/to/socket")
+	f.upstream.register(fs)
 	fs.StringVar(&f.cacheDir, "cache-dir", "state/cache", "directory of rewritten NARs and their path info (serve's --cache-dir)")
 	fs.Var(&f.cacheMaxSize, "cache-max-size", cacheMaxSizeUsage)
 	fs.IntVar(&f.jobs, "jobs", runtime.NumCPU(), "paths prepared in parallel (the default is the number of CPUs)")

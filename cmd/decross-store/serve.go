@@ -20,15 +20,15 @@ import (
 	"github.com/decross-store/decross-store/narcache"
 	"github.com/decross-store/decross-store/sshserver"
 	"github.com/decross-store/decross-store/store"
-	"github.com/decross-store/decross-store/upstream"
 )
 
 type serveFlags struct {
-	listen, hostKey, authorizedKeys, mapping, signingKey, upstream, cacheDir string
-	logLevel, logFormat, remoteStore, config, metrics                        string
-	stdio                                                                    bool
-	shutdownTimeout                                                          time.Duration
-	cacheMaxSize                                                             narcache.Size
+	listen, hostKey, authorizedKeys, mapping, signingKey, cacheDir string
+	logLevel, logFormat, remoteStore, config, metrics              string
+	stdio                                                          bool
+	shutdownTimeout                                                time.Duration
+	cacheMaxSize                                                   narcache.Size
+	upstream                                                       upstreamFlags
 
 	// SSH limits: see sshserver.Server.
 	maxConnections, maxStartups, maxStartupsPerSource, maxQueue, maxQueuePerSource int
@@ -47,7 +47,7 @@ func newServeFlags(stderr io.Writer) (*flag.FlagSet, *serveFlags) {
 	fs.StringVar(&f.authorizedKeys, "authorized-keys", "", "OpenSSH authorized_keys file of the clients allowed in (required unless --stdio)")
 	fs.StringVar(&f.mapping, "mapping", "", "mapping file: native path -> cross path (required)")
 	fs.StringVar(&f.signingKey, "signing-key", "", "Nix secret signing key file (required)")
-	fs.StringVar(&f.upstream, "upstream", "daemon", "where cross paths are read: daemon (local nix-daemon socket) or unix:///path/to/socket")
+	f.upstream.register(fs)
 	fs.StringVar(&f.cacheDir, "cache-dir", "state/cache", "directory of rewritten NARs and their path info")
 	fs.Var(&f.cacheMaxSize, "cache-max-size", cacheMaxSizeUsage)
 	fs.BoolVar(&f.stdio, "stdio", false, "serve one worker-protocol session on stdin/stdout instead of SSH (for use behind OpenSSH as remote-program)")
@@ -168,11 +168,12 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 
 // storeOptions is what serve and prefetch share to open the store.
 type storeOptions struct {
-	mapping, upstream, cacheDir string
-	cacheMaxSize                narcache.Size    // 0: unbounded
-	signingKey                  string           // "": path info is unsigned
-	noReadAhead                 bool             // the caller prepares every path itself
-	metrics                     *metrics.Metrics // nil: none
+	mapping, cacheDir string
+	upstream          upstreamFlags
+	cacheMaxSize      narcache.Size    // 0: unbounded
+	signingKey        string           // "": path info is unsigned
+	noReadAhead       bool             // the caller prepares every path itself
+	metrics           *metrics.Metrics // nil: none
 }
 
 const cacheMaxSizeUsage = "evict the least recently served cache entries once the cache holds more than `SIZE` (such as 50GiB or 500MiB; default: unbounded)"
@@ -191,13 +192,13 @@ func openStore(o storeOptions, logger *slog.Logger) (*store.Store, func(), error
 		}
 		key = &k
 	}
-	up, err := upstream.Open(o.upstream)
+	up, closeUpstream, err := o.upstream.open(logger)
 	if err != nil {
 		return nil, nil, err
 	}
 	cache, err := narcache.Open(o.cacheDir, narcache.WithMaxSize(int64(o.cacheMaxSize)))
 	if err != nil {
-		up.Close()
+		closeUpstream()
 		return nil, nil, err
 	}
 	observeCache(o.metrics, cache)
@@ -212,13 +213,13 @@ func openStore(o storeOptions, logger *slog.Logger) (*store.Store, func(), error
 	})
 	if err != nil {
 		cache.Close()
-		up.Close()
+		closeUpstream()
 		return nil, nil, err
 	}
 	// Closing the store cancels its rewrites, and closing the cache waits
 	// for a compaction in progress, so that exit does not leave a
 	// half-written temporary file behind.
-	return st, func() { st.Close(); cache.Close(); up.Close() }, nil
+	return st, func() { st.Close(); cache.Close(); closeUpstream() }, nil
 }
 
 // newLogger returns a slog logger writing format ("text" or "json") to w,
