@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"testing"
+	"testing/synctest"
 	"time"
 )
 
@@ -44,10 +45,19 @@ func waitDone(t *testing.T, done chan error) {
 }
 
 func TestDrainEndsIdleSession(t *testing.T) {
-	_, drain, done := drainServer(t, fixtureStore())
-	time.Sleep(20 * time.Millisecond) // let the server block on the next opcode
-	close(drain)
-	waitDone(t, done)
+	synctest.Test(t, func(t *testing.T) {
+		_, drain, done := drainServer(t, fixtureStore())
+		// Every goroutine of the bubble is blocked: the server waits for
+		// the next opcode, which is what a drain must interrupt.
+		synctest.Wait()
+		select {
+		case err := <-done:
+			t.Fatalf("ServeConn ended before the drain: %v", err)
+		default:
+		}
+		close(drain)
+		waitDone(t, done)
+	})
 }
 
 // blockingStore holds NarFromPath until released, to drain mid-request.
