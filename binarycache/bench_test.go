@@ -15,7 +15,10 @@ import (
 
 // benchNAR is a NAR of one file of size bytes of words and numbers, which
 // compresses about as well as a package's text and code.
-func benchNAR(size int) []byte {
+func benchNAR(size int) []byte { return nartest.Encode(nartest.Reg(string(benchText(size)))) }
+
+// benchText is size bytes of words and numbers.
+func benchText(size int) []byte {
 	words := []string{"lib", "nix", "store", "cross", "aarch64", "linux", "gnu", "glibc", "main", "return",
 		"static", "const", "struct", "void", "int", "char", "if", "else", "for", "while", "\n", "\t", "(", ")", ";"}
 	r := rand.New(rand.NewPCG(1, 2))
@@ -27,7 +30,7 @@ func benchNAR(size int) []byte {
 		b.WriteString(words[r.IntN(len(words))])
 		b.WriteByte(' ')
 	}
-	return nartest.Encode(nartest.Reg(b.String()[:size]))
+	return b.Bytes()[:size]
 }
 
 // BenchmarkNarFromPath measures decompressing and verifying (NarHash,
