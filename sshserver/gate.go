@@ -38,8 +38,9 @@ type source struct {
 // ready is closed.
 type ticket struct {
 	src     *source
-	ready   chan struct{}
-	granted bool // guarded by gate.mu
+	ready   chan struct{} // closed when granted, or displaced
+	granted bool          // guarded by gate.mu
+	err     error         // guarded by gate.mu: why it was displaced
 }
 
 func newGate(what string, slots, perSource, queue, perSourceQueue int) *gate {
@@ -83,7 +84,7 @@ func (g *gate) enter(addr netip.Addr) (t *ticket, queued bool, err error) {
 		g.forgetLocked(src)
 		return nil, false, fmt.Errorf("%w from %s: %d in progress and %d waiting; try again later",
 			errTooMany, sourceString(addr), src.active, len(src.waiters))
-	case g.queued >= g.queue:
+	case g.queued >= g.queue && !g.displaceLocked(src):
 		g.forgetLocked(src)
 		return nil, false, fmt.Errorf("%w: %d in progress and %d waiting; try again later", errTooMany, g.active, g.queued)
 	}
@@ -95,6 +96,30 @@ func (g *gate) enter(addr netip.Addr) (t *ticket, queued bool, err error) {
 	return t, true, nil
 }
 
+// displaceLocked makes room in a full queue for a newcomer from src by
+// turning away the newest waiter of the source with the most waiters, if
+// that source waits with more connections than src does. Otherwise a few
+// addresses filling the queue (with connections that may well have hung
+// up already, since nothing is read from a waiting connection) would lock
+// every other address out.
+func (g *gate) displaceLocked(src *source) bool {
+	var victim *source
+	for _, s := range g.turn {
+		if victim == nil || len(s.waiters) > len(victim.waiters) {
+			victim = s
+		}
+	}
+	if victim == nil || len(victim.waiters) <= len(src.waiters)+1 {
+		return false
+	}
+	t := victim.waiters[len(victim.waiters)-1]
+	victim.waiters = victim.waiters[:len(victim.waiters)-1]
+	g.queued--
+	t.err = fmt.Errorf("%w from %s: the queue is full and other addresses wait too; try again later", errTooMany, sourceString(victim.addr))
+	close(t.ready)
+	return true
+}
+
 // wait blocks until t is granted, timeout passes, or stop is closed; a
 // grant that races with either still counts.
 func (g *gate) wait(t *ticket, timeout time.Duration, stop <-chan struct{}) error {
@@ -103,7 +128,13 @@ func (g *gate) wait(t *ticket, timeout time.Duration, stop <-chan struct{}) erro
 	var err error
 	select {
 	case <-t.ready:
-		return nil
+		g.mu.Lock()
+		defer g.mu.Unlock()
+		if t.granted {
+			return nil
+		}
+		g.forgetLocked(t.src)
+		return t.err // displaced: already out of the queue
 	case <-timer.C:
 		err = fmt.Errorf("%w: no %s free within %v; try again later", errTooMany, g.what, timeout)
 	case <-stop:

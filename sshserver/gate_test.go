@@ -18,7 +18,7 @@ var (
 func granted(t *ticket) bool {
 	select {
 	case <-t.ready:
-		return true
+		return t.granted
 	default:
 		return false
 	}
@@ -150,5 +150,53 @@ func TestGateWaitGranted(t *testing.T) {
 	}
 	if active, queued, _ := g.counts(); active != 1 || queued != 0 {
 		t.Fatalf("%d active, %d queued; want 1, 0", active, queued)
+	}
+}
+
+// TestGateFullQueueMakesRoom: a full queue taken by a few addresses does
+// not lock another one out: the newest waiter of the address with the
+// most waiters gives up its place, and is told why.
+func TestGateFullQueueMakesRoom(t *testing.T) {
+	g := newGate("slot", 2, 1, 4, 2)
+	mustEnter(t, g, srcA, false)
+	mustEnter(t, g, srcB, false)
+	a1 := mustEnter(t, g, srcA, true)
+	a2 := mustEnter(t, g, srcA, true)
+	b1 := mustEnter(t, g, srcB, true)
+	b2 := mustEnter(t, g, srcB, true)
+	// Queue full (4), each of A and B at its share (2): C gets a place.
+	c1 := mustEnter(t, g, srcC, true)
+	displaced := []*ticket{a2, b2}
+	var victim *ticket
+	for _, tk := range displaced {
+		select {
+		case <-tk.ready:
+			victim = tk
+		default:
+		}
+	}
+	if victim == nil {
+		t.Fatal("no waiter gave up its place for the newcomer")
+	}
+	err := g.wait(victim, time.Hour, nil)
+	if !errors.Is(err, errTooMany) || !strings.Contains(err.Error(), "the queue is full") {
+		t.Errorf("displaced waiter: %v, want a too-many refusal saying the queue is full", err)
+	}
+	if _, queued, _ := g.counts(); queued != 4 {
+		t.Errorf("%d waiting, want 4", queued)
+	}
+	for _, tk := range []*ticket{a1, b1, c1} {
+		if granted(tk) {
+			t.Error("a waiter was granted without a free slot")
+		}
+	}
+	// A source that waits with as many connections as the largest does
+	// not displace anyone: C now has one waiter, A and B one or two.
+	g2 := newGate("slot", 1, 1, 2, 2)
+	mustEnter(t, g2, srcA, false)
+	mustEnter(t, g2, srcA, true)
+	mustEnter(t, g2, srcB, true)
+	if _, _, err := g2.enter(srcC); !errors.Is(err, errTooMany) {
+		t.Errorf("enter into a queue shared evenly = %v, want a refusal", err)
 	}
 }

@@ -2,11 +2,13 @@ package sshserver
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -685,5 +687,24 @@ func TestShuttingDownChannel(t *testing.T) {
 				t.Fatalf("ShuttingDown not ready after %s", stop)
 			}
 		})
+	}
+}
+
+// A flood of refusals logs at most one line a second, and the next line
+// says how many were left out.
+func TestRefusalLogIsRateLimited(t *testing.T) {
+	var buf bytes.Buffer
+	log := slog.New(slog.NewTextHandler(&buf, nil))
+	var r refusalLog
+	for range 100 {
+		r.warn(log, "connection refused", "reason", "too many")
+	}
+	if n := strings.Count(buf.String(), "connection refused"); n != 1 {
+		t.Fatalf("%d lines for 100 refusals in a burst, want 1:\n%s", n, buf.String())
+	}
+	r.last = r.last.Add(-time.Second) // as if a second had passed
+	r.warn(log, "connection refused", "reason", "too many")
+	if !strings.Contains(buf.String(), "refusals_not_logged=99") {
+		t.Errorf("the next line does not count the 99 left out:\n%s", buf.String())
 	}
 }

@@ -127,7 +127,8 @@ type Server struct {
 	inShutdown bool
 	listeners  map[*net.Listener]struct{}
 	conns      map[*conn]struct{}
-	startups   *gate           // MaxStartups and the queue
+	startups   *gate // MaxStartups and the queue
+	refusals   refusalLog
 	admitted   *gate           // MaxConnections
 	ctx        context.Context // parent of every session context
 	cancel     context.CancelFunc
@@ -252,13 +253,40 @@ func (s *Server) Serve(l net.Listener) error {
 		src := clientNetwork(nc.RemoteAddr())
 		t, queued, err := startups.enter(src)
 		if err != nil {
-			log.Warn("connection refused", "remote", nc.RemoteAddr().String(), "reason", err)
+			s.refusals.warn(log, "connection refused", "remote", nc.RemoteAddr().String(), "reason", err)
 			s.refused(LimitQueueFull, err)
 			s.refuseFromAccept(nc, err)
 			continue
 		}
 		go s.serveConn(ctx, cfg, nc, src, t, queued)
 	}
+}
+
+// refusalLog writes at most one refusal warning a second; a flood of
+// connections must not make the accept loop wait on the log, nor bury
+// the rest of it. The next warning says how many were left out.
+type refusalLog struct {
+	mu         sync.Mutex
+	last       time.Time
+	suppressed int
+}
+
+func (r *refusalLog) warn(log *slog.Logger, msg string, args ...any) {
+	r.mu.Lock()
+	now := time.Now()
+	if now.Sub(r.last) < time.Second {
+		r.suppressed++
+		r.mu.Unlock()
+		return
+	}
+	r.last = now
+	n := r.suppressed
+	r.suppressed = 0
+	r.mu.Unlock()
+	if n > 0 {
+		args = append(args, "refusals_not_logged", n)
+	}
+	log.Warn(msg, args...)
 }
 
 func retryableAccept(err error) bool {
@@ -623,7 +651,7 @@ func (s *Server) serveConn(base context.Context, cfg *ssh.ServerConfig, nc net.C
 	if queued {
 		log.Debug("connection waiting for a handshake slot")
 		if err := s.startups.wait(t, s.queueTimeout(), ShuttingDown(base)); err != nil {
-			log.Warn("connection refused", "reason", err, "waited", time.Since(start))
+			s.refusals.warn(log, "connection refused", "reason", err, "waited", time.Since(start))
 			s.refused(LimitQueueTimeout, err)
 			refuse(nc, err, true)
 			return

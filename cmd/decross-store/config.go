@@ -71,20 +71,15 @@ func readConfig(path string) ([]setting, error) {
 	var p unstable.Parser
 	p.Reset(data)
 	var out []setting
-	inTable := false
 	for p.NextExpression() {
 		e := p.Expression()
 		switch e.Kind {
 		case unstable.Table, unstable.ArrayTable:
-			// Settings are top-level keys: a table is reported under its
-			// own name, and the keys inside it are not looked at.
-			inTable = true
+			// Settings are top-level keys; a table would silently hide
+			// the keys in it, whatever its name.
 			name, line := keyName(&p, e)
-			out = append(out, setting{key: name, line: line})
+			return nil, fmt.Errorf("config %s:%d: table [%s]: settings are top-level keys (the long flag names), not tables", path, line, name)
 		case unstable.KeyValue:
-			if inTable {
-				continue
-			}
 			name, line := keyName(&p, e)
 			s := setting{key: name, line: line}
 			if !strings.Contains(name, ".") {

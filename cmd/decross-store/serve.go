@@ -65,6 +65,41 @@ func newServeFlags(stderr io.Writer) (*flag.FlagSet, *serveFlags) {
 	return fs, &f
 }
 
+// checkLimits refuses limits that would lock every client out or mean
+// something else than they say: the SSH server reads zero as its default.
+func (f *serveFlags) checkLimits() error {
+	for _, l := range []struct {
+		flag     string
+		v        int64
+		zeroOK   bool // zero means "half of the total"
+		duration bool
+	}{
+		{"max-connections", int64(f.maxConnections), false, false},
+		{"max-startups", int64(f.maxStartups), false, false},
+		{"max-startups-per-source", int64(f.maxStartupsPerSource), true, false},
+		{"max-queue", int64(f.maxQueue), false, false},
+		{"max-queue-per-source", int64(f.maxQueuePerSource), true, false},
+		{"queue-timeout", int64(f.queueTimeout), false, true},
+	} {
+		switch {
+		case l.v < 0 || (l.v == 0 && !l.zeroOK):
+			want := "at least 1"
+			if l.duration {
+				want = "positive"
+			}
+			if l.zeroOK {
+				want = "0 (half of the total) or more"
+			}
+			v := fmt.Sprint(l.v)
+			if l.duration {
+				v = time.Duration(l.v).String()
+			}
+			return fmt.Errorf("--%s %s: want %s", l.flag, v, want)
+		}
+	}
+	return nil
+}
+
 func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs, f := newServeFlags(stderr)
 	if err := parseFlags(fs, args); err != nil {
@@ -78,6 +113,9 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	if !f.stdio && f.remoteStore != "" {
 		return errors.New("--store is only accepted with --stdio")
+	}
+	if err := f.checkLimits(); err != nil {
+		return err
 	}
 	if f.stdio && f.metrics != "" {
 		return errors.New("--metrics is not available with --stdio: each session is a process of its own; serve metrics from the SSH server")

@@ -223,3 +223,21 @@ func TestKeygenWritesSecretKey0600(t *testing.T) {
 		t.Errorf("load the key keygen wrote: %v", err)
 	}
 }
+
+func TestServeRejectsBadLimits(t *testing.T) {
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--max-queue", "-1"}, "--max-queue -1: want at least 1"},
+		{[]string{"--max-connections", "0"}, "--max-connections 0: want at least 1"},
+		{[]string{"--max-startups-per-source", "-2"}, "--max-startups-per-source -2: want 0 (half of the total) or more"},
+		{[]string{"--queue-timeout", "0s"}, "--queue-timeout 0s: want positive"},
+	} {
+		args := append([]string{"--mapping", "m.json", "--signing-key", "k", "--authorized-keys", "a"}, tt.args...)
+		err := runServe(t.Context(), args, io.Discard, io.Discard)
+		if err == nil || err.Error() != tt.want {
+			t.Errorf("serve %v = %v, want %q", tt.args, err, tt.want)
+		}
+	}
+}
