@@ -67,7 +67,7 @@ func Open(ctx context.Context, rawURL, tempDir string) (Destination, error) {
 	case "s3":
 		d, err = openS3Dest(ctx, u, tempDir)
 	default:
-		return nil, fmt.Errorf("destination %q: want file:///dir or s3://bucket?endpoint=...", rawURL)
+		return nil, fmt.Errorf("destination %q: want file:///dir or s3://bucket?endpoint=URL", rawURL)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("destination %s: %w", rawURL, err)
