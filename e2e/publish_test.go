@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -127,6 +128,20 @@ func TestPublish(t *testing.T) {
 		}
 		if len(after) != len(before) {
 			t.Errorf("second publish left %d files, the first %d", len(after), len(before))
+		}
+	})
+
+	// On a terminal, a progress bar on stderr (script(1) provides the pty).
+	t.Run("terminal", func(t *testing.T) {
+		cmdline := strings.Join([]string{bin, "publish", "--mapping", clean, "--signing-key", sk, "--cache-dir", cacheDir, "--to", "file://" + dir}, " ")
+		cmd := exec.CommandContext(ctx, "script", "-qec", cmdline, "/dev/null")
+		cmd.Env = NixEnv()
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("publish under script: %v\n%s", err, out)
+		}
+		if !regexp.MustCompile(`\rpublish .*\(\d+/\d+\)`).Match(out) || !strings.Contains(string(out), "published 0 of ") {
+			t.Errorf("no progress bar or no summary line in the terminal output %q", out)
 		}
 	})
 
