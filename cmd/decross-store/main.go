@@ -26,6 +26,7 @@ func commands() map[string]command {
 		"map":      {runMap, "build a mapping file from native and cross derivations"},
 		"check":    {runCheck, "dry run: what a mapping would serve, and every problem"},
 		"prefetch": {runPrefetch, "prepare every servable path into the cache ahead of the first client"},
+		"publish":  {runPublish, "write every servable path into a static binary cache (file:// or s3://)"},
 		"version":  {runVersion, "print the version of this build"},
 	}
 }

@@ -7,16 +7,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
 	"runtime"
-	"sort"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/schollz/progressbar/v3"
 	"golang.org/x/sync/errgroup"
-	"golang.org/x/term"
 
 	"github.com/decross-store/decross-store/narcache"
 )
@@ -62,7 +59,7 @@ func runPrefetch(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	var bar *progressbar.ProgressBar
 	logOut := stderr
 	if isTerminal(stderr) {
-		bar = newPrefetchBar(stderr)
+		bar = newBar(stderr, "prefetch")
 		logOut = barWriter{bar}
 	}
 	logger, err := newLogger(logOut, f.logFormat, f.logLevel, slog.LevelWarn)
@@ -77,7 +74,7 @@ func runPrefetch(ctx context.Context, args []string, stdout, stderr io.Writer) e
 
 	var p progress = silent{}
 	if bar != nil {
-		p = &barProgress{bar: bar}
+		p = &barProgress{bar: bar, what: "prefetch"}
 	}
 	res, err := prefetch(ctx, st, f.jobs, p)
 	p.finish()
@@ -94,19 +91,6 @@ type prefetchStore interface {
 	Prefetch(ctx context.Context, p string) (narSize uint64, err error)
 	Problems(ctx context.Context) map[string]error
 }
-
-// progress is told about each path as it is done.
-type progress interface {
-	start(paths int)
-	done(narSize uint64)
-	finish()
-}
-
-type silent struct{}
-
-func (silent) start(int)   {}
-func (silent) done(uint64) {}
-func (silent) finish()     {}
 
 // prefetchResult is what a prefetch did.
 type prefetchResult struct {
@@ -164,22 +148,8 @@ func prefetch(ctx context.Context, st prefetchStore, jobs int, p progress) (*pre
 func (r *prefetchResult) report(w io.Writer) {
 	fmt.Fprintf(w, "prefetched %d of %d servable paths (%s) in %v with %d jobs; %d failed; %s cannot be served\n",
 		r.paths, r.total, formatBytes(r.bytes), r.elapsed.Round(time.Millisecond), r.jobs, len(r.failed), plural(len(r.problems), "mapped path"))
-	list := func(what string, errs map[string]error) {
-		paths := make([]string, 0, len(errs))
-		for p := range errs {
-			paths = append(paths, p)
-		}
-		sort.Strings(paths)
-		for _, p := range paths {
-			msg := errs[p].Error()
-			if !strings.Contains(msg, p) {
-				msg = p + ": " + msg
-			}
-			fmt.Fprintf(w, "%s: %s\n", what, msg)
-		}
-	}
-	list("cannot be served", r.problems)
-	list("failed", r.failed)
+	listErrors(w, "cannot be served", r.problems)
+	listErrors(w, "failed", r.failed)
 }
 
 // err is the command's verdict: any problem or failure is an error.
@@ -195,71 +165,4 @@ func (r *prefetchResult) err() error {
 		return nil
 	}
 	return fmt.Errorf("%s (listed above)", strings.Join(what, ", "))
-}
-
-func plural(n int, noun string) string {
-	if n == 1 {
-		return "1 " + noun
-	}
-	return fmt.Sprintf("%d %ss", n, noun)
-}
-
-// formatBytes writes n in IEC units, as cache sizes are given.
-func formatBytes(n uint64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := uint64(unit), 0
-	for m := n / unit; m >= unit && exp < 5; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
-}
-
-func isTerminal(w io.Writer) bool {
-	f, ok := w.(*os.File)
-	return ok && term.IsTerminal(int(f.Fd()))
-}
-
-func newPrefetchBar(w io.Writer) *progressbar.ProgressBar {
-	return progressbar.NewOptions(-1,
-		progressbar.OptionSetWriter(w),
-		progressbar.OptionSetDescription("prefetch"),
-		progressbar.OptionShowCount(),
-		progressbar.OptionSetItsString("paths"),
-		progressbar.OptionSetElapsedTime(true),
-		progressbar.OptionSetPredictTime(true),
-		progressbar.OptionSetWidth(30),
-		progressbar.OptionThrottle(100*time.Millisecond),
-		progressbar.OptionClearOnFinish(),
-	)
-}
-
-// barProgress shows paths done out of the total, and the bytes so far in
-// the description.
-type barProgress struct {
-	bar   *progressbar.ProgressBar
-	bytes uint64 // under the caller's lock (prefetch's mu)
-}
-
-func (b *barProgress) start(paths int) { b.bar.ChangeMax(paths) }
-
-func (b *barProgress) done(n uint64) {
-	b.bytes += n
-	b.bar.Describe("prefetch " + formatBytes(b.bytes))
-	_ = b.bar.Add(1)
-}
-
-func (b *barProgress) finish() { _ = b.bar.Finish() }
-
-// barWriter prints log lines above the progress bar instead of through it.
-type barWriter struct{ bar *progressbar.ProgressBar }
-
-func (w barWriter) Write(b []byte) (int, error) {
-	if _, err := progressbar.Bprintf(w.bar, "%s", b); err != nil {
-		return 0, err
-	}
-	return len(b), nil
 }

@@ -1,0 +1,143 @@
+package publish
+
+import (
+	"bytes"
+	"context"
+	"go/build"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/minio/minio-go/v7"
+	"github.com/minio/minio-go/v7/pkg/credentials"
+
+	"github.com/decross-store/decross-store/internal/testenv"
+)
+
+// startVersityGW runs versitygw (installed by scripts/install-deps) on a
+// temporary directory and returns a client and its host:port once it
+// answers.
+func startVersityGW(t *testing.T, access, secret string) (*minio.Client, string) {
+	t.Helper()
+	bin, err := exec.LookPath("versitygw")
+	if err != nil {
+		for _, p := range []string{"/usr/local/bin/versitygw", filepath.Join(build.Default.GOPATH, "bin", "versitygw")} {
+			if _, err := os.Stat(p); err == nil {
+				bin = p
+			}
+		}
+	}
+	if bin == "" {
+		testenv.SkipOrFail(t, "versitygw is missing; install it with scripts/install-deps")
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	var logs bytes.Buffer
+	cmd := exec.Command(bin, "--access", access, "--secret", secret, "--port", addr, "--quiet", "posix", t.TempDir())
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		<-exited
+	})
+	mc, err := minio.New(addr, &minio.Options{Creds: credentials.NewStaticV4(access, secret, ""), Region: "us-east-1", BucketLookup: minio.BucketLookupPath})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	for {
+		if _, err := mc.ListBuckets(ctx); err == nil {
+			return mc, addr
+		}
+		select {
+		case err := <-exited:
+			t.Fatalf("versitygw exited before answering on %s: %v\n%s", addr, err, logs.String())
+		case <-ctx.Done():
+			t.Fatalf("versitygw did not answer on %s: %v\n%s", addr, ctx.Err(), logs.String())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// objects lists every object of bucket with its ETag and modification
+// time, to show that a run changed nothing.
+func objects(t *testing.T, mc *minio.Client, bucket string) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	for o := range mc.ListObjects(t.Context(), bucket, minio.ListObjectsOptions{Recursive: true}) {
+		if o.Err != nil {
+			t.Fatal(o.Err)
+		}
+		out[o.Key] = o.ETag + " " + o.LastModified.String()
+	}
+	return out
+}
+
+func TestPublishS3(t *testing.T) {
+	mc, addr := startVersityGW(t, "publish-access", "publish-secret-key")
+	if err := mc.MakeBucket(t.Context(), "cache", minio.MakeBucketOptions{Region: "us-east-1"}); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("AWS_ACCESS_KEY_ID", "publish-access")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "publish-secret-key")
+	url := "s3://cache?endpoint=http://" + addr + "&region=us-east-1"
+
+	sk, pk := keypair(t, "decross-test-1")
+	upSK, _ := keypair(t, "upstream-1")
+	src := newSource(t, sk, upSK)
+	spool := t.TempDir()
+	publish := func() *Result {
+		t.Helper()
+		dst, err := Open(t.Context(), url, spool)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer dst.Close()
+		res, err := Publish(t.Context(), src, dst, Options{Key: pk, Jobs: 2})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res
+	}
+	if res := publish(); res.Published != 3 {
+		t.Fatalf("first run: %+v", res)
+	}
+	checkCache(t, url, pk, src, appPath, libPath, caPath)
+	before := objects(t, mc, "cache")
+	if len(before) != 7 { // nix-cache-info, 3 narinfos, 3 NARs
+		t.Errorf("bucket holds %v, want 7 objects", before)
+	}
+	obj, err := mc.StatObject(t.Context(), "cache", hashPart(appPath)+".narinfo", minio.StatObjectOptions{})
+	if err != nil || obj.ContentType != "text/x-nix-narinfo" {
+		t.Errorf("narinfo content type %q, %v", obj.ContentType, err)
+	}
+	if res := publish(); res.Published != 0 || res.Skipped != 3 {
+		t.Errorf("second run: %+v, want 3 skipped", res)
+	}
+	after := objects(t, mc, "cache")
+	for k, v := range before {
+		if after[k] != v {
+			t.Errorf("second run changed %s: %s -> %s", k, v, after[k])
+		}
+	}
+	if left, _ := os.ReadDir(spool); len(left) != 0 {
+		t.Errorf("spooled files left behind: %v", left)
+	}
+
+	if _, err := Open(t.Context(), strings.Replace(url, "s3://cache", "s3://missing", 1), spool); err == nil || !strings.Contains(err.Error(), "does not exist") {
+		t.Errorf("Open of a missing bucket: %v", err)
+	}
+}
