@@ -248,8 +248,9 @@ func (m *Metrics) CacheHit() { m.cacheHits.Inc() }
 // CacheMiss records a path the store had to rewrite.
 func (m *Metrics) CacheMiss() { m.cacheMisses.Inc() }
 
-// UpstreamDone records one request to the upstream daemon: op names it
-// (a fixed name such as "QueryPathInfo", never a path), err is its result.
+// UpstreamDone records one request to the upstream (daemon or binary
+// cache): op names it (a fixed name such as "QueryPathInfo", never a
+// path), err is its result.
 func (m *Metrics) UpstreamDone(op string, took time.Duration, err error) {
 	m.upstreamTime.WithLabelValues(op).Observe(took.Seconds())
 	if err != nil {

@@ -37,7 +37,7 @@ func newPrefetchFlags(stderr io.Writer) (*flag.FlagSet, *prefetchFlags) {
 	f.upstream.register(fs)
 	fs.StringVar(&f.cacheDir, "cache-dir", "state/cache", "directory of rewritten NARs and their path info (serve's --cache-dir)")
 	fs.Var(&f.cacheMaxSize, "cache-max-size", cacheMaxSizeUsage)
-	fs.IntVar(&f.jobs, "jobs", runtime.NumCPU(), "paths prepared in parallel (the default is the number of CPUs)")
+	fs.IntVar(&f.jobs, "jobs", runtime.NumCPU(), "paths prepared in parallel")
 	fs.StringVar(&f.logLevel, "log-level", "", "debug, info, warn or error (default warn; info logs every rewrite)")
 	fs.StringVar(&f.logFormat, "log-format", "text", "log format: text or json")
 	return fs, &f

@@ -35,7 +35,7 @@ func newPublishFlags(stderr io.Writer) (*flag.FlagSet, *publishFlags) {
 	fs.StringVar(&f.compression, "compression", "zstd", "compression of the NAR files: "+strings.Join(publish.Compressions, ", "))
 	fs.IntVar(&f.priority, "priority", 50, "Priority in the cache's nix-cache-info (lower is preferred by clients); must match an existing nix-cache-info")
 	fs.StringVar(&f.cacheDir, "cache-dir", "state/cache", "directory of rewritten NARs (serve's --cache-dir: a warm cache is not rewritten again)")
-	fs.IntVar(&f.jobs, "jobs", runtime.NumCPU(), "paths published in parallel (the default is the number of CPUs)")
+	fs.IntVar(&f.jobs, "jobs", runtime.NumCPU(), "paths published in parallel")
 	fs.StringVar(&f.logLevel, "log-level", "", "debug, info, warn or error (default warn)")
 	fs.StringVar(&f.logFormat, "log-format", "text", "log format: text or json")
 	return fs, &f
