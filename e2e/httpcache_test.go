@@ -254,4 +254,3 @@ func startLogged(t *testing.T, cmd *exec.Cmd, ready *regexp.Regexp) (string, fun
 	}
 	return "", nil, nil
 }
-
