@@ -14,11 +14,12 @@
 // compacts entries, evicts them and rebuilds them. So the URL works for as
 // long as the path is served with that NAR hash, whatever the cache holds:
 // the compacted zstd file is sent as it is stored, and a NAR still plain
-// (just written, or rebuilt after an eviction) is compressed while it is
-// sent. A path whose NAR hash changed since is 404. For the same reason
-// narinfos carry no FileHash or FileSize: the compressed bytes of a NAR
-// are not fixed (a rebuild compressed by another version of the encoder
-// may differ), and Nix checks the NAR hash, which is.
+// (just written, or rebuilt after an eviction) is sent as a zstd frame of
+// raw blocks, which costs no CPU per request. A path whose NAR hash
+// changed since is 404. For the same reason narinfos carry no FileHash or
+// FileSize: the bytes at a NAR URL are not fixed (raw blocks before
+// compaction, compressed after; a rebuild compressed by another version of
+// the encoder may differ), and Nix checks the NAR hash, which is.
 //
 // Everything else is 404 (or 400 for a name of one of the forms above
 // that is malformed, 405 for another method): there is no listing, and

@@ -2,18 +2,16 @@ package httpcache
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
-
-	"github.com/klauspost/compress/zstd"
 
 	"github.com/decross-store/decross-store/narcache"
 	"github.com/decross-store/decross-store/pathinfo"
@@ -60,19 +58,14 @@ type Config struct {
 	// this long (default 1 minute): a client that stops reading does not
 	// hold its connection and the NAR's cache entry forever.
 	StallTimeout time.Duration
-	// Compressions bounds the NARs compressed while they are sent, at
-	// once (default: the number of CPUs); more requests wait for one.
-	Compressions int
 }
 
 // Handler answers the requests of Nix binary cache clients.
 type Handler struct {
-	cfg      Config
-	log      *slog.Logger
-	info     []byte        // nix-cache-info
-	compress chan struct{} // semaphore: on-the-fly compressions
-	encoders sync.Pool     // *zstd.Encoder
-	buffers  sync.Pool     // *[]byte, copy buffers
+	cfg     Config
+	log     *slog.Logger
+	info    []byte    // nix-cache-info
+	buffers sync.Pool // *[]byte, copy buffers
 }
 
 // copyBuffer is how much a NAR is sent in one write: large enough that a
@@ -87,14 +80,10 @@ func New(cfg Config) (*Handler, error) {
 	if cfg.StallTimeout <= 0 {
 		cfg.StallTimeout = time.Minute
 	}
-	if cfg.Compressions <= 0 {
-		cfg.Compressions = runtime.GOMAXPROCS(0)
-	}
 	h := &Handler{
-		cfg:      cfg,
-		log:      cfg.Logger,
-		info:     fmt.Appendf(nil, "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: %d\n", cfg.Priority),
-		compress: make(chan struct{}, cfg.Compressions),
+		cfg:  cfg,
+		log:  cfg.Logger,
+		info: fmt.Appendf(nil, "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: %d\n", cfg.Priority),
 	}
 	if h.log == nil {
 		h.log = slog.New(slog.DiscardHandler)
@@ -256,30 +245,21 @@ func (h *Handler) nar(w *stallWriter, r *http.Request, req request) {
 		return
 	}
 	w.Header().Set("Content-Type", "application/x-nix-nar")
-	if st.Compressed {
-		w.Header().Set("Content-Length", strconv.FormatInt(st.Size, 10))
+	length := st.Size
+	if !st.Compressed {
+		length = rawFrameSize(st.NarSize)
 	}
+	w.Header().Set("Content-Length", strconv.FormatInt(length, 10))
+	w.WriteHeader(http.StatusOK)
 	if r.Method == http.MethodHead {
-		w.WriteHeader(http.StatusOK)
 		h.done(op, "")
 		return
 	}
-	if !st.Compressed {
-		// Compressing takes a core; wait for one rather than run many.
-		select {
-		case h.compress <- struct{}{}:
-			defer func() { <-h.compress }()
-		case <-r.Context().Done():
-			h.done(op, ReasonIO)
-			return
-		}
-	}
-	w.WriteHeader(http.StatusOK)
 	start := time.Now()
 	if st.Compressed {
 		err = h.copy(w, st)
 	} else {
-		err = h.compressTo(w, st)
+		err = h.sendRaw(w, st, st.NarSize)
 	}
 	if h.cfg.Hooks != nil {
 		h.cfg.Hooks.NarSent(w.n)
@@ -287,8 +267,8 @@ func (h *Handler) nar(w *stallWriter, r *http.Request, req request) {
 	if err != nil {
 		h.log.Warn("http: NAR transfer failed", "path", path, "sent", w.n, "error", err, "client", r.RemoteAddr)
 		h.done(op, ReasonIO)
-		// The status is sent: only a cut connection tells the client that
-		// the body is not whole (a chunked body would otherwise end well).
+		// The status is sent: a cut connection tells the client that the
+		// body is not whole.
 		panic(http.ErrAbortHandler)
 	}
 	h.log.Debug("http: sent NAR", "path", path, "bytes", w.n, "stored", st.Compressed, "duration", time.Since(start).Round(time.Millisecond), "client", r.RemoteAddr)
@@ -302,71 +282,65 @@ func (h *Handler) copy(w io.Writer, r io.Reader) error {
 	return err
 }
 
-// compressTo sends the plain NAR r compressed with zstd. The settings are
-// compaction's (fastest level, one goroutine, 1 MiB window): memory stays
-// flat however large the NAR, and a client cannot tell the two apart.
-func (h *Handler) compressTo(w io.Writer, r io.Reader) error {
-	enc, _ := h.encoders.Get().(*zstd.Encoder)
-	if enc == nil {
-		var err error
-		enc, err = zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1), zstd.WithWindowSize(1<<20))
-		if err != nil {
-			return fmt.Errorf("zstd encoder: %w", err)
-		}
-	}
-	// Larger writes than the encoder's blocks: fewer deadline updates.
-	bw := &bufferedWriter{w: w, buf: (*h.buffers.Get().(*[]byte))[:0]}
-	enc.Reset(bw)
-	err := h.copy(enc, r)
-	if cerr := enc.Close(); err == nil {
-		err = cerr
-	}
-	if ferr := bw.flush(); err == nil {
-		err = ferr
-	}
-	buf := bw.buf[:cap(bw.buf)]
-	h.buffers.Put(&buf)
-	if err == nil {
-		enc.Reset(nil)
-		h.encoders.Put(enc)
-	}
-	return err
+// zstd frame of raw blocks (RFC 8878): the magic number; a frame header
+// descriptor with an 8-byte content size, no checksum, no dictionary, not
+// single-segment (the window then stays small for the decoder, whatever
+// the NAR's size); a window descriptor of 1 MiB; the content size. Then
+// blocks of at most 128 KiB, each with a 3-byte little-endian header:
+// the last-block bit, block type 0 (raw), and the size.
+const (
+	rawBlockMax  = 128 << 10
+	rawFrameHead = "\x28\xb5\x2f\xfd\xc0\x50"
+)
+
+// rawFrameSize is the length of the zstd frame of raw blocks holding n
+// bytes.
+func rawFrameSize(n uint64) int64 {
+	blocks := max((n+rawBlockMax-1)/rawBlockMax, 1)
+	return int64(len(rawFrameHead)) + 8 + int64(blocks)*3 + int64(n)
 }
 
-// bufferedWriter gathers writes up to its buffer's capacity.
-type bufferedWriter struct {
-	w   io.Writer
-	buf []byte
-	err error
-}
-
-func (b *bufferedWriter) Write(p []byte) (int, error) {
-	if b.err != nil {
-		return 0, b.err
-	}
-	if len(b.buf)+len(p) > cap(b.buf) {
-		if err := b.flush(); err != nil {
-			return 0, err
+// sendRaw sends the plain NAR r, of n bytes, as a zstd frame of raw
+// blocks. A NAR the cache has not compacted yet (just written, or rebuilt
+// after an eviction) is sent this way: it costs no CPU per request, and
+// the client reads it as any zstd stream. Once the entry is compacted the
+// compressed file goes out instead.
+func (h *Handler) sendRaw(w io.Writer, r io.Reader, n uint64) error {
+	bufp := h.buffers.Get().(*[]byte)
+	defer h.buffers.Put(bufp)
+	buf := *bufp
+	head := binary.LittleEndian.AppendUint64([]byte(rawFrameHead), n)
+	off := copy(buf, head)
+	left := n
+	for first := true; first || left > 0; first = false {
+		size := min(left, rawBlockMax)
+		hdr := uint32(size) << 3
+		if size == left {
+			hdr |= 1 // last block
 		}
-		if len(p) >= cap(b.buf) {
-			_, b.err = b.w.Write(p)
-			if b.err != nil {
-				return 0, b.err
+		if off+3+int(size) > len(buf) {
+			if _, err := w.Write(buf[:off]); err != nil {
+				return err
 			}
-			return len(p), nil
+			off = 0
 		}
+		buf[off], buf[off+1], buf[off+2] = byte(hdr), byte(hdr>>8), byte(hdr>>16)
+		off += 3
+		if _, err := io.ReadFull(r, buf[off:off+int(size)]); err != nil {
+			return fmt.Errorf("read cached NAR: %w", err)
+		}
+		off += int(size)
+		left -= size
 	}
-	b.buf = append(b.buf, p...)
-	return len(p), nil
-}
-
-func (b *bufferedWriter) flush() error {
-	if b.err != nil || len(b.buf) == 0 {
-		return b.err
+	if _, err := w.Write(buf[:off]); err != nil {
+		return err
 	}
-	_, b.err = b.w.Write(b.buf)
-	b.buf = b.buf[:0]
-	return b.err
+	// The reader checks the length at its end: read it, so that a NAR
+	// longer than its entry says is an error, not a quiet cut.
+	if k, err := r.Read(buf[:1]); k > 0 || err != io.EOF {
+		return fmt.Errorf("read cached NAR: %d bytes more than %d (%v)", k, n, err)
+	}
+	return nil
 }
 
 // stallWriter gives every write to the client StallTimeout to complete,
