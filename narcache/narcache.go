@@ -532,7 +532,7 @@ func (c *Cache) Open(e *Entry) (io.ReadCloser, error) {
 		return nil, err
 	}
 	c.beginIO()
-	r, err := c.open(e, files)
+	r, _, err := c.open(e, files, false)
 	if err != nil {
 		c.endIO()
 		return nil, fmt.Errorf("cache open %s: %w", e.Path, err)
@@ -541,50 +541,95 @@ func (c *Cache) Open(e *Entry) (io.ReadCloser, error) {
 	return r, nil
 }
 
-func (c *Cache) open(e *Entry, files entryFiles) (io.ReadCloser, error) {
+// Stored is an entry's NAR file as the cache holds it, for a caller that
+// sends the stored bytes on unchanged (an HTTP binary cache serving the
+// zstd file as it is, with no compression per request).
+type Stored struct {
+	io.ReadCloser
+	// Compressed: the bytes are the NAR compressed with zstd, as
+	// compaction writes it (a single frame, with a checksum); otherwise
+	// they are the plain NAR.
+	Compressed bool
+	Size       int64            // length of the bytes, what Content-Length would say
+	NarHash    pathinfo.NarHash // of the NAR, compressed or not: the entry's
+	NarSize    uint64
+}
+
+// OpenStored is Open, but returns the NAR file's bytes as stored: the
+// compressed file itself once the entry is compacted, the plain NAR
+// before. The same rules hold: the whole NAR is checked against e once per
+// process and file, the reader holds the shared lock that keeps eviction
+// off, an entry evicted or replaced since it was looked up is ErrEvicted,
+// and a damaged one is removed (ErrDamaged). While the bytes stream only
+// their length is checked (for a compressed file, against the file's size):
+// the compressed bytes are not decompressed again, so bit rot after the
+// check reaches the client, which checks the NAR hash itself, and the next
+// process to open the entry finds it damaged.
+func (c *Cache) OpenStored(e *Entry) (*Stored, error) {
+	files, err := c.files(e.Path)
+	if err != nil {
+		return nil, err
+	}
+	c.beginIO()
+	r, compressed, err := c.open(e, files, true)
+	if err != nil {
+		c.endIO()
+		return nil, fmt.Errorf("cache open %s: %w", e.Path, err)
+	}
+	c.touch(filepath.Base(files.meta)[:32], files.meta)
+	return &Stored{ReadCloser: r, Compressed: compressed, Size: int64(r.size), NarHash: e.NarHash, NarSize: e.NarSize}, nil
+}
+
+// open opens e's NAR file; with raw, a compressed one is returned as
+// stored instead of decompressed.
+func (c *Cache) open(e *Entry, files entryFiles, raw bool) (*checkedReader, bool, error) {
 	f, name, compressed, err := openNAR(files)
 	if errors.Is(err, fs.ErrNotExist) {
 		if !c.current(e) {
-			return nil, ErrEvicted
+			return nil, false, ErrEvicted
 		}
 		err = fmt.Errorf("NAR file missing: %w", ErrDamaged)
 		if rmErr := c.removeDamaged(e, name, fileID{}); rmErr != nil {
 			err = errors.Join(err, rmErr)
 		}
-		return nil, err
+		return nil, false, err
 	}
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	fi, err := f.Stat()
 	if err != nil {
 		f.Close()
-		return nil, err
+		return nil, false, err
 	}
 	id := identityOf(fi)
-	damaged := func(err error) (io.ReadCloser, error) {
+	damaged := func(err error) (*checkedReader, bool, error) {
 		f.Close()
 		if !c.current(e) {
-			return nil, ErrEvicted // rebuilt by another process meanwhile
+			return nil, false, ErrEvicted // rebuilt by another process meanwhile
 		}
 		if rmErr := c.removeDamaged(e, name, id); rmErr != nil {
 			err = errors.Join(err, rmErr)
 		}
-		return nil, err
+		return nil, false, err
 	}
 	if err := c.verifyOnce(name, compressed, e, id); err != nil {
 		return damaged(err)
 	}
 	var body io.ReadCloser = f
-	if compressed {
+	size := e.NarSize
+	switch {
+	case compressed && raw:
+		size = uint64(id.size)
+	case compressed:
 		if body, err = c.newZstdFile(f); err != nil {
 			return damaged(err)
 		}
-	} else {
+	default:
 		// Left plain by an earlier process, or not compacted yet.
 		c.scheduleCompaction(e)
 	}
-	return &checkedReader{body: body, entry: e, cache: c, name: name, id: id}, nil
+	return &checkedReader{body: body, entry: e, size: size, cache: c, name: name, id: id}, compressed, nil
 }
 
 // openNAR opens the NAR file of an entry, compressed or plain, and takes a
@@ -707,6 +752,7 @@ func verify(body io.Reader, e *Entry) error {
 type checkedReader struct {
 	body   io.ReadCloser
 	entry  *Entry
+	size   uint64 // of the stream: the NAR's, or the compressed file's when read raw
 	cache  *Cache
 	name   string
 	id     fileID
@@ -722,10 +768,10 @@ func (r *checkedReader) Read(p []byte) (int, error) {
 	n, err := r.body.Read(p)
 	r.n += uint64(n)
 	switch {
-	case r.n > r.entry.NarSize:
-		err = fmt.Errorf("%w: NAR longer than the %d bytes its metadata says", ErrDamaged, r.entry.NarSize)
-	case err == io.EOF && r.n != r.entry.NarSize:
-		err = fmt.Errorf("%w: NAR has %d bytes, metadata says %d", ErrDamaged, r.n, r.entry.NarSize)
+	case r.n > r.size:
+		err = fmt.Errorf("%w: %s longer than the %d bytes expected", ErrDamaged, filepath.Base(r.name), r.size)
+	case err == io.EOF && r.n != r.size:
+		err = fmt.Errorf("%w: %s has %d bytes, %d expected", ErrDamaged, filepath.Base(r.name), r.n, r.size)
 	}
 	if err != nil && err != io.EOF {
 		if !errors.Is(err, ErrDamaged) {

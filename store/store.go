@@ -851,6 +851,35 @@ func (s *Store) Prefetch(ctx context.Context, p string) (narSize uint64, err err
 // NarFromPath returns the rewritten NAR of a served path, verified against
 // its path info before any byte is returned.
 func (s *Store) NarFromPath(ctx context.Context, p string) (io.ReadCloser, error) {
+	return s.openCached(ctx, p, func(e *narcache.Entry) (io.ReadCloser, error) { return s.cfg.Cache.Open(e) })
+}
+
+// NarFile returns a served path's NAR as the cache stores it (see
+// narcache.Cache.OpenStored): the zstd-compressed file itself once the
+// entry is compacted, the plain NAR before. Its NarHash is that of the
+// path info QueryPathInfo returns for the same entry. As with NarFromPath,
+// the path is prepared and its cached NAR checked before anything is
+// returned, and an entry found damaged or evicted is rebuilt.
+func (s *Store) NarFile(ctx context.Context, p string) (*narcache.Stored, error) {
+	var st *narcache.Stored
+	rc, err := s.openCached(ctx, p, func(e *narcache.Entry) (io.ReadCloser, error) {
+		var err error
+		st, err = s.cfg.Cache.OpenStored(e)
+		if err != nil {
+			return nil, err
+		}
+		return st.ReadCloser, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	st.ReadCloser = rc
+	return st, nil
+}
+
+// openCached prepares p and opens its cache entry with open, rebuilding
+// the entry once if it turns out damaged or evicted.
+func (s *Store) openCached(ctx context.Context, p string, open func(*narcache.Entry) (io.ReadCloser, error)) (io.ReadCloser, error) {
 	for attempt := 0; ; attempt++ {
 		prep, err := s.prepare(ctx, p)
 		if err != nil {
@@ -859,7 +888,7 @@ func (s *Store) NarFromPath(ctx context.Context, p string) (io.ReadCloser, error
 		if prep == nil {
 			return nil, &notServedError{path: p, why: errors.New("it is neither mapped nor a content-addressed path in a mapped closure")}
 		}
-		rc, err := s.cfg.Cache.Open(prep.entry)
+		rc, err := open(prep.entry)
 		if err == nil {
 			return &forgetOnDamage{ReadCloser: rc, forget: func() { s.prepared.Delete(p) }}, nil
 		}

@@ -29,6 +29,8 @@ type serveFlags struct {
 	shutdownTimeout                                                time.Duration
 	cacheMaxSize                                                   narcache.Size
 	upstream                                                       upstreamFlags
+	http                                                           string
+	httpPriority                                                   int
 
 	// SSH limits: see sshserver.Server.
 	maxConnections, maxStartups, maxStartupsPerSource, maxQueue, maxQueuePerSource int
@@ -42,7 +44,9 @@ func newServeFlags(stderr io.Writer) (*flag.FlagSet, *serveFlags) {
 	fs.SetOutput(stderr)
 	var f serveFlags
 	fs.StringVar(&f.config, configFlag, "", "TOML `file` of settings, keyed by the long flag names; flags given on the command line override it")
-	fs.StringVar(&f.listen, "listen", "127.0.0.1:2222", "SSH listen address")
+	fs.StringVar(&f.listen, "listen", "127.0.0.1:2222", "SSH listen address, or none to turn the SSH server off")
+	fs.StringVar(&f.http, "http", "", "`address` (host:port) to serve the same paths on as a Nix binary cache over HTTP (default: none)")
+	fs.IntVar(&f.httpPriority, "http-priority", 40, "Priority in the HTTP binary cache's nix-cache-info (lower is preferred by Nix)")
 	fs.StringVar(&f.hostKey, "host-key", "state/ssh_host_ed25519_key", "OpenSSH host private key (an ed25519 key is generated if missing)")
 	fs.StringVar(&f.authorizedKeys, "authorized-keys", "", "OpenSSH authorized_keys file of the clients allowed in (required unless --stdio)")
 	fs.StringVar(&f.mapping, "mapping", "", "mapping file: native path -> cross path (required)")
@@ -108,7 +112,14 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if f.mapping == "" || f.signingKey == "" {
 		return errors.New("--mapping and --signing-key are required")
 	}
-	if !f.stdio && f.authorizedKeys == "" {
+	sshOff := f.listen == "none"
+	if sshOff && f.http == "" && !f.stdio {
+		return errors.New("--listen none turns the SSH server off: give --http, or nothing is served")
+	}
+	if f.stdio && f.http != "" {
+		return errors.New("--http is not available with --stdio: serve HTTP from a server process")
+	}
+	if !f.stdio && !sshOff && f.authorizedKeys == "" {
 		return errors.New("--authorized-keys is required")
 	}
 	if !f.stdio && f.remoteStore != "" {
@@ -131,7 +142,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
-	if !f.stdio {
+	if !f.stdio && !sshOff {
 		// Before anything is loaded: a generated host key is 0600, an
 		// existing one readable by others is refused like sshd does.
 		if err := checkPrivateFile("host key", f.hostKey, true); err != nil {
@@ -154,12 +165,26 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return serveStdio(ctx, proto, f.shutdownTimeout, logger)
 	}
 
+	httpd, err := listenHTTP(f.http, f.httpPriority, st, m, logger)
+	if err != nil {
+		return err
+	}
+	serving := []any{"listen", f.listen, "mapping", f.mapping, "paths", st.MappedPaths(), "public-key", st.PublicKey()}
+	if httpd != nil {
+		serving = append(serving, "http", httpd.addr())
+	}
+	if sshOff {
+		logger.Info("serving", serving...)
+		return waitHTTP(ctx, httpd, f.shutdownTimeout, logger)
+	}
 	hostKey, err := sshserver.LoadOrCreateHostKey(f.hostKey)
 	if err != nil {
+		httpd.shutdown(context.Background())
 		return err
 	}
 	authorized, err := sshserver.LoadAuthorizedKeys(f.authorizedKeys)
 	if err != nil {
+		httpd.shutdown(context.Background())
 		return err
 	}
 	srv := &sshserver.Server{
@@ -181,27 +206,49 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	l, err := net.Listen("tcp", f.listen)
 	if err != nil {
+		httpd.shutdown(context.Background())
 		return fmt.Errorf("listen: %w", err)
 	}
-	logger.Info("serving", "listen", l.Addr().String(), "mapping", f.mapping, "paths", st.MappedPaths(), "public-key", st.PublicKey())
+	serving[1] = l.Addr().String()
+	logger.Info("serving", serving...)
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(l) }()
 	select {
 	case err := <-errc:
+		return errors.Join(err, httpd.shutdown(context.Background()))
+	case err := <-httpd.errors():
+		srv.Close()
 		return err
 	case <-ctx.Done():
 	}
 	logger.Info("shutting down")
 	sctx, cancel := context.WithTimeout(context.Background(), f.shutdownTimeout)
 	defer cancel()
+	// Both doors drain at once, within one timeout.
+	httpDone := make(chan error, 1)
+	go func() { httpDone <- httpd.shutdown(sctx) }()
 	if err := srv.Shutdown(sctx); err != nil {
 		srv.Close()
-		return fmt.Errorf("shutdown: %w", err)
+		return errors.Join(fmt.Errorf("shutdown: %w", err), <-httpDone)
 	}
 	if err := <-errc; err != nil && !errors.Is(err, sshserver.ErrServerClosed) {
-		return err
+		return errors.Join(err, <-httpDone)
 	}
-	return nil
+	return <-httpDone
+}
+
+// waitHTTP serves with the HTTP door alone until it fails or ctx ends,
+// then lets requests in progress finish within shutdownTimeout.
+func waitHTTP(ctx context.Context, httpd *httpDoor, shutdownTimeout time.Duration, logger *slog.Logger) error {
+	select {
+	case err := <-httpd.errors():
+		return err
+	case <-ctx.Done():
+	}
+	logger.Info("shutting down")
+	sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
+	defer cancel()
+	return httpd.shutdown(sctx)
 }
 
 // storeOptions is what serve and prefetch share to open the store.
