@@ -417,10 +417,12 @@ func (c *Client) IsValidPath(ctx context.Context, path string) (bool, error) {
 }
 
 // NarFromPath streams the NAR of path. The Client is busy until the
-// returned reader is closed: once the reader has returned all of the NAR
-// the connection is in sync again and the Client can be used for the next
-// request; a reader closed before its end closes the connection, and so
-// does an invalid path.
+// returned reader is closed: once the reader has returned the narSize
+// bytes the daemon announced, the Client can be used for the next request
+// (Usable), provided those bytes were the whole NAR, which only a check
+// against the NAR's hash tells (a daemon whose database holds a wrong
+// narSize sends more or fewer); a reader closed before its end closes the
+// connection, and so does an invalid path.
 //
 // It sends QueryPathInfo and NarFromPath together, in one round trip:
 // once a Nix daemon has started sending a NAR it cannot report a failure
@@ -466,17 +468,21 @@ func (c *Client) NarFromPath(ctx context.Context, path string) (io.ReadCloser, e
 		return fail(err)
 	}
 	c.broken = errBusy
-	return &narStream{c: c, ctx: ctx, stop: stop, left: int64(info.NarSize)}, nil
+	// No NAR is empty: a narSize of 0 means the daemon does not know it
+	// (paths registered without one), so where the NAR ends is unknown
+	// and the connection cannot be used again.
+	return &narStream{c: c, ctx: ctx, stop: stop, left: int64(info.NarSize), unknownEnd: info.NarSize == 0}, nil
 }
 
 var errBusy = errors.New("connection busy with a NAR reader")
 
 type narStream struct {
-	c      *Client
-	ctx    context.Context
-	stop   func() bool
-	left   int64
-	closed bool
+	c          *Client
+	ctx        context.Context
+	stop       func() bool
+	left       int64
+	unknownEnd bool
+	closed     bool
 }
 
 func (n *narStream) Read(p []byte) (int, error) {
@@ -504,7 +510,7 @@ func (n *narStream) Close() error {
 		return nil
 	}
 	n.closed = true
-	if n.stop() && n.left == 0 {
+	if n.stop() && n.left == 0 && !n.unknownEnd {
 		n.c.broken = nil
 		return nil
 	}

@@ -1,6 +1,7 @@
 package daemonproto
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -361,5 +362,79 @@ func TestClientNarStreamEndsAtNarSize(t *testing.T) {
 				t.Fatalf("ReadAll = %q, %v; want %q, %v", got, err, tt.want, tt.wantErr)
 			}
 		})
+	}
+}
+
+// A narSize of 0 (a path registered without one) says nothing about where
+// the NAR ends: the connection is not used again after it.
+func TestClientNarSizeZeroIsNotReused(t *testing.T) {
+	e := pathInfoFields(daemonHello(34).u64(stderrLast, 1), 0)
+	e.u64(stderrLast).write([]byte("a NAR the database does not size"))
+	c, err := NewClient(t.Context(), &replyConn{Reader: bytes.NewReader(e.Bytes())})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc, err := c.NarFromPath(t.Context(), greetingPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadAll(rc); err != nil {
+		t.Fatal(err)
+	}
+	rc.Close()
+	if c.Usable() {
+		t.Error("client usable after a NAR of unknown length")
+	}
+}
+
+// pipeDaemon reads both requests of NarFromPath before it answers the
+// first: a client that waited for the QueryPathInfo reply before sending
+// NarFromPath would never get one.
+func TestClientNarFromPathOneRoundTrip(t *testing.T) {
+	client, server := net.Pipe()
+	defer client.Close()
+	nar := []byte("0123456789abcdef")
+	go func() {
+		defer server.Close()
+		r := wireReader{r: bufio.NewReader(server)}
+		if _, err := r.u64(); err != nil { // client magic
+			return
+		}
+		hello := daemonHello(34).Bytes()
+		if _, err := server.Write(hello); err != nil {
+			return
+		}
+		for range 3 { // version, affinity, reserveSpace
+			if _, err := r.u64(); err != nil {
+				return
+			}
+		}
+		for _, want := range []uint64{opQueryPathInfo, opNarFromPath} {
+			op, err := r.u64()
+			if err != nil || op != want {
+				return
+			}
+			if _, err := r.str("path", 1024); err != nil {
+				return
+			}
+		}
+		e := pathInfoFields((&enc{}).u64(stderrLast, 1), uint64(len(nar)))
+		e.u64(stderrLast).write(nar)
+		_, _ = server.Write(e.Bytes())
+	}()
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	c, err := NewClient(ctx, client)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc, err := c.NarFromPath(ctx, greetingPath)
+	if err != nil {
+		t.Fatalf("NarFromPath: %v (the client waited for a reply before sending both requests?)", err)
+	}
+	defer rc.Close()
+	got, err := io.ReadAll(rc)
+	if err != nil || !bytes.Equal(got, nar) {
+		t.Fatalf("NAR %q, %v", got, err)
 	}
 }

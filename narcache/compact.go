@@ -32,8 +32,16 @@ func (c *Cache) scheduleCompaction(e *Entry) {
 	c.queued[e.Path] = true
 	c.mu.Unlock()
 	c.startOnce.Do(func() {
-		c.worker.Add(1)
-		go c.compactor()
+		// Under mu, like background: Close closes c.closed under mu, so
+		// no worker is added once it waits for them.
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		select {
+		case <-c.closed:
+		default:
+			c.worker.Add(1)
+			go c.compactor()
+		}
 	})
 	select {
 	case c.compactQ <- e:

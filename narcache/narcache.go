@@ -187,7 +187,9 @@ func removeStaleTemps(dir string, cutoff time.Time) {
 // removed. Entries left plain are compacted when a later process opens
 // them.
 func (c *Cache) Close() error {
+	c.mu.Lock()
 	c.closeOnce.Do(func() { close(c.closed) })
+	c.mu.Unlock()
 	c.worker.Wait()
 	return nil
 }
@@ -815,7 +817,7 @@ func (c *Cache) newZstdFile(f *os.File) (*zstdFile, error) {
 		}
 	}
 	if err := zr.Reset(f); err != nil {
-		c.decoders.Put(zr)
+		zr.Close() // not back in the pool: a decoder that failed may stay failed
 		return nil, fmt.Errorf("%w: %v", ErrDamaged, err)
 	}
 	return &zstdFile{f: f, zr: zr, cache: c}, nil

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
 	"testing"
 	"time"
 )
@@ -355,3 +356,36 @@ func TestStaleCompactionKeepsNewEntry(t *testing.T) {
 }
 
 func sha(b []byte) (h [32]byte) { return sha256.Sum256(b) }
+
+// Reading compacted entries reuses zstd decoders: a new one allocates
+// over a megabyte, which for a closure of small paths cost more than
+// decoding them.
+func TestZstdDecodersAreReused(t *testing.T) {
+	c := openCache(t, t.TempDir())
+	data := bytes.Repeat([]byte("a small path's NAR "), 20000)
+	e := putCompacted(t, c, "k", data)
+	if _, err := readAll(t, c, e); err != nil { // the first read makes one
+		t.Fatal(err)
+	}
+	const reads = 20
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	for range reads {
+		rc, err := c.Open(e)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n, err := io.Copy(io.Discard, rc)
+		rc.Close()
+		if err != nil || n != int64(len(data)) {
+			t.Fatalf("read %d bytes: %v", n, err)
+		}
+	}
+	runtime.ReadMemStats(&after)
+	if per := (after.TotalAlloc - before.TotalAlloc) / reads; per > 128<<10 {
+		t.Errorf("%d bytes allocated per read of a %d-byte entry: decoders are not reused", per, len(data))
+	} else {
+		t.Logf("%d bytes allocated per read", per)
+	}
+}

@@ -94,6 +94,7 @@ type Store struct {
 	// does not grow with the closure.
 	ahead       chan string
 	aheadQueued sync.Map // path -> struct{}: in ahead, or being prepared from it
+	aheadFailed sync.Map // path -> time.Time: when its read-ahead last failed
 	aheadStart  sync.Once
 	aheadDone   sync.WaitGroup
 
@@ -187,14 +188,19 @@ const aheadQueue = 4096
 
 // aheadWorkers is how many rewrites read-ahead may run at once: one fewer
 // than the rewrite limit, so that a path a client asks for never waits
-// behind read-ahead for a slot.
-func (s *Store) aheadWorkers() int { return max(1, cap(s.builds)-1) }
+// behind read-ahead for a slot (none with a single slot).
+func (s *Store) aheadWorkers() int { return cap(s.builds) - 1 }
+
+// aheadRetryAfter is how long read-ahead leaves alone a path whose
+// preparation failed: every referrer of a broken dependency would
+// otherwise download it again. A client asking for it still tries.
+const aheadRetryAfter = time.Minute
 
 // readAhead queues the served references of src for preparation in the
 // background: a client that asked for a path asks for its references
 // next, one at a time, and would otherwise wait for each rewrite in turn.
 func (s *Store) readAhead(src *source) {
-	if s.cfg.NoReadAhead {
+	if s.cfg.NoReadAhead || s.aheadWorkers() == 0 || s.life.Err() != nil {
 		return
 	}
 	s.aheadStart.Do(func() {
@@ -208,6 +214,9 @@ func (s *Store) readAhead(src *source) {
 			continue
 		}
 		if _, ok := s.prepared.Load(r); ok {
+			continue
+		}
+		if at, failed := s.aheadFailed.Load(r); failed && s.cfg.Now().Sub(at.(time.Time)) < aheadRetryAfter {
 			continue
 		}
 		if _, queued := s.aheadQueued.LoadOrStore(r, struct{}{}); queued {
@@ -228,10 +237,16 @@ func (s *Store) aheadWorker() {
 		case <-s.life.Done():
 			return
 		case p := <-s.ahead:
+			if s.life.Err() != nil {
+				return
+			}
 			// Errors are not reported: nobody asked yet, and the client
 			// that does will get them.
 			if _, err := s.prepare(s.life, p); err != nil && s.life.Err() == nil {
 				s.log.Debug("read-ahead failed", "path", p, "error", err)
+				s.aheadFailed.Store(p, s.cfg.Now())
+			} else {
+				s.aheadFailed.Delete(p)
 			}
 			s.aheadQueued.Delete(p)
 		}
@@ -608,6 +623,9 @@ func (s *Store) prepare(ctx context.Context, served string) (*prepared, error) {
 		}
 		s.readAhead(src)
 		p, err := s.build(work, src)
+		if errors.Is(err, upstream.ErrUnusable) {
+			err = &notServedError{path: served, why: err}
+		}
 		if err != nil {
 			// The upstream path may have been rebuilt with other bytes
 			// (garbage-collected, then built again): ask again next time
@@ -726,7 +744,11 @@ func (s *Store) rewriteInto(ctx context.Context, src *source, key string, refs [
 	// Bounded: each rewrite holds buffers, a compressor and an upstream
 	// connection. The wait is not: this work is shared and detached, and
 	// every waiting request leaves on its own deadline.
-	s.builds <- struct{}{}
+	select {
+	case s.builds <- struct{}{}:
+	case <-ctx.Done():
+		return nil, fmt.Errorf("rewrite %s: %w", src.served, ctx.Err())
+	}
 	defer func() { <-s.builds }()
 	stallAfter := s.cfg.UpstreamStallTimeout
 	ctx, cancel := context.WithCancelCause(ctx)
@@ -753,7 +775,7 @@ func (s *Store) rewriteInto(ctx context.Context, src *source, key string, refs [
 
 	// The upstream path info tells how long the NAR is; reading no further
 	// keeps us from waiting on a connection that has nothing more to say.
-	in := &hashingReader{r: io.LimitReader(rc, int64(src.info.NarSize)), h: asynchash.New(sha256.New()), progress: func() { stall.Reset(stallAfter) }}
+	in := &hashingReader{r: io.LimitReader(rc, int64(src.info.NarSize)+1), h: asynchash.New(sha256.New()), progress: func() { stall.Reset(stallAfter) }}
 	defer in.h.Close()
 	// The NAR parser reads token by token; batch those reads.
 	br := bufio.NewReaderSize(in, 64<<10)
@@ -763,8 +785,14 @@ func (s *Store) rewriteInto(ctx context.Context, src *source, key string, refs [
 		}
 		return nil, fmt.Errorf("rewrite %s (from %s): %w", src.served, src.from, err)
 	}
-	if extra, err := io.Copy(io.Discard, br); err != nil || extra > 0 {
-		return nil, fmt.Errorf("upstream NAR of %s: %d bytes after the end of the archive (%v)", src.from, extra, err)
+	// Reading on to the reader's end lets it finish its own checks (a
+	// binary cache's FileHash and FileSize).
+	extra, err := io.Copy(io.Discard, br)
+	if err != nil {
+		return nil, fmt.Errorf("read upstream NAR of %s: %w", src.from, err)
+	}
+	if extra > 0 {
+		return nil, fmt.Errorf("upstream NAR of %s: bytes after the end of the archive", src.from)
 	}
 	if in.h.Size() != src.info.NarSize {
 		return nil, fmt.Errorf("upstream NAR of %s has %d bytes, its path info says %d", src.from, in.h.Size(), src.info.NarSize)
@@ -773,6 +801,9 @@ func (s *Store) rewriteInto(ctx context.Context, src *source, key string, refs [
 	copy(got[:], in.h.Sum())
 	if got != src.info.NarHash {
 		return nil, fmt.Errorf("upstream NAR of %s does not match its narHash: got %s, want %s", src.from, got, src.info.NarHash)
+	}
+	if v, ok := rc.(upstream.Verifier); ok {
+		v.Verified()
 	}
 	meta := narcache.Entry{
 		Key:              key,

@@ -839,22 +839,72 @@ func TestReadAheadPreparesReferences(t *testing.T) {
 	}
 }
 
-// Read-ahead never takes every rewrite slot, so a path a client asks for
-// is not queued behind it.
+// blockingUpstream holds the NARs of some paths until released.
+type blockingUpstream struct {
+	*fakeUpstream
+	block   map[string]bool
+	entered chan string
+	release chan struct{}
+}
+
+func (u blockingUpstream) NarFromPath(ctx context.Context, p string) (io.ReadCloser, error) {
+	if u.block[p] {
+		u.entered <- p
+		select {
+		case <-u.release:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	return u.fakeUpstream.NarFromPath(ctx, p)
+}
+
+// Read-ahead never takes every rewrite slot: with read-ahead busy on
+// every slot it may take, a path a client asks for is rewritten at once.
 func TestReadAheadLeavesARewriteSlot(t *testing.T) {
 	f := newFixture(t)
+	const crossOther, nativeOther = "/nix/store/c0000000000000000000000000000006-other-aarch64-unknown-linux-gnu-1.0", "/nix/store/n0000000000000000000000000000006-other-1.0"
+	f.up.add(crossOther, "", makeNAR(t, file{path: "/", contents: "other"}))
+	m, err := mapping.New(append(f.mapping.Entries(), mapping.Entry{Native: nativeOther, Cross: crossOther}))
+	if err != nil {
+		t.Fatal(err)
+	}
 	c, err := narcache.Open(f.cacheDir)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
-	for _, rewrites := range []int{1, 2, 4} {
+	up := blockingUpstream{fakeUpstream: f.up, block: map[string]bool{crossGlibc: true, srcPath: true},
+		entered: make(chan string, 2), release: make(chan struct{})}
+	s, err := New(Config{Mapping: m, Upstream: up, Cache: c, Rewrites: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	t.Cleanup(func() { close(up.release) })
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	// hello's references, glibc and the source, go to read-ahead, whose
+	// one worker blocks on the first.
+	if _, err := s.QueryPathInfo(ctx, nativeHello); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-up.entered:
+	case <-ctx.Done():
+		t.Fatal("read-ahead did not start")
+	}
+	if _, err := s.QueryPathInfo(ctx, nativeOther); err != nil {
+		t.Fatalf("a client's path waited behind read-ahead: %v", err)
+	}
+	// One slot of two for read-ahead; with a single slot, none.
+	for rewrites, want := range map[int]int{1: 0, 2: 1, 4: 3} {
 		s, err := New(Config{Mapping: f.mapping, Upstream: f.up, Cache: c, Rewrites: rewrites})
 		if err != nil {
 			t.Fatal(err)
 		}
-		if w := s.aheadWorkers(); w < 1 || (rewrites > 1 && w >= rewrites) {
-			t.Errorf("Rewrites %d: %d read-ahead workers", rewrites, w)
+		if w := s.aheadWorkers(); w != want {
+			t.Errorf("Rewrites %d: %d read-ahead workers, want %d", rewrites, w, want)
 		}
 		s.Close()
 	}
@@ -998,5 +1048,103 @@ func TestUnusableUpstreamPathIsNotServed(t *testing.T) {
 	}
 	if n := f.up.narReads.Load(); n != 0 {
 		t.Errorf("%d upstream NARs read for unservable paths", n)
+	}
+}
+
+// Close cancels the work that requests left running (rewrites are
+// detached from them) and waits for it.
+func TestCloseCancelsDetachedWork(t *testing.T) {
+	f := newFixture(t)
+	c, err := narcache.Open(f.cacheDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	up := blockingUpstream{fakeUpstream: f.up, block: map[string]bool{crossGlibc: true},
+		entered: make(chan string, 1), release: make(chan struct{})}
+	s, err := New(Config{NoReadAhead: true, Mapping: f.mapping, Upstream: up, Cache: c})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() { _, _ = s.QueryPathInfo(ctx, nativeGlibc) }()
+	<-up.entered
+	cancel() // the request leaves; its rewrite goes on, blocked upstream
+	closed := make(chan struct{})
+	go func() { s.Close(); close(closed) }()
+	select {
+	case <-closed:
+	case <-time.After(30 * time.Second):
+		close(up.release)
+		t.Fatal("Close did not cancel the rewrite it waits for")
+	}
+	if _, err := s.QueryPathInfo(context.Background(), nativeGlibc); err == nil {
+		t.Error("a closed store took new work")
+	}
+	if tmps, _ := filepath.Glob(filepath.Join(f.cacheDir, ".tmp-*")); len(tmps) > 0 {
+		t.Errorf("temporary files left after Close: %v", tmps)
+	}
+}
+
+// A NAR the upstream refuses while it is read (a binary cache's file that
+// does not match its narinfo) makes the path not served, not a failure.
+type corruptNARUpstream struct{ *fakeUpstream }
+
+func (u corruptNARUpstream) NarFromPath(ctx context.Context, p string) (io.ReadCloser, error) {
+	rc, err := u.fakeUpstream.NarFromPath(ctx, p)
+	if err != nil {
+		return nil, err
+	}
+	return io.NopCloser(io.MultiReader(rc, errReader{fmt.Errorf("the NAR file of %s does not match its FileHash: %w", p, upstream.ErrUnusable)})), nil
+}
+
+type errReader struct{ err error }
+
+func (r errReader) Read([]byte) (int, error) { return 0, r.err }
+
+func TestUnusableNARIsNotServed(t *testing.T) {
+	f := newFixture(t)
+	c, err := narcache.Open(f.cacheDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	s, err := New(Config{NoReadAhead: true, Mapping: f.mapping, Upstream: corruptNARUpstream{f.up}, Cache: c})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	_, err = s.QueryPathInfo(context.Background(), nativeGlibc)
+	if !errors.Is(err, ErrNotServed) || !strings.Contains(err.Error(), "does not match its FileHash") {
+		t.Fatalf("QueryPathInfo = %v, want not served with the upstream's reason", err)
+	}
+}
+
+// A path whose read-ahead failed is left alone for a while: every
+// referrer of a broken dependency would otherwise download it again.
+func TestReadAheadRemembersFailures(t *testing.T) {
+	f := newFixture(t)
+	c, err := narcache.Open(f.cacheDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	now := time.Unix(1700000000, 0)
+	s, err := New(Config{Mapping: f.mapping, Upstream: f.up, Cache: c, Now: func() time.Time { return now }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.aheadStart.Do(func() {}) // no workers: the queue shows what was asked
+	t.Cleanup(s.Close)
+	src := &source{served: nativeHello, info: &pathinfo.PathInfo{References: []string{crossGlibc}}}
+	s.aheadFailed.Store(nativeGlibc, now)
+	s.readAhead(src)
+	if n := len(s.ahead); n != 0 {
+		t.Fatalf("a path that just failed was queued again (%d queued)", n)
+	}
+	now = now.Add(aheadRetryAfter)
+	s.readAhead(src)
+	if n := len(s.ahead); n != 1 {
+		t.Fatalf("%d queued after the retry interval, want 1", n)
 	}
 }

@@ -179,9 +179,12 @@ func (d *Daemon) QueryPathFromHashPart(ctx context.Context, hashPart string) (st
 
 // NarFromPath streams the NAR of a valid path on a pooled connection. The
 // reader ends after the narSize bytes the daemon's path info announced.
-// Closing a reader that returned the whole NAR puts its connection back
-// in the pool (a new connection costs the daemon a fork); closing it
-// earlier closes the connection. Cancelling ctx closes the connection.
+// A new connection costs the daemon a fork, so the reader's connection
+// goes back to the pool when it is closed after the whole NAR was read and
+// the caller vouched for it with Verified (the bytes matched the NAR's
+// hash, so the stream held exactly that NAR and the connection is in
+// sync); otherwise closing the reader closes the connection. Cancelling
+// ctx closes the connection.
 func (d *Daemon) NarFromPath(ctx context.Context, path string) (io.ReadCloser, error) {
 	c, err := d.get(ctx)
 	if err != nil {
@@ -195,12 +198,23 @@ func (d *Daemon) NarFromPath(ctx context.Context, path string) (io.ReadCloser, e
 	return &pooledNAR{ReadCloser: rc, d: d, c: c}, nil
 }
 
+// Verifier is implemented by NAR readers that can do better once their
+// caller has checked the NAR against its hash: a daemon connection is
+// only reused then.
+type Verifier interface {
+	Verified()
+}
+
 type pooledNAR struct {
 	io.ReadCloser
-	d    *Daemon
-	c    *daemonproto.Client
-	done bool
+	d        *Daemon
+	c        *daemonproto.Client
+	verified bool
+	done     bool
 }
+
+// Verified says the NAR read through p matched its hash.
+func (p *pooledNAR) Verified() { p.verified = true }
 
 func (p *pooledNAR) Close() error {
 	if p.done {
@@ -208,7 +222,7 @@ func (p *pooledNAR) Close() error {
 	}
 	p.done = true
 	err := p.ReadCloser.Close()
-	if p.c.Usable() {
+	if p.verified && p.c.Usable() {
 		p.d.put(p.c)
 	} else {
 		_ = p.c.Close()

@@ -175,7 +175,8 @@ func TestPoolReusesConnections(t *testing.T) {
 		t.Errorf("30 sequential queries used %d connections, want 1", n)
 	}
 
-	// A NAR read to its end gives its connection back to the pool.
+	// A NAR read to its end and verified by the caller gives its
+	// connection back to the pool.
 	for range 3 {
 		rc, err := d.NarFromPath(ctx, servedPath)
 		if err != nil {
@@ -185,14 +186,31 @@ func TestPoolReusesConnections(t *testing.T) {
 		if err != nil || !bytes.Equal(got, fakeNAR) {
 			t.Errorf("NAR %q, %v", got, err)
 		}
+		rc.(Verifier).Verified()
 		rc.Close()
 	}
 	if n := accepted.Load(); n != 1 {
-		t.Errorf("connections after three whole NARs: %d, want 1", n)
+		t.Errorf("connections after three whole verified NARs: %d, want 1", n)
+	}
+	// Unverified (the bytes may not have been the whole NAR, if the
+	// daemon's narSize is wrong), the connection is dropped.
+	rc, err := d.NarFromPath(ctx, servedPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadAll(rc); err != nil {
+		t.Fatal(err)
+	}
+	rc.Close()
+	if _, err := d.QueryPathInfo(ctx, servedPath); err != nil {
+		t.Fatal(err)
+	}
+	if n := accepted.Load(); n != 2 {
+		t.Errorf("connections after an unverified NAR and a query: %d, want 2", n)
 	}
 	// A NAR closed early, or of a missing path, leaves its connection out
 	// of sync: it is dropped.
-	rc, err := d.NarFromPath(ctx, servedPath)
+	rc, err = d.NarFromPath(ctx, servedPath)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -206,8 +224,8 @@ func TestPoolReusesConnections(t *testing.T) {
 	if _, err := d.QueryPathInfo(ctx, servedPath); err != nil {
 		t.Fatal(err)
 	}
-	if n := accepted.Load(); n != 3 {
-		t.Errorf("connections after a NAR closed early, a missing NAR and a query: %d, want 3", n)
+	if n := accepted.Load(); n != 4 {
+		t.Errorf("connections after a NAR closed early, a missing NAR and a query: %d, want 4", n)
 	}
 }
 
