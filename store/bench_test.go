@@ -15,7 +15,7 @@ import (
 )
 
 // BenchmarkColdPrepare measures the cold path of a request: upstream NAR
-// in, rewrite, hash, compress, write and fsync the cache entry. The NAR
+// in, rewrite, hash both sides, write the plain cache entry. The NAR
 // holds 128 MiB of real machine code (copies of the test binary, which
 // compresses like other binaries) with store paths sprinkled in.
 func BenchmarkColdPrepare(b *testing.B) {
