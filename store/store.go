@@ -318,6 +318,9 @@ func (s *Store) upstreamPathInfo(ctx context.Context, p string) (*pathinfo.PathI
 		if h := s.cfg.Hooks.Upstream; h != nil {
 			h("QueryPathInfo", time.Since(start), err)
 		}
+		if errors.Is(err, upstream.ErrUnusable) {
+			return nil, err // it names the path and why, for a client to read
+		}
 		if err != nil {
 			return nil, fmt.Errorf("upstream query path info %s: %w", p, err)
 		}
@@ -416,7 +419,7 @@ func (s *Store) resolve(ctx context.Context, served string) (*source, error) {
 		}
 		info, err := s.upstreamPathInfo(ctx, e.Cross)
 		if errors.Is(err, upstream.ErrUnusable) {
-			return nil, notServed("its cross path %s cannot be used: %w", e.Cross, err)
+			return nil, notServed("its cross path cannot be used: %w", err)
 		}
 		if err != nil {
 			return nil, err
@@ -495,7 +498,7 @@ func (s *Store) walkClosure(ctx context.Context, root string, found map[string]b
 	}
 	err := upstream.WalkClosure(ctx, query, []string{root}, walkQueries, func(p string, info *pathinfo.PathInfo) error {
 		if why := unusable[p]; why != nil {
-			return closureBad(&problem, found, problemf("its closure holds %s, which cannot be used: %v", p, why))
+			return closureBad(&problem, found, problemf("its closure holds a path that cannot be used: %v", why))
 		}
 		bad, err := s.checkClosurePath(ctx, root, p, info, found)
 		if err != nil || bad == nil {
@@ -541,7 +544,7 @@ func (s *Store) checkClosurePath(ctx context.Context, root, p string, info *path
 			}
 			ri, err := s.upstreamPathInfo(ctx, r)
 			if errors.Is(err, upstream.ErrUnusable) {
-				return problemf("its closure holds %s, which cannot be used: %v", r, err), nil
+				return problemf("its closure holds a path that cannot be used: %v", err), nil
 			}
 			if err != nil {
 				return nil, err

@@ -1038,8 +1038,8 @@ func TestUnusableUpstreamPathIsNotServed(t *testing.T) {
 	}
 	t.Cleanup(s.Close)
 	for p, want := range map[string]string{
-		nativeGlibc: "its cross path " + crossGlibc + " cannot be used: ",
-		nativeHello: "its closure holds " + crossGlibc + ", which cannot be used: ",
+		nativeGlibc: "its cross path cannot be used: no trusted signature for " + crossGlibc,
+		nativeHello: "its closure holds a path that cannot be used: no trusted signature for " + crossGlibc,
 	} {
 		_, err := s.QueryPathInfo(context.Background(), p)
 		if !errors.Is(err, ErrNotServed) || !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), "signed only by other-1") {

@@ -28,8 +28,9 @@ const maxConfigFile = 1 << 20
 func configKeys() map[string]bool {
 	serve, _ := newServeFlags(io.Discard)
 	prefetch, _ := newPrefetchFlags(io.Discard)
+	publish, _ := newPublishFlags(io.Discard)
 	keys := make(map[string]bool)
-	for _, fs := range []*flag.FlagSet{serve, prefetch} {
+	for _, fs := range []*flag.FlagSet{serve, prefetch, publish} {
 		fs.VisitAll(func(f *flag.Flag) { keys[f.Name] = true })
 	}
 	delete(keys, configFlag)

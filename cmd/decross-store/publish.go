@@ -19,15 +19,16 @@ import (
 )
 
 type publishFlags struct {
-	mapping, signingKey, to, compression, cacheDir, logLevel, logFormat string
-	jobs, priority                                                      int
-	upstream                                                            upstreamFlags
+	config, mapping, signingKey, to, compression, cacheDir, logLevel, logFormat string
+	jobs, priority                                                              int
+	upstream                                                                    upstreamFlags
 }
 
 func newPublishFlags(stderr io.Writer) (*flag.FlagSet, *publishFlags) {
 	fs := flag.NewFlagSet("publish", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var f publishFlags
+	fs.StringVar(&f.config, configFlag, "", "TOML `file` of settings (serve's file works: keys of the other commands are ignored); flags given on the command line override it")
 	fs.StringVar(&f.mapping, "mapping", "", "mapping file: native path -> cross path (required)")
 	fs.StringVar(&f.signingKey, "signing-key", "", "Nix secret signing key file the narinfos are signed with (required)")
 	f.upstream.register(fs)

@@ -45,7 +45,7 @@ func newServeFlags(stderr io.Writer) (*flag.FlagSet, *serveFlags) {
 	var f serveFlags
 	fs.StringVar(&f.config, configFlag, "", "TOML `file` of settings, keyed by the long flag names; flags given on the command line override it")
 	fs.StringVar(&f.listen, "listen", "127.0.0.1:2222", "SSH listen address, or none to turn the SSH server off")
-	fs.StringVar(&f.http, "http", "", "`address` (host:port) to serve the same paths on as a Nix binary cache over HTTP (default: none)")
+	fs.StringVar(&f.http, "http", "", "`address` (host:port) to serve the same paths on as a Nix binary cache over HTTP; none: off (default: none)")
 	fs.IntVar(&f.httpPriority, "http-priority", 40, "Priority in the HTTP binary cache's nix-cache-info (lower is preferred by Nix)")
 	fs.StringVar(&f.hostKey, "host-key", "state/ssh_host_ed25519_key", "OpenSSH host private key (an ed25519 key is generated if missing)")
 	fs.StringVar(&f.authorizedKeys, "authorized-keys", "", "OpenSSH authorized_keys file of the clients allowed in (required unless --stdio)")
@@ -64,7 +64,7 @@ func newServeFlags(stderr io.Writer) (*flag.FlagSet, *serveFlags) {
 	fs.IntVar(&f.maxQueue, "max-queue", 256, "SSH connections waiting for a handshake slot; more are refused")
 	fs.IntVar(&f.maxQueuePerSource, "max-queue-per-source", 0, "waiting connections of one address (default half of --max-queue)")
 	fs.DurationVar(&f.queueTimeout, "queue-timeout", 30*time.Second, "how long a connection may wait for a handshake slot, or for a connection slot once authenticated")
-	fs.StringVar(&f.metrics, "metrics", "", "`address` (host:port) to serve Prometheus metrics on, over HTTP at /metrics (default: none)")
+	fs.StringVar(&f.metrics, "metrics", "", "`address` (host:port) to serve Prometheus metrics on, over HTTP at /metrics; none: off (default: none)")
 	fs.StringVar(&f.remoteStore, "store", "", "with --stdio: what Nix passes for an ssh-ng URL's remote-store= parameter; ignored, the mapping decides what is served")
 	return fs, &f
 }
@@ -111,6 +111,13 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	if f.mapping == "" || f.signingKey == "" {
 		return errors.New("--mapping and --signing-key are required")
+	}
+	// "none" turns a door off, as for --listen, so that a flag can
+	// override a configuration file that turns it on.
+	for _, addr := range []*string{&f.http, &f.metrics} {
+		if *addr == "none" {
+			*addr = ""
+		}
 	}
 	sshOff := f.listen == "none"
 	if sshOff && f.http == "" && !f.stdio {

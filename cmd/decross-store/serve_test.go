@@ -241,3 +241,13 @@ func TestServeRejectsBadLimits(t *testing.T) {
 		}
 	}
 }
+
+// --http none and --metrics none turn those doors off, as --listen none
+// does the SSH one: with SSH off too, nothing would be served.
+func TestServeNoneTurnsDoorsOff(t *testing.T) {
+	args := []string{"--mapping", "m.json", "--signing-key", "k", "--listen", "none", "--http", "none", "--metrics", "none"}
+	err := runServe(t.Context(), args, io.Discard, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "--listen none turns the SSH server off: give --http") {
+		t.Fatalf("serve %v = %v, want the no-door refusal", args, err)
+	}
+}

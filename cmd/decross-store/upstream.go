@@ -50,6 +50,9 @@ func (u *upstreamFlags) open(logger *slog.Logger) (r upstream.Reader, closeFn fu
 		}
 		return d, func() { d.Close() }, nil
 	}
+	if len(u.trustedKeys) == 0 && !u.noCheckSigs {
+		return nil, nil, fmt.Errorf("upstream %s: give the key its paths are signed with (--trusted-public-key NAME:BASE64), or --upstream-no-check-sigs for a cache you wrote yourself", u.addr)
+	}
 	c, err := binarycache.Open(u.addr, binarycache.Options{TrustedKeys: u.trustedKeys, NoCheckSigs: u.noCheckSigs, Logger: logger})
 	if err != nil {
 		return nil, nil, err
