@@ -158,8 +158,10 @@ func (h *Handler) send(w http.ResponseWriter, r *http.Request, contentType strin
 // upstream failed.
 func (h *Handler) fail(w http.ResponseWriter, r *http.Request, op, path string, err error) {
 	if r.Context().Err() != nil {
-		h.done(op, ReasonIO) // the client left; nobody to answer
-		return
+		h.done(op, ReasonIO)
+		// The client left (or half-closed): returning would send an empty
+		// 200, which a client still reading would take for an answer.
+		panic(http.ErrAbortHandler)
 	}
 	if errors.Is(err, store.ErrNotServed) {
 		h.log.Info("http: not served", "path", path, "url", r.URL.Path, "reason", err, "client", r.RemoteAddr)

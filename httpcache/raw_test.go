@@ -2,7 +2,10 @@ package httpcache
 
 import (
 	"bytes"
+	"context"
 	"io"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 
@@ -47,3 +50,26 @@ func TestRawFrame(t *testing.T) {
 }
 
 type fakeStore struct{ Store }
+
+// A request whose client has left (or half-closed its side) is aborted,
+// not answered with an empty 200 that a client still reading would take
+// for a narinfo.
+func TestGoneClientIsAborted(t *testing.T) {
+	h, err := New(Config{Store: fakeStore{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	r := httptest.NewRequest(http.MethodGet, "/00000000000000000000000000000000.narinfo", nil).WithContext(ctx)
+	w := httptest.NewRecorder()
+	defer func() {
+		if v := recover(); v != http.ErrAbortHandler {
+			t.Errorf("recovered %v, want http.ErrAbortHandler", v)
+		}
+		if w.Code == http.StatusOK && w.Body.Len() == 0 && w.Flushed {
+			t.Error("an empty 200 went out")
+		}
+	}()
+	h.fail(w, r, "narinfo", "/nix/store/00000000000000000000000000000000-x", context.Canceled)
+}

@@ -1,12 +1,15 @@
 package main
 
 import (
+	"golang.org/x/net/netutil"
+
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
+	"time"
 
 	"github.com/decross-store/decross-store/daemonproto"
 	"github.com/decross-store/decross-store/httpcache"
@@ -27,7 +30,7 @@ type httpDoor struct {
 
 // listenHTTP listens on addr (nil, nil when addr is empty), so that a bad
 // address stops serve at start.
-func listenHTTP(addr string, priority int, st *store.Store, m *metrics.Metrics, logger *slog.Logger) (*httpDoor, error) {
+func listenHTTP(addr string, priority, maxConns int, st *store.Store, m *metrics.Metrics, logger *slog.Logger) (*httpDoor, error) {
 	if addr == "" {
 		return nil, nil
 	}
@@ -43,6 +46,9 @@ func listenHTTP(addr string, priority int, st *store.Store, m *metrics.Metrics, 
 	if err != nil {
 		return nil, fmt.Errorf("--http: %w", err)
 	}
+	// Each connection may hold a NAR file open and a goroutine; past the
+	// limit, new connections wait in the kernel's backlog instead.
+	l = netutil.LimitListener(l, maxConns)
 	d := &httpDoor{srv: httpcache.NewServer(h, logger), l: l, done: make(chan error, 1)}
 	go func() {
 		err := d.srv.Serve(l)
@@ -90,3 +96,12 @@ type httpHooks struct{ h daemonproto.Hooks }
 
 func (h httpHooks) Request(op, reason string) { h.h.Request(op, daemonproto.Reason(reason)) }
 func (h httpHooks) NarSent(n int64)           { h.h.NarSent(n) }
+
+// shutdownContext bounds a shutdown that follows a failure at start or of
+// the other door: requests in progress get the shutdown timeout, as on a
+// signal, and no more.
+func shutdownContext(timeout time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	context.AfterFunc(ctx, cancel) // releases the timer once it fires
+	return ctx
+}
