@@ -169,7 +169,13 @@ func newNarReader(body io.ReadCloser, ni *narinfo.NarInfo, info *pathinfo.PathIn
 	// Decompressors that are not handed an io.ByteReader read byte by
 	// byte (xz) or wrap their own buffer; one buffer here serves all. The
 	// bytes it holds were counted and hashed by f already.
-	buf := bufio.NewReaderSize(f, 64<<10)
+	var src io.Reader = f
+	if ni.Compression == "xz" {
+		// Before the decoder: it would allocate a block's dictionary
+		// as soon as it read the header.
+		src = newXZGuard(f, where, maxXZDict)
+	}
+	buf := bufio.NewReaderSize(src, 64<<10)
 	var err error
 	switch ni.Compression {
 	case "none":

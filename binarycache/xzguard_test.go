@@ -1,0 +1,395 @@
+package binarycache
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+	"testing/iotest"
+
+	"github.com/nix-community/go-nix/pkg/narinfo/signature"
+	"github.com/ulikunitz/xz"
+
+	"github.com/decross-store/decross-store/internal/fuzzseed"
+)
+
+// xzPayload is what the files in testdata/xz hold.
+func xzPayload() []byte {
+	var b bytes.Buffer
+	for i := range 4000 {
+		fmt.Fprintf(&b, "line %d of the xz test payload\n", i)
+	}
+	return b.Bytes()
+}
+
+// xzStored is an xz file (one stream, no check) holding data in one block
+// of uncompressed LZMA2 chunks, whose header declares the dictionary
+// props encodes. xz(1) writes such chunks only for large incompressible
+// data.
+func xzStored(data []byte, props byte) []byte {
+	flags := []byte{0, 0} // check: none
+	out := append([]byte{}, xzMagic...)
+	out = append(out, flags...)
+	out = binary.LittleEndian.AppendUint32(out, crc32.ChecksumIEEE(flags))
+	hdr := []byte{2, 0, 0x21, 1, props, 0, 0, 0}
+	hdr = binary.LittleEndian.AppendUint32(hdr, crc32.ChecksumIEEE(hdr))
+	out = append(out, hdr...)
+	blockStart := len(out) - len(hdr)
+	for i, first := 0, true; i < len(data); first = false {
+		n := min(len(data)-i, 1000)
+		ctl := byte(0x02)
+		if first {
+			ctl = 0x01 // resets the dictionary
+		}
+		out = append(out, ctl, byte((n-1)>>8), byte(n-1))
+		out = append(out, data[i:i+n]...)
+		i += n
+	}
+	out = append(out, 0)
+	unpadded := len(out) - blockStart
+	for len(out)%4 != 0 {
+		out = append(out, 0)
+	}
+	index := []byte{0, 1}
+	index = binary.AppendUvarint(index, uint64(unpadded))
+	index = binary.AppendUvarint(index, uint64(len(data)))
+	for len(index)%4 != 0 {
+		index = append(index, 0)
+	}
+	index = binary.LittleEndian.AppendUint32(index, crc32.ChecksumIEEE(index))
+	out = append(out, index...)
+	footer := binary.LittleEndian.AppendUint32(nil, uint32(len(index)/4-1))
+	footer = append(footer, flags...)
+	out = binary.LittleEndian.AppendUint32(out, crc32.ChecksumIEEE(footer))
+	out = append(out, footer...)
+	return append(out, 'Y', 'Z')
+}
+
+// xzFiles are made by xz(1) from xzPayload (go test ./binarycache -run
+// TestXZFiles -update rewrites them); tooBig says the dictionary is over
+// maxXZDict.
+var xzFiles = []struct {
+	name   string
+	args   []string
+	tooBig bool
+}{
+	{"preset6", []string{"-6"}, false}, // what Nix writes
+	{"preset9", []string{"-9"}, false},
+	{"multiblock", []string{"-6", "-T2", "--block-size=16KiB"}, false},
+	{"sha256", []string{"-0", "--check=sha256"}, false},
+	{"crc32", []string{"-1", "--check=crc32"}, false},
+	{"nocheck", []string{"-1", "--check=none"}, false},
+	{"dict256m", []string{"--lzma2=dict=256MiB"}, true},
+}
+
+func readXZFile(t testing.TB, name string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("testdata", "xz", name+".xz"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func TestXZFiles(t *testing.T) {
+	if !*update {
+		t.Skip("only with -update: rewrites testdata/xz with xz(1)")
+	}
+	if _, err := exec.LookPath("xz"); err != nil {
+		t.Fatal("-update needs xz(1)")
+	}
+	for _, f := range xzFiles {
+		cmd := exec.Command("xz", append([]string{"-c"}, f.args...)...)
+		cmd.Stdin = bytes.NewReader(xzPayload())
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("xz %s: %v", strings.Join(f.args, " "), err)
+		}
+		write(t, filepath.Join("testdata", "xz", f.name+".xz"), out)
+	}
+}
+
+// guardAll passes data through an xzGuard, in reads of the sizes r
+// gives.
+func guardAll(data []byte, split func(io.Reader) io.Reader) ([]byte, error) {
+	return io.ReadAll(newXZGuard(split(bytes.NewReader(data)), "test.xz", maxXZDict))
+}
+
+// decodeGuarded decompresses data as NarFromPath does, returning at most
+// limit bytes.
+func decodeGuarded(data []byte, split func(io.Reader) io.Reader, limit int64) ([]byte, error) {
+	d, err := xz.NewReader(bufio.NewReaderSize(newXZGuard(split(bytes.NewReader(data)), "test.xz", maxXZDict), 64<<10))
+	if err != nil {
+		return nil, err
+	}
+	return io.ReadAll(io.LimitReader(d, limit))
+}
+
+var splits = map[string]func(io.Reader) io.Reader{
+	"whole":   func(r io.Reader) io.Reader { return r },
+	"bytes":   iotest.OneByteReader,
+	"halves":  iotest.HalfReader,
+	"7-bytes": func(r io.Reader) io.Reader { return bufio.NewReaderSize(iotest.OneByteReader(r), 16) },
+}
+
+// ulikunitzXZ is payload as ulikunitz/xz writes it: blocks without sizes in
+// their headers, several LZMA2 chunks each.
+func ulikunitzXZ(t testing.TB, payload []byte) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	w, err := xz.WriterConfig{BlockSize: 1 << 20}.NewWriter(&buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Write(payload); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+func TestXZGuardAccepts(t *testing.T) {
+	payload := xzPayload()
+	big := bytes.Repeat(payload, 24) // 3.3 MB: blocks of several chunks
+	tests := []struct {
+		name    string
+		file    []byte
+		payload []byte
+	}{
+		{"two streams with padding", append(append(readXZFile(t, "preset6"), 0, 0, 0, 0, 0, 0, 0, 0), readXZFile(t, "multiblock")...), append(append([]byte(nil), payload...), payload...)},
+		{"ulikunitz", ulikunitzXZ(t, big), big},
+		{"stored chunks", xzStored(payload, 22), payload},
+		{"stored chunks, 64 MiB", xzStored(payload, 28), payload},
+	}
+	for _, f := range xzFiles {
+		if !f.tooBig {
+			tests = append(tests, struct {
+				name    string
+				file    []byte
+				payload []byte
+			}{f.name, readXZFile(t, f.name), payload})
+		}
+	}
+	for _, tt := range tests {
+		for sname, split := range splits {
+			t.Run(tt.name+"/"+sname, func(t *testing.T) {
+				out, err := guardAll(tt.file, split)
+				if err != nil {
+					t.Fatalf("guard: %v", err)
+				}
+				if !bytes.Equal(out, tt.file) {
+					t.Fatal("the guard changed the bytes")
+				}
+				got, err := decodeGuarded(tt.file, split, 1<<30)
+				if err != nil {
+					t.Fatalf("decode: %v", err)
+				}
+				if !bytes.Equal(got, tt.payload) {
+					t.Fatalf("decoded %d bytes, not the payload (%d bytes)", len(got), len(tt.payload))
+				}
+			})
+		}
+	}
+}
+
+// xzBlockHeaders are the offsets of the block headers of a single-stream
+// file whose blocks all have their compressed size in the header (as xz -T
+// writes them), or only one block.
+func xzBlockHeaders(t testing.TB, file []byte) []int {
+	t.Helper()
+	check := int(xzCheckSizes[file[7]&0xf])
+	var offs []int
+	for off := 12; file[off] != 0; {
+		offs = append(offs, off)
+		hlen := (int(file[off]) + 1) * 4
+		if file[off+1]&0x40 == 0 {
+			break
+		}
+		size, n := binary.Uvarint(file[off+2:])
+		if n <= 0 {
+			t.Fatal("bad compressed size")
+		}
+		blen := hlen + int(size)
+		off += blen + (4-blen%4)%4 + check
+	}
+	return offs
+}
+
+// setXZDict is file with the LZMA2 properties byte of the block header at
+// off set to props, and that header's CRC32 fixed up.
+func setXZDict(t testing.TB, file []byte, off int, props byte) []byte {
+	t.Helper()
+	out := bytes.Clone(file)
+	hlen := (int(out[off]) + 1) * 4
+	h := out[off : off+hlen]
+	pos := 2
+	for _, present := range []bool{h[1]&0x40 != 0, h[1]&0x80 != 0} {
+		if present {
+			_, n := binary.Uvarint(h[pos:])
+			pos += n
+		}
+	}
+	if h[pos] != 0x21 || h[pos+1] != 1 {
+		t.Fatalf("block header at %d: %x: not a lone LZMA2 filter", off, h)
+	}
+	h[pos+2] = props
+	binary.LittleEndian.PutUint32(h[hlen-4:], crc32.ChecksumIEEE(h[:hlen-4]))
+	return out
+}
+
+func TestLZMA2Dict(t *testing.T) {
+	for _, tt := range []struct {
+		props byte
+		want  uint64
+	}{{0, 4 << 10}, {1, 6 << 10}, {18, 2 << 20}, {22, 8 << 20}, {28, 64 << 20}, {29, 96 << 20}, {36, 1 << 30}, {39, 3 << 30}, {40, 1<<32 - 1}} {
+		if got := lzma2Dict(tt.props); got != tt.want {
+			t.Errorf("lzma2Dict(%d) = %d, want %d", tt.props, got, tt.want)
+		}
+	}
+}
+
+func TestXZGuardRefuses(t *testing.T) {
+	preset6 := readXZFile(t, "preset6")
+	multi := readXZFile(t, "multiblock")
+	hdrs := xzBlockHeaders(t, multi)
+	if len(hdrs) < 3 {
+		t.Fatalf("multiblock.xz has %d blocks, want several", len(hdrs))
+	}
+	hdr := hdrs[0]
+	payload := xzPayload()
+	tests := []struct {
+		name string
+		file []byte
+		want string // in the error
+	}{
+		{"xz --lzma2=dict=256MiB", readXZFile(t, "dict256m"), "LZMA2 dictionary of 268435456 bytes, more than the 67108864 bytes allowed"},
+		{"1 GiB", setXZDict(t, preset6, 12, 36), "dictionary of 1073741824 bytes"},
+		{"4 GiB", setXZDict(t, preset6, 12, 40), "dictionary of 4294967295 bytes"},
+		{"96 MiB", setXZDict(t, preset6, 12, 29), "dictionary of 100663296 bytes"},
+		{"third block 1 GiB", setXZDict(t, multi, hdrs[2], 36), "dictionary of 1073741824 bytes"},
+		{"stored chunks, 1 GiB", xzStored(payload, 36), "dictionary of 1073741824 bytes"},
+		{"props 41", setXZDict(t, preset6, 12, 41), "bad LZMA2 filter properties"},
+		{"header CRC", func() []byte { b := bytes.Clone(preset6); b[12+4]++; return b }(), "block header CRC32"},
+		{"empty", nil, "ends inside a stream"},
+		{"not xz", []byte("hello, this is not an xz file at all"), "no stream header magic"},
+		{"garbage after", append(bytes.Clone(preset6), 1, 2, 3, 4), "data after a stream"},
+		{"odd padding", append(bytes.Clone(preset6), 0, 0, 0), "ends inside a stream"},
+		{"index count", func() []byte {
+			b := bytes.Clone(multi)
+			// The index follows the last block; its record count is
+			// its second byte.
+			i := len(b) - 12 - int(binary.LittleEndian.Uint32(b[len(b)-8:])+1)*4
+			b[i+1]++
+			return b
+		}(), "the index lists"},
+		{"first block header of multiblock", setXZDict(t, multi, hdr, 30), "dictionary of 134217728 bytes"},
+	}
+	for _, tt := range tests {
+		for sname, split := range splits {
+			t.Run(tt.name+"/"+sname, func(t *testing.T) {
+				_, err := guardAll(tt.file, split)
+				if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), tt.want) {
+					t.Fatalf("guard: %v, want ErrCorrupt and %q", err, tt.want)
+				}
+				_, err = decodeGuarded(tt.file, split, 1<<30)
+				if err == nil {
+					t.Fatal("decode: no error")
+				}
+			})
+		}
+	}
+}
+
+func TestXZGuardTruncated(t *testing.T) {
+	for _, name := range []string{"multiblock", "sha256", "nocheck"} {
+		file := readXZFile(t, name)
+		for n := range len(file) {
+			if _, err := guardAll(file[:n], splits["whole"]); !errors.Is(err, ErrCorrupt) {
+				t.Fatalf("%s cut to %d of %d bytes: %v, want ErrCorrupt", name, n, len(file), err)
+			}
+		}
+	}
+}
+
+// TestXZDictAllocation checks that NarFromPath refuses an xz file whose
+// header asks for 1 GiB before the decoder allocates it.
+func TestXZDictAllocation(t *testing.T) {
+	sk, pk := keypair(t, "cache-1")
+	dir := t.TempDir()
+	payload := xzPayload()
+	e := &entry{path: helloPath, nar: payload, signers: []signature.SecretKey{sk},
+		file: setXZDict(t, readXZFile(t, "preset6"), 12, 36),
+		narinfo: func(s string) string {
+			return strings.Replace(dropFileFields(s), "Compression: none", "Compression: xz", 1)
+		}}
+	writeCache(t, dir, e)
+	c := open(t, "file://"+dir, Options{TrustedKeys: []signature.PublicKey{pk}})
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	_, err := readNAR(context.Background(), c, helloPath)
+	runtime.ReadMemStats(&after)
+	if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "dictionary of 1073741824 bytes") {
+		t.Fatalf("read: %v, want ErrCorrupt naming the dictionary", err)
+	}
+	if n := after.TotalAlloc - before.TotalAlloc; n > 16<<20 {
+		t.Fatalf("allocated %d bytes for a refused 1 GiB dictionary", n)
+	} else {
+		t.Logf("allocated %d bytes", n)
+	}
+}
+
+// xzFuzzSeeds are the testdata/xz files and broken variants of them.
+func xzFuzzSeeds(t testing.TB) map[string][]byte {
+	seeds := map[string][]byte{}
+	for _, f := range xzFiles {
+		if f.name == "preset6" || f.name == "multiblock" || f.name == "nocheck" || f.name == "dict256m" {
+			seeds[f.name] = readXZFile(t, f.name)
+		}
+	}
+	seeds["1gib"] = setXZDict(t, seeds["preset6"], 12, 36)
+	seeds["truncated"] = seeds["multiblock"][:len(seeds["multiblock"])/2]
+	seeds["two-streams"] = append(append(bytes.Clone(seeds["nocheck"]), 0, 0, 0, 0), seeds["nocheck"]...)
+	seeds["stored"] = xzStored([]byte("stored chunks"), 22)
+	seeds["empty"] = nil
+	return seeds
+}
+
+// FuzzXZGuard feeds arbitrary files to the guard, and to the decoder
+// behind it. Neither may panic; the guard must not change the bytes, must
+// reach the same verdict however the reads are split, and must fail only
+// with ErrCorrupt.
+func FuzzXZGuard(f *testing.F) {
+	for _, s := range xzFuzzSeeds(f) {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		out, err := guardAll(data, splits["whole"])
+		if err != nil && !errors.Is(err, ErrCorrupt) {
+			t.Fatalf("guard: %v, want ErrCorrupt", err)
+		}
+		if err == nil && !bytes.Equal(out, data) {
+			t.Fatal("the guard changed the bytes")
+		}
+		_, err1 := guardAll(data, splits["bytes"])
+		if fmt.Sprint(err) != fmt.Sprint(err1) {
+			t.Fatalf("whole reads: %v; byte reads: %v", err, err1)
+		}
+		decodeGuarded(data, splits["whole"], 16<<20)
+	})
+}
+
+func TestXZFuzzSeeds(t *testing.T) {
+	fuzzseed.Check(t, "FuzzXZGuard", xzFuzzSeeds(t), *update, "go test ./binarycache -run TestXZFuzzSeeds -update")
+}
