@@ -30,6 +30,8 @@ type Destination interface {
 	// Get returns a small file (at most 1 MiB), or an error wrapping
 	// fs.ErrNotExist when the key is absent.
 	Get(ctx context.Context, key string) ([]byte, error)
+	// Exists reports whether key is there.
+	Exists(ctx context.Context, key string) (bool, error)
 	// Put writes data under key, replacing what was there.
 	Put(ctx context.Context, key, contentType string, data []byte) error
 	// Spool returns an empty temporary file to write a NAR into, and a
@@ -122,6 +124,21 @@ func (d *fileDest) Get(_ context.Context, key string) ([]byte, error) {
 	}
 	defer f.Close()
 	return readSmall(f, name)
+}
+
+func (d *fileDest) Exists(_ context.Context, key string) (bool, error) {
+	name, err := d.file(key)
+	if err != nil {
+		return false, err
+	}
+	switch _, err := os.Lstat(name); {
+	case err == nil:
+		return true, nil
+	case errors.Is(err, fs.ErrNotExist):
+		return false, nil
+	default:
+		return false, err
+	}
 }
 
 func readSmall(r io.Reader, where string) ([]byte, error) {
@@ -315,8 +332,7 @@ func (d *s3Dest) Get(ctx context.Context, key string) ([]byte, error) {
 		obj.Close()
 	}
 	if err != nil {
-		resp := minio.ToErrorResponse(err)
-		if resp.Code == minio.NoSuchKey || resp.StatusCode == http.StatusNotFound && resp.Code != minio.NoSuchBucket {
+		if absent(err) {
 			return nil, fmt.Errorf("%s: %w", d.Where(key), fs.ErrNotExist)
 		}
 		return nil, fmt.Errorf("get %s: %w", d.Where(key), err)
@@ -325,6 +341,33 @@ func (d *s3Dest) Get(ctx context.Context, key string) ([]byte, error) {
 		return nil, fmt.Errorf("get %s: larger than %d bytes", d.Where(key), maxSmallFile)
 	}
 	return data, nil
+}
+
+// absent reports whether err says that an object is missing. Without
+// s3:ListBucket, S3 answers 403 AccessDenied rather than 404 for a missing
+// key, so that is taken as missing too: at worst an object is written
+// again, and a key that truly cannot be read fails when written.
+func absent(err error) bool {
+	resp := minio.ToErrorResponse(err)
+	switch {
+	case resp.Code == minio.NoSuchBucket:
+		return false
+	case resp.Code == minio.NoSuchKey, resp.Code == minio.AccessDenied:
+		return true
+	}
+	// Other 403 codes (a bad signature, an unknown access key) are errors.
+	return resp.StatusCode == http.StatusNotFound
+}
+
+func (d *s3Dest) Exists(ctx context.Context, key string) (bool, error) {
+	_, err := d.client.StatObject(ctx, d.bucket, key, minio.StatObjectOptions{})
+	switch {
+	case err == nil:
+		return true, nil
+	case absent(err):
+		return false, nil
+	}
+	return false, fmt.Errorf("stat %s: %w", d.Where(key), err)
 }
 
 func (d *s3Dest) Put(ctx context.Context, key, contentType string, data []byte) error {
@@ -345,10 +388,10 @@ func (d *s3Dest) Spool() (*os.File, func(), error) {
 
 func (d *s3Dest) Commit(ctx context.Context, key, contentType string, f *os.File, size int64) error {
 	defer func() { f.Close(); os.Remove(f.Name()) }()
-	if _, err := d.client.StatObject(ctx, d.bucket, key, minio.StatObjectOptions{}); err == nil {
+	if ok, err := d.Exists(ctx, key); err != nil {
+		return err
+	} else if ok {
 		return nil // named by its content: already there
-	} else if resp := minio.ToErrorResponse(err); resp.Code != minio.NoSuchKey && resp.StatusCode != http.StatusNotFound {
-		return fmt.Errorf("stat %s: %w", d.Where(key), err)
 	}
 	if _, err := f.Seek(0, io.SeekStart); err != nil {
 		return err

@@ -10,8 +10,11 @@ import (
 	"hash"
 	"io"
 	"io/fs"
+	"maps"
 	"path"
+	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -76,8 +79,13 @@ type Result struct {
 }
 
 // Publish writes every path of src.ValidPaths into dst with its NAR and
-// narinfo, and nix-cache-info if absent. A path that fails does not stop
-// the others: it is in Result.Failed, and src.Problems in
+// narinfo, and nix-cache-info if absent. Like nix copy --to, it keeps the
+// cache closed under references: a path's narinfo is written only once
+// the narinfos of all its references are there, so a client never finds
+// a path whose references it cannot fetch, even after an interrupted run.
+// NARs are still written Jobs at once, in any order; only the small
+// narinfos wait. A path that fails does not stop the others: it is in
+// Result.Failed, with every path that references it, and src.Problems in
 // Result.Problems. The error is for a run that could not start (a
 // destination that is another cache, an unreadable source) or was
 // interrupted.
@@ -105,8 +113,11 @@ func Publish(ctx context.Context, src Source, dst Destination, opts Options) (*R
 	if err != nil {
 		return nil, err
 	}
-	res := &Result{Total: len(paths), Failed: make(map[string]error)}
-	var mu sync.Mutex
+	s := &scheduler{ctx: ctx, dst: dst, done: opts.Done, nodes: make(map[string]*node, len(paths)),
+		res: &Result{Total: len(paths), Failed: make(map[string]error)}}
+	for _, p := range paths {
+		s.nodes[p] = &node{path: p}
+	}
 	if opts.Start != nil {
 		opts.Start(len(paths))
 	}
@@ -117,34 +128,208 @@ func Publish(ctx context.Context, src Source, dst Destination, opts Options) (*R
 			break
 		}
 		g.Go(func() error {
-			w, err := publishPath(ctx, src, dst, opts, p)
-			mu.Lock()
-			defer mu.Unlock()
-			switch {
-			case err != nil:
-				if ctx.Err() == nil {
-					res.Failed[p] = err
-				}
-			case w.skipped:
-				res.Skipped++
-			default:
-				res.Published++
-				res.NarBytes += w.narSize
-				res.FileBytes += w.fileSize
-			}
-			if opts.Done != nil {
-				opts.Done(w.narSize)
-			}
+			prep, err := publishPath(ctx, src, dst, opts, p, s.blocked)
+			s.finish(p, prep, err)
 			return nil
 		})
 	}
 	g.Wait()
 	if err := ctx.Err(); err != nil {
-		return nil, fmt.Errorf("interrupted after %d of %d paths: %w", res.Published+res.Skipped, len(paths), err)
+		return nil, fmt.Errorf("interrupted after %d of %d paths: %w", s.res.Published+s.res.Skipped, len(paths), err)
 	}
-	res.Problems = src.Problems(ctx)
-	res.Elapsed = time.Since(start)
-	return res, nil
+	s.failStuck()
+	s.res.Problems = src.Problems(ctx)
+	s.res.Elapsed = time.Since(start)
+	return s.res, nil
+}
+
+// nodeState is where a path is in a run.
+type nodeState int
+
+const (
+	running nodeState = iota // its NAR is being written, or it waits for a job
+	waiting                  // its NAR is written; its narinfo waits for references
+	present                  // its narinfo is in the destination
+	failed                   // it is not published
+)
+
+// node is one path of a run. Only the narinfo of a waiting path is held in
+// memory, never a NAR.
+type node struct {
+	path    string
+	state   nodeState
+	missing int     // references not yet present, while waiting
+	waiters []*node // waiting paths that reference this one
+	prep    prepared
+}
+
+// scheduler commits narinfos in dependency order as the paths' NARs are
+// written.
+type scheduler struct {
+	ctx   context.Context
+	dst   Destination
+	done  func(narSize uint64)
+	mu    sync.Mutex
+	nodes map[string]*node
+	res   *Result
+}
+
+// blocked returns why a path with these references cannot be published
+// whatever its own NAR does, so that no NAR is written for nothing; nil
+// when it may be.
+func (s *scheduler) blocked(p string, refs []string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, r := range refs {
+		if err := s.refErr(p, r); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// refErr says why reference r keeps p from being published, if it does.
+func (s *scheduler) refErr(p, r string) error {
+	if r == p {
+		return nil
+	}
+	n := s.nodes[r]
+	switch {
+	case n == nil:
+		return fmt.Errorf("not published: its reference %s cannot be served", r)
+	case n.state == failed:
+		return fmt.Errorf("not published: its reference %s failed", r)
+	}
+	return nil
+}
+
+// finish records the outcome of a path's job, and writes every narinfo
+// that no longer waits for a reference.
+func (s *scheduler) finish(p string, prep prepared, err error) {
+	s.mu.Lock()
+	n := s.nodes[p]
+	var ready []*node
+	switch {
+	case err != nil:
+		// A path that was interrupted is neither failed nor published.
+		if s.ctx.Err() == nil {
+			s.fail(n, err)
+		}
+	case prep.skipped:
+		n.state = present
+		s.res.Skipped++
+		s.report(0)
+		ready = s.release(n, ready)
+	default:
+		n.prep, n.state = prep, waiting
+		for _, r := range prep.refs {
+			if err := s.refErr(p, r); err != nil {
+				s.fail(n, err)
+				break
+			}
+			if ref := s.nodes[r]; r != p && ref.state != present {
+				n.missing++
+				ref.waiters = append(ref.waiters, n)
+			}
+		}
+		if n.state == waiting && n.missing == 0 {
+			ready = append(ready, n)
+		}
+	}
+	s.mu.Unlock()
+	s.commit(ready)
+}
+
+// commit writes the narinfos of ready paths, and of the paths that were
+// waiting only for them, one after the other.
+func (s *scheduler) commit(ready []*node) {
+	for len(ready) > 0 {
+		n := ready[0]
+		ready = ready[1:]
+		// After an interruption nothing more is written: what is there
+		// is closed under references, and the rest waits for a next run.
+		if s.ctx.Err() != nil {
+			return
+		}
+		err := s.dst.Put(s.ctx, n.prep.infoKey, "text/x-nix-narinfo", n.prep.narinfo)
+		s.mu.Lock()
+		if err != nil {
+			s.fail(n, fmt.Errorf("%s: %w", n.path, err))
+		} else {
+			n.state = present
+			s.res.Published++
+			s.res.NarBytes += n.prep.narSize
+			s.res.FileBytes += n.prep.fileSize
+			s.report(n.prep.narSize)
+			ready = s.release(n, ready)
+		}
+		n.prep.narinfo = nil
+		s.mu.Unlock()
+	}
+}
+
+// release tells the paths waiting for n that it is present, and appends
+// those that wait for nothing else to ready. s.mu is held.
+func (s *scheduler) release(n *node, ready []*node) []*node {
+	for _, w := range n.waiters {
+		if w.state != waiting {
+			continue
+		}
+		w.missing--
+		if w.missing == 0 {
+			ready = append(ready, w)
+		}
+	}
+	n.waiters = nil
+	return ready
+}
+
+// fail records that n is not published, and neither is any path waiting
+// for it. s.mu is held.
+func (s *scheduler) fail(n *node, err error) {
+	for todo := []failure{{n, err}}; len(todo) > 0; {
+		f := todo[len(todo)-1]
+		todo = todo[:len(todo)-1]
+		if f.n.state == failed || f.n.state == present {
+			continue
+		}
+		f.n.state = failed
+		f.n.prep.narinfo = nil
+		s.res.Failed[f.n.path] = f.err
+		s.report(0)
+		for _, w := range f.n.waiters {
+			todo = append(todo, failure{w, fmt.Errorf("not published: its reference %s failed", f.n.path)})
+		}
+		f.n.waiters = nil
+	}
+}
+
+type failure struct {
+	n   *node
+	err error
+}
+
+// failStuck fails the paths still waiting once every job is done: their
+// references form a cycle, which a valid store never has.
+func (s *scheduler) failStuck() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	// Every path waiting for a stuck one is stuck itself: each is named
+	// for the cycle, not for the path it waits for.
+	for _, p := range slices.Sorted(maps.Keys(s.nodes)) {
+		if n := s.nodes[p]; n.state == waiting {
+			n.state, n.prep.narinfo, n.waiters = failed, nil, nil
+			s.res.Failed[p] = errors.New("not published: its references form a cycle")
+			s.report(0)
+		}
+	}
+}
+
+// report calls Options.Done; s.mu is held, which serialises the calls.
+func (s *scheduler) report(narSize uint64) {
+	if s.done != nil {
+		s.done(narSize)
+	}
 }
 
 // cacheInfo is the nix-cache-info this package writes.
@@ -153,8 +338,12 @@ func cacheInfo(priority int) string {
 }
 
 // writeCacheInfo writes nix-cache-info unless the destination has one.
-// One with other settings belongs to another cache, or was written with
-// another priority: refused rather than overwritten.
+// An existing one is kept as it is, unless it conflicts with this publish:
+// one for another store directory, or with another explicit Priority,
+// belongs to another cache or was written with another --priority, and
+// is refused rather than overwritten. A field it leaves out takes Nix's
+// default (see cacheSettings) and conflicts with nothing: nix copy --to
+// writes only StoreDir, and such a cache is published into as it is.
 func writeCacheInfo(ctx context.Context, dst Destination, priority int) error {
 	want := cacheInfo(priority)
 	have, err := dst.Get(ctx, "nix-cache-info")
@@ -164,80 +353,108 @@ func writeCacheInfo(ctx context.Context, dst Destination, priority int) error {
 	case err != nil:
 		return fmt.Errorf("read nix-cache-info: %w", err)
 	}
-	if sameCacheInfo(string(have), want) {
-		return nil
+	got, err := parseCacheInfo(string(have))
+	if err != nil {
+		return fmt.Errorf("%s: %w", dst.Where("nix-cache-info"), err)
 	}
-	return fmt.Errorf("%s holds other settings than this publish would write (%q, not %q); publish to another destination, or give the --priority it has",
-		dst.Where("nix-cache-info"), strings.TrimSpace(string(have)), strings.TrimSpace(want))
+	if got.storeDir != "/nix/store" {
+		return fmt.Errorf("%s is for store %s, not /nix/store: publish to another destination",
+			dst.Where("nix-cache-info"), got.storeDir)
+	}
+	if got.priorityGiven && got.priority != priority {
+		return fmt.Errorf("%s holds other settings than this publish would write (Priority: %d, not %d): give --priority %d to publish into this cache, or publish to another destination",
+			dst.Where("nix-cache-info"), got.priority, priority, got.priority)
+	}
+	return nil
 }
 
-// sameCacheInfo compares two nix-cache-info files by their fields, so that
-// a file written by another tool with the same settings is accepted.
-func sameCacheInfo(a, b string) bool {
-	fields := func(s string) map[string]string {
-		m := map[string]string{}
-		for line := range strings.Lines(s) {
-			k, v, ok := strings.Cut(strings.TrimSpace(line), ":")
-			if ok {
-				m[strings.TrimSpace(k)] = strings.TrimSpace(v)
+// cacheSettings are the fields of a nix-cache-info that can conflict. A
+// missing field has the default Nix's BinaryCacheStore gives it: StoreDir
+// is not checked (the client's store, /nix/store here), and Priority is
+// the store setting's default, 0. WantMassQuery (default false) is a hint
+// to clients and never conflicts.
+type cacheSettings struct {
+	storeDir      string
+	priority      int
+	priorityGiven bool
+}
+
+// parseCacheInfo reads a nix-cache-info as Nix does: "Key: value" lines,
+// values trimmed, other lines and unknown keys ignored.
+func parseCacheInfo(s string) (cacheSettings, error) {
+	c := cacheSettings{storeDir: "/nix/store"}
+	for line := range strings.Lines(s) {
+		k, v, ok := strings.Cut(line, ":")
+		if !ok {
+			continue
+		}
+		v = strings.TrimSpace(v)
+		switch strings.TrimSpace(k) {
+		case "StoreDir":
+			c.storeDir = v
+		case "Priority":
+			n, err := strconv.Atoi(v)
+			if err != nil {
+				return c, fmt.Errorf("field Priority: %q is not a number", v)
 			}
-		}
-		return m
-	}
-	fa, fb := fields(a), fields(b)
-	if len(fa) != len(fb) {
-		return false
-	}
-	for k, v := range fa {
-		if fb[k] != v {
-			return false
+			c.priority, c.priorityGiven = n, true
 		}
 	}
-	return true
+	return c, nil
 }
 
-type written struct {
+// prepared is a path whose NAR is written, with the narinfo to write once
+// its references are present; or a path already published.
+type prepared struct {
 	skipped           bool
+	infoKey           string
+	narinfo           []byte
+	refs              []string
 	narSize, fileSize uint64
 }
 
 // hashPart is the part of a store path a narinfo is named by.
 func hashPart(p string) string { return strings.TrimPrefix(p, "/nix/store/")[:32] }
 
-// publishPath writes one path: its NAR, then its narinfo.
-func publishPath(ctx context.Context, src Source, dst Destination, opts Options, p string) (written, error) {
+// publishPath writes one path's NAR and returns its narinfo, unless the
+// path is published already or blocked (see scheduler.blocked) by its
+// references.
+func publishPath(ctx context.Context, src Source, dst Destination, opts Options, p string, blocked func(p string, refs []string) error) (prepared, error) {
 	// A job that was waiting for its turn when the run was interrupted
 	// must not start writing.
 	if err := ctx.Err(); err != nil {
-		return written{}, err
+		return prepared{}, err
 	}
 	info, err := src.QueryPathInfo(ctx, p)
 	if err != nil {
-		return written{}, err
+		return prepared{}, err
 	}
 	if info == nil {
-		return written{}, fmt.Errorf("%s: the source does not serve it", p)
+		return prepared{}, fmt.Errorf("%s: the source does not serve it", p)
 	}
 	sigs, err := parseSigs(info)
 	if err != nil {
-		return written{}, err
+		return prepared{}, err
 	}
 	fp := info.Fingerprint()
 	if !signedBy(opts.Key, fp, sigs) {
-		return written{}, fmt.Errorf("%s: its path info is not signed by %s", p, opts.Key.Name)
+		return prepared{}, fmt.Errorf("%s: its path info is not signed by %s", p, opts.Key.Name)
 	}
 	infoKey := hashPart(p) + ".narinfo"
 	published, err := alreadyPublished(ctx, dst, infoKey, opts.Key, fp)
 	if err != nil {
-		return written{}, err
+		return prepared{}, err
 	}
 	if published {
-		return written{skipped: true}, nil
+		return prepared{skipped: true}, nil
+	}
+	if err := blocked(p, info.References); err != nil {
+		return prepared{}, err
 	}
 
 	narKey, fileHash, fileSize, err := writeNar(ctx, src, dst, opts.Compression, info)
 	if err != nil {
-		return written{}, err
+		return prepared{}, err
 	}
 	ni := &narinfo.NarInfo{
 		StorePath:   info.Path,
@@ -257,10 +474,7 @@ func publishPath(ctx context.Context, src Source, dst Destination, opts Options,
 	if info.Deriver != "" {
 		ni.Deriver = path.Base(info.Deriver)
 	}
-	if err := dst.Put(ctx, infoKey, "text/x-nix-narinfo", []byte(ni.String())); err != nil {
-		return written{}, fmt.Errorf("%s: %w", p, err)
-	}
-	return written{narSize: info.NarSize, fileSize: fileSize}, nil
+	return prepared{infoKey: infoKey, narinfo: []byte(ni.String()), refs: info.References, narSize: info.NarSize, fileSize: fileSize}, nil
 }
 
 func parseSigs(info *pathinfo.PathInfo) ([]signature.Signature, error) {
@@ -286,11 +500,12 @@ func signedBy(key signature.PublicKey, fingerprint string, sigs []signature.Sign
 
 // narinfoFields are the fields read back from a published narinfo; any
 // other line (a field another tool added) is ignored, as Nix does.
-var narinfoFields = []string{"StorePath", "NarHash", "NarSize", "References", "Sig"}
+var narinfoFields = []string{"StorePath", "URL", "NarHash", "NarSize", "References", "Sig"}
 
 // alreadyPublished reports whether the destination's narinfo for key is
-// signed by key over fingerprint. A narinfo that cannot be parsed, or is
-// not ours, is replaced.
+// signed by key over fingerprint and the NAR file it names is there. A
+// narinfo that cannot be parsed, or is not ours, is replaced; so is one
+// whose NAR was deleted, which would otherwise never be repaired.
 func alreadyPublished(ctx context.Context, dst Destination, infoKey string, key signature.PublicKey, fingerprint string) (bool, error) {
 	data, err := dst.Get(ctx, infoKey)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -312,7 +527,19 @@ func alreadyPublished(ctx context.Context, dst Destination, infoKey string, key 
 	if err != nil || ni.NarHash == nil {
 		return false, nil
 	}
-	return ni.Fingerprint() == fingerprint && signedBy(key, fingerprint, ni.Signatures), nil
+	if ni.Fingerprint() != fingerprint || !signedBy(key, fingerprint, ni.Signatures) {
+		return false, nil
+	}
+	// A URL this package would not write (absolute, or leaving the
+	// cache) is not checked: the path is written again.
+	if !fs.ValidPath(ni.URL) || !strings.HasPrefix(ni.URL, "nar/") {
+		return false, nil
+	}
+	ok, err := dst.Exists(ctx, ni.URL)
+	if err != nil {
+		return false, fmt.Errorf("%s: %w", infoKey, err)
+	}
+	return ok, nil
 }
 
 // extensions of the NAR files, by compression, as Nix names them.

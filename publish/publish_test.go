@@ -28,7 +28,9 @@ import (
 const (
 	appPath = "/nix/store/0f7jqcwv2hb0akd1lhd8rbm1wsc0qhkm-app"
 	libPath = "/nix/store/1g9rsgy1mvz4x55y2whgksxa3qcc0ylv-lib"
-	caPath  = "/nix/store/2k5sh6rbhz0dlgw2d8kw4bnll2j5xfzb-source"
+	// caPath is the fixed-output path of its NAR (a file "source\n"), so
+	// that a reader checking content addresses believes it.
+	caPath  = "/nix/store/5n3wwms5bzvb3i7p0f5414452fnlm2dl-source"
 	drvPath = "/nix/store/3mrw3pf1n3rd4s1dl6lp3vxxvb3dd8b4-app.drv"
 )
 
@@ -63,7 +65,7 @@ func newSource(t *testing.T, sk signature.SecretKey, upstream signature.SecretKe
 	}
 	add(appPath, nartest.Encode(nartest.Dir(nartest.E("bin", nartest.Dir(nartest.E("app", nartest.Exe(big)))))), []string{appPath, libPath, caPath}, drvPath, "", sk)
 	add(libPath, nartest.Encode(nartest.Reg("lib\n")), nil, "", "", sk)
-	add(caPath, nartest.Encode(nartest.Reg("source\n")), nil, "", "fixed:r:sha256:1b8m03r63zqhnjf7l5wnldhh7c134ap5vpj0850ymkq1iyzicy5s", upstream, sk)
+	add(caPath, nartest.Encode(nartest.Reg("source\n")), nil, "", "fixed:r:sha256:1fh8i0lz2kr7w0mfxsr9py36j1xc43kj3gvk529dj1qq8jxfy0sb", upstream, sk)
 	return s
 }
 
@@ -274,48 +276,110 @@ func TestPublishReplaces(t *testing.T) {
 	}
 }
 
+// resign signs p's path info again with sk, after a change to it.
+func (s *fakeSource) resign(t *testing.T, p string, sk signature.SecretKey) {
+	t.Helper()
+	sig, err := s.infos[p].Sign(sk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.infos[p].Sigs = []string{sig}
+}
+
 // TestPublishFailures: a path that fails is reported and leaves nothing
-// behind; the others are published; problems of the source are passed on.
+// behind, and so is every path that references it, so that the cache
+// stays closed under references; the others are published; problems of
+// the source are passed on.
 func TestPublishFailures(t *testing.T) {
 	sk, pk := keypair(t, "decross-test-1")
 	upSK, _ := keypair(t, "upstream-1")
 	otherSK, _ := keypair(t, "other-1")
+	const leaky = "/nix/store/4a1dmbj8k0vnr3s2f7xyzqhsc6w2z5a0-leaky"
 	tests := []struct {
 		name   string
 		break_ func(*fakeSource)
-		want   string
+		failed map[string]string // path -> what its error says
+		total  int
 	}{
-		{"corrupt NAR", func(s *fakeSource) { s.corrupt[libPath] = true }, "NAR does not match its path info"},
-		{"not signed by the key", func(s *fakeSource) {
-			sig, err := s.infos[libPath].Sign(otherSK)
-			if err != nil {
-				t.Fatal(err)
-			}
-			s.infos[libPath].Sigs = []string{sig}
-		}, "not signed by decross-test-1"},
+		{"corrupt NAR", func(s *fakeSource) { s.corrupt[libPath] = true }, map[string]string{
+			libPath: "NAR does not match its path info",
+			appPath: "not published: its reference " + libPath + " failed",
+		}, 3},
+		{"not signed by the key", func(s *fakeSource) { s.resign(t, libPath, otherSK) }, map[string]string{
+			libPath: "not signed by decross-test-1",
+			appPath: "not published: its reference " + libPath + " failed",
+		}, 3},
+		{"reference cannot be served", func(s *fakeSource) {
+			delete(s.infos, libPath)
+			s.problems[libPath] = errors.New("it leaks a cross path")
+		}, map[string]string{
+			appPath: "not published: its reference " + libPath + " cannot be served",
+		}, 2},
+		{"reference cycle", func(s *fakeSource) {
+			s.infos[libPath].References = []string{appPath}
+			s.resign(t, libPath, sk)
+		}, map[string]string{
+			libPath: "cycle",
+			appPath: "cycle",
+		}, 3},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			dir := t.TempDir()
-			src := newSource(t, sk, upSK)
-			src.problems["/nix/store/4a1dmbj8k0vnr3s2f7xyzqhsc6w2z5a0-leaky"] = errors.New("it leaks a cross path")
-			tt.break_(src)
-			res, err := Publish(t.Context(), src, openFile(t, dir), Options{Key: pk})
-			if err != nil {
-				t.Fatal(err)
+			for _, jobs := range []int{1, 3} {
+				dir := t.TempDir()
+				src := newSource(t, sk, upSK)
+				src.problems[leaky] = errors.New("it leaks a cross path")
+				tt.break_(src)
+				res, err := Publish(t.Context(), src, openFile(t, dir), Options{Key: pk, Jobs: jobs})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if res.Total != tt.total || res.Published != 1 || len(res.Failed) != len(tt.failed) {
+					t.Errorf("jobs %d: %+v, want %d paths, %s published and %d failed", jobs, res, tt.total, caPath, len(tt.failed))
+				}
+				for p, want := range tt.failed {
+					if err := res.Failed[p]; err == nil || !strings.Contains(err.Error(), want) {
+						t.Errorf("jobs %d: %s failed with %v, want %q", jobs, p, err, want)
+					}
+					if _, err := os.Stat(filepath.Join(dir, hashPart(p)+".narinfo")); !errors.Is(err, fs.ErrNotExist) {
+						t.Errorf("jobs %d: narinfo of the failed path %s: %v", jobs, p, err)
+					}
+				}
+				if len(res.Problems) != len(src.problems) {
+					t.Errorf("problems %v, want the source's", res.Problems)
+				}
+				checkCache(t, "file://"+dir, pk, src, caPath)
+				checkClosed(t, dir)
+				checkNoTemp(t, dir)
 			}
-			if res.Published != 2 || len(res.Failed) != 1 || res.Failed[libPath] == nil || !strings.Contains(res.Failed[libPath].Error(), tt.want) {
-				t.Errorf("%+v (failed %v), want 2 published and %s failed with %q", res, res.Failed, libPath, tt.want)
-			}
-			if len(res.Problems) != 1 {
-				t.Errorf("problems %v, want the source's", res.Problems)
-			}
-			if _, err := os.Stat(filepath.Join(dir, hashPart(libPath)+".narinfo")); !errors.Is(err, fs.ErrNotExist) {
-				t.Errorf("narinfo of the failed path: %v", err)
-			}
-			checkCache(t, "file://"+dir, pk, src, appPath, caPath)
-			checkNoTemp(t, dir)
 		})
+	}
+}
+
+// checkClosed fails unless every reference of every narinfo in dir has a
+// narinfo: what nix copy --to guarantees, and clients rely on.
+func checkClosed(t *testing.T, dir string) {
+	t.Helper()
+	infos, err := filepath.Glob(filepath.Join(dir, "*.narinfo"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range infos {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for line := range strings.Lines(string(data)) {
+			refs, ok := strings.CutPrefix(strings.TrimSpace(line), "References:")
+			if !ok {
+				continue
+			}
+			for _, r := range strings.Fields(refs) {
+				if _, err := os.Stat(filepath.Join(dir, r[:32]+".narinfo")); err != nil {
+					t.Errorf("%s references %s, which has no narinfo: %v", filepath.Base(f), r, err)
+				}
+			}
+		}
 	}
 }
 
@@ -360,16 +424,128 @@ func TestPublishInterrupted(t *testing.T) {
 	}
 }
 
-func TestPublishRefusesOtherCacheInfo(t *testing.T) {
+// hookDest lets a test act after a NAR is committed, before Publish goes
+// on with that path.
+type hookDest struct {
+	Destination
+	afterCommit func(ctx context.Context, key string)
+}
+
+func (d *hookDest) Commit(ctx context.Context, key, contentType string, f *os.File, size int64) error {
+	err := d.Destination.Commit(ctx, key, contentType, f, size)
+	d.afterCommit(ctx, key)
+	return err
+}
+
+// TestPublishInterruptedClosed: a run cancelled while a reference's NAR
+// streams, after its referrer's NAR was written, leaves no narinfo whose
+// references have none; the next run completes the cache.
+func TestPublishInterruptedClosed(t *testing.T) {
+	sk, pk := keypair(t, "decross-test-1")
+	upSK, _ := keypair(t, "upstream-1")
+	src := newSource(t, sk, upSK)
+	src.block, src.started = libPath, make(chan struct{})
+	dir := t.TempDir()
+	ctx, cancel := context.WithCancel(t.Context())
+	appNar := make(chan struct{})
+	dst := &hookDest{Destination: openFile(t, dir), afterCommit: func(ctx context.Context, key string) {
+		// Uncompressed, the app's NAR file is known by its size.
+		info, err := os.Stat(filepath.Join(dir, filepath.FromSlash(key)))
+		if err != nil || info.Size() != int64(len(src.nars[appPath])) {
+			return
+		}
+		// The app's NAR is written while the lib's streams. Its narinfo
+		// must wait for the lib's, so the run goes on only once
+		// cancelled: a narinfo written now would reference nothing.
+		<-src.started
+		close(appNar)
+		<-ctx.Done()
+	}}
+	go func() {
+		<-appNar
+		cancel()
+	}()
+	_, err := Publish(ctx, src, dst, Options{Key: pk, Jobs: 3, Compression: "none"})
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("Publish: %v, want it interrupted", err)
+	}
+	for _, p := range []string{appPath, libPath} {
+		if _, err := os.Stat(filepath.Join(dir, hashPart(p)+".narinfo")); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("narinfo of %s: %v", p, err)
+		}
+	}
+	checkClosed(t, dir)
+	checkNoTemp(t, dir)
+
+	src.block = ""
+	res, err := Publish(t.Context(), src, openFile(t, dir), Options{Key: pk, Jobs: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Published+res.Skipped != 3 || len(res.Failed) != 0 {
+		t.Errorf("next run: %+v", res)
+	}
+	checkCache(t, "file://"+dir, pk, src, appPath, libPath, caPath)
+	checkClosed(t, dir)
+}
+
+// TestPublishRepairsMissingNar: a narinfo whose NAR file is gone is not
+// taken as published; the path is written again.
+func TestPublishRepairsMissingNar(t *testing.T) {
+	sk, pk := keypair(t, "decross-test-1")
+	upSK, _ := keypair(t, "upstream-1")
+	src := newSource(t, sk, upSK)
+	dir := t.TempDir()
+	if _, err := Publish(t.Context(), src, openFile(t, dir), Options{Key: pk}); err != nil {
+		t.Fatal(err)
+	}
+	nar := narURL(t, dir, appPath)
+	if err := os.Remove(filepath.Join(dir, filepath.FromSlash(nar))); err != nil {
+		t.Fatal(err)
+	}
+	res, err := Publish(t.Context(), src, openFile(t, dir), Options{Key: pk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Published != 1 || res.Skipped != 2 {
+		t.Errorf("second run: %+v, want the app published again and 2 skipped", res)
+	}
+	checkCache(t, "file://"+dir, pk, src, appPath, libPath, caPath)
+}
+
+// narURL is the URL of p's NAR in its narinfo in dir.
+func narURL(t *testing.T, dir, p string) string {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(dir, hashPart(p)+".narinfo"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for line := range strings.Lines(string(data)) {
+		if u, ok := strings.CutPrefix(strings.TrimSpace(line), "URL: "); ok {
+			return u
+		}
+	}
+	t.Fatalf("narinfo of %s has no URL:\n%s", p, data)
+	return ""
+}
+
+// TestPublishCacheInfo: an existing nix-cache-info is kept as it is; a
+// missing field takes Nix's default and conflicts with nothing (nix copy
+// --to writes only StoreDir); another store or another explicit priority
+// is refused, saying what to do.
+func TestPublishCacheInfo(t *testing.T) {
 	sk, pk := keypair(t, "decross-test-1")
 	upSK, _ := keypair(t, "upstream-1")
 	tests := []struct {
 		name, info string
-		ok         bool
+		want       string // in the error; "" for none
 	}{
-		{"same, another layout", "WantMassQuery: 1\nStoreDir: /nix/store\nPriority: 50\n", true},
-		{"other priority", "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 40\n", false},
-		{"other store", "StoreDir: /gnu/store\nWantMassQuery: 1\nPriority: 50\n", false},
+		{"same, another layout", "WantMassQuery: 1\nStoreDir: /nix/store\nPriority: 50\n", ""},
+		{"as nix copy writes it", "StoreDir: /nix/store\n", ""},
+		{"no mass query", "StoreDir: /nix/store\nWantMassQuery: 0\n", ""},
+		{"other priority", "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 40\n", "give --priority 40"},
+		{"other store", "StoreDir: /gnu/store\nWantMassQuery: 1\nPriority: 50\n", "is for store /gnu/store"},
+		{"bad priority", "StoreDir: /nix/store\nPriority: high\n", `Priority: "high" is not a number`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -378,11 +554,8 @@ func TestPublishRefusesOtherCacheInfo(t *testing.T) {
 				t.Fatal(err)
 			}
 			_, err := Publish(t.Context(), newSource(t, sk, upSK), openFile(t, dir), Options{Key: pk})
-			if tt.ok != (err == nil) {
-				t.Fatalf("Publish: %v", err)
-			}
-			if err != nil && !strings.Contains(err.Error(), "other settings") {
-				t.Errorf("error %q does not say why", err)
+			if (tt.want == "") != (err == nil) || err != nil && !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("Publish: %v, want an error saying %q", err, tt.want)
 			}
 			got, _ := os.ReadFile(filepath.Join(dir, "nix-cache-info"))
 			if string(got) != tt.info {

@@ -3,8 +3,13 @@ package publish
 import (
 	"bytes"
 	"context"
+	"errors"
 	"go/build"
+	"io"
+	"io/fs"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -133,11 +138,82 @@ func TestPublishS3(t *testing.T) {
 			t.Errorf("second run changed %s: %s -> %s", k, v, after[k])
 		}
 	}
+	// A NAR deleted behind the cache's back is written again.
+	data, err := mc.GetObject(t.Context(), "cache", hashPart(libPath)+".narinfo", minio.GetObjectOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ni, err := io.ReadAll(data)
+	data.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rest, _ := strings.Cut(string(ni), "URL: ")
+	nar, _, _ := strings.Cut(rest, "\n")
+	if err := mc.RemoveObject(t.Context(), "cache", nar, minio.RemoveObjectOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if res := publish(); res.Published != 1 || res.Skipped != 2 {
+		t.Errorf("run after removing %s: %+v, want it written again", nar, res)
+	}
+	checkCache(t, url, pk, src, appPath, libPath, caPath)
 	if left, _ := os.ReadDir(spool); len(left) != 0 {
 		t.Errorf("spooled files left behind: %v", left)
 	}
 
 	if _, err := Open(t.Context(), strings.Replace(url, "s3://cache", "s3://missing", 1), spool); err == nil || !strings.Contains(err.Error(), "does not exist") {
 		t.Errorf("Open of a missing bucket: %v", err)
+	}
+}
+
+// TestS3AccessDeniedIsAbsent: without s3:ListBucket, S3 answers a missing
+// key with 403 AccessDenied; Get and Exists take it as missing, while
+// other 403s (a bad signature) stay errors. The server is a stand-in that
+// answers as S3 does.
+func TestS3AccessDeniedIsAbsent(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch {
+		case r.URL.Path == "/cache" || r.URL.Path == "/cache/":
+			w.WriteHeader(http.StatusOK) // the bucket exists
+		case r.URL.Path == "/cache/badsig":
+			w.WriteHeader(http.StatusForbidden)
+			if r.Method == http.MethodGet {
+				io.WriteString(w, `<?xml version="1.0" encoding="UTF-8"?><Error><Code>SignatureDoesNotMatch</Code><Message>no</Message></Error>`)
+			}
+		default:
+			w.WriteHeader(http.StatusForbidden)
+			if r.Method == http.MethodGet {
+				io.WriteString(w, `<?xml version="1.0" encoding="UTF-8"?><Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>`)
+			}
+		}
+	}))
+	t.Cleanup(srv.Close)
+	t.Setenv("AWS_ACCESS_KEY_ID", "access")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "secret-key")
+	dst, err := Open(t.Context(), "s3://cache?endpoint="+srv.URL+"&region=us-east-1", t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dst.Close()
+	tests := []struct {
+		key     string
+		missing bool
+	}{
+		{"nix-cache-info", true},
+		{"nar/0f7jqcwv2hb0akd1lhd8rbm1wsc0qhkm.nar.zst", true},
+		{"badsig", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.key, func(t *testing.T) {
+			_, err := dst.Get(t.Context(), tt.key)
+			if errors.Is(err, fs.ErrNotExist) != tt.missing || err == nil {
+				t.Errorf("Get: %v, want missing %v", err, tt.missing)
+			}
+			ok, err := dst.Exists(t.Context(), tt.key)
+			// A HEAD answer has no body: any 403 reads as AccessDenied.
+			if ok || err != nil {
+				t.Errorf("Exists: %v, %v, want false", ok, err)
+			}
+		})
 	}
 }
