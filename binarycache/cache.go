@@ -293,6 +293,14 @@ func (c *Cache) narInfoByHash(ctx context.Context, hashPart string) (*narinfo.Na
 			return nil, nil, err
 		}
 	}
+	if info.CA != "" {
+		if err := checkCA(info); err != nil {
+			// No signature covers CA: without it the path is still
+			// usable, as an input-addressed one.
+			c.log.Warn("binary cache: ignoring a content address that does not give the store path; the path is treated as input-addressed", "path", info.Path, "reason", err)
+			info.CA = ""
+		}
+	}
 	return ni, info, nil
 }
 

@@ -70,11 +70,12 @@ func TestReadCompressions(t *testing.T) {
 				}
 				want := writeCache(t, dir,
 					&entry{path: helloPath, nar: nar, compression: comp, refs: []string{helloPath, depPath}, deriver: drvPath, signers: []signature.SecretKey{sk}},
-					&entry{path: depPath, nar: helloNAR, compression: comp, ca: "fixed:r:sha256:0i9js3vmxl8f5r005nqnk4w30gs5icxlld97dckc7cnc96f3gmch", signers: []signature.SecretKey{sk}},
+					&entry{path: depPath, nar: helloNAR, compression: comp, signers: []signature.SecretKey{sk}},
+					&entry{path: caPath, nar: helloNAR, compression: comp, ca: caPathCA, signers: []signature.SecretKey{sk}},
 				)
 				c := open(t, serve(t, scheme, dir), Options{TrustedKeys: []signature.PublicKey{pk}})
 				ctx := t.Context()
-				for _, p := range []string{helloPath, depPath} {
+				for _, p := range []string{helloPath, depPath, caPath} {
 					got, err := c.QueryPathInfo(ctx, p)
 					if err != nil {
 						t.Fatal(err)

@@ -93,6 +93,9 @@ func FuzzParseNarInfo(f *testing.F) {
 			}
 		}
 		_ = checkSigs(info, ni.Signatures, keys)
+		if info.CA != "" {
+			_ = checkCA(info)
+		}
 	})
 }
 

@@ -32,6 +32,10 @@ const (
 	depPath   = "/nix/store/1g9rsgy1mvz4x55y2whgksxa3qcc0ylv-dep"
 	otherPath = "/nix/store/2k5sh6rbhz0dlgw2d8kw4bnll2j5xfzb-other"
 	drvPath   = "/nix/store/3mrw3pf1n3rd4s1dl6lp3vxxvb3dd8b4-hello.drv"
+	// caPath and caPathCA are what nix-store --add gives a file named
+	// dep holding "hello from a binary cache\n", whose NAR is helloNAR.
+	caPath   = "/nix/store/blh3qj8gqibsi9hbq436mzr5fpj5sk2v-dep"
+	caPathCA = "fixed:r:sha256:1hm1xxi0d0af48bb8qh303d4lncb4fzmdhmyhvv35ppqi06bg0qc"
 )
 
 // helloNAR is the NAR of testdata/hello.nar.bz2: Go has no bzip2 writer,
