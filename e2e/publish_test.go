@@ -131,6 +131,28 @@ func TestPublish(t *testing.T) {
 		}
 	})
 
+	// Into a cache that nix copy --to started: its nix-cache-info holds
+	// only StoreDir, and is kept as it is.
+	t.Run("nix copy cache", func(t *testing.T) {
+		shared := filepath.Join(t.TempDir(), "shared")
+		if err := nix("copy", "--to", "file://"+shared, main.Cross); err != nil {
+			t.Fatal(err)
+		}
+		info, err := os.ReadFile(filepath.Join(shared, "nix-cache-info"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("nix copy wrote nix-cache-info %q", info)
+		stdout, stderr, err := publish(t, clean, "file://"+shared)
+		if err != nil {
+			t.Fatalf("publish into nix copy's cache (nix-cache-info %q): %v\n%s%s", info, err, stdout, stderr)
+		}
+		if after, err := os.ReadFile(filepath.Join(shared, "nix-cache-info")); err != nil || !bytes.Equal(after, info) {
+			t.Errorf("nix-cache-info %q became %q, %v", info, after, err)
+		}
+		copyAndVerify(t, "file://"+shared)
+	})
+
 	// On a terminal, a progress bar on stderr (script(1) provides the pty).
 	t.Run("terminal", func(t *testing.T) {
 		cmdline := strings.Join([]string{bin, "publish", "--mapping", clean, "--signing-key", sk, "--cache-dir", cacheDir, "--to", "file://" + dir}, " ")

@@ -6,7 +6,9 @@
 // Writing is idempotent and never exposes a half-written path: a NAR is
 // compressed into a temporary file while its file hash is computed, then
 // made visible under its final name in one step (a rename, or one S3 PUT),
-// and only then is the narinfo that points at it written, the same way. A
-// path whose narinfo already carries the publisher's signature over the
-// same fingerprint is left alone, so a second run writes nothing.
+// and only then is the narinfo that points at it written, the same way,
+// once the narinfos of all its references are there: the cache is always
+// closed under references. A path whose narinfo already carries the
+// publisher's signature over the same fingerprint, and whose NAR is
+// there, is left alone, so a second run writes nothing.
 package publish

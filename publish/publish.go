@@ -56,8 +56,8 @@ type Options struct {
 	Compression string
 	// Jobs is how many paths are published at once (default 1).
 	Jobs int
-	// Priority is nix-cache-info's Priority (default 50, Nix's default
-	// for binary caches; lower is preferred).
+	// Priority is nix-cache-info's Priority (default 50; lower is
+	// preferred). A cache without Priority has Nix's default, 0.
 	Priority int
 	// Start is called once with the number of paths to publish, and Done
 	// after each of them (narSize 0 for a skipped or failed path). Calls
