@@ -34,7 +34,7 @@ func newPublishFlags(stderr io.Writer) (*flag.FlagSet, *publishFlags) {
 	f.upstream.register(fs)
 	fs.StringVar(&f.to, "to", "", "binary cache to write: file:///dir or s3://bucket?endpoint=...&region=... (required)")
 	fs.StringVar(&f.compression, "compression", "zstd", "compression of the NAR files: "+strings.Join(publish.Compressions, ", "))
-	fs.IntVar(&f.priority, "priority", 50, "Priority in the cache's nix-cache-info (lower is preferred by clients); must match an existing nix-cache-info")
+	fs.IntVar(&f.priority, "priority", 50, "Priority in the cache's nix-cache-info (lower is preferred by clients); must match an existing nix-cache-info's explicit Priority")
 	fs.StringVar(&f.cacheDir, "cache-dir", "state/cache", "directory of rewritten NARs (serve's --cache-dir: a warm cache is not rewritten again)")
 	fs.IntVar(&f.jobs, "jobs", runtime.NumCPU(), "paths published in parallel")
 	fs.StringVar(&f.logLevel, "log-level", "", "debug, info, warn or error (default warn)")
