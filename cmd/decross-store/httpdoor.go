@@ -30,7 +30,7 @@ type httpDoor struct {
 
 // listenHTTP listens on addr (nil, nil when addr is empty), so that a bad
 // address stops serve at start.
-func listenHTTP(addr string, priority, maxConns int, st *store.Store, m *metrics.Metrics, logger *slog.Logger) (*httpDoor, error) {
+func listenHTTP(addr string, priority, maxRequests int, st *store.Store, m *metrics.Metrics, logger *slog.Logger) (*httpDoor, error) {
 	if addr == "" {
 		return nil, nil
 	}
@@ -46,10 +46,13 @@ func listenHTTP(addr string, priority, maxConns int, st *store.Store, m *metrics
 	if err != nil {
 		return nil, fmt.Errorf("--http: %w", err)
 	}
-	// Each connection may hold a NAR file open and a goroutine; past the
-	// limit, new connections wait in the kernel's backlog instead.
-	l = netutil.LimitListener(l, maxConns)
-	d := &httpDoor{srv: httpcache.NewServer(h, logger), l: l, done: make(chan error, 1)}
+	// Requests are what costs (a NAR file open, a rewrite to wait for):
+	// they are bounded, and more wait for a slot. Connections are bounded
+	// only far above that, for file descriptors: Nix keeps idle
+	// connections open (http-connections, 25 per client), and counting
+	// those would let a few clients starve the rest.
+	l = netutil.LimitListener(l, maxRequests*connectionsPerRequest)
+	d := &httpDoor{srv: httpcache.NewServer(limitRequests(h, maxRequests), logger), l: l, done: make(chan error, 1)}
 	go func() {
 		err := d.srv.Serve(l)
 		if errors.Is(err, http.ErrServerClosed) {
@@ -104,4 +107,23 @@ func shutdownContext(timeout time.Duration) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	context.AfterFunc(ctx, cancel) // releases the timer once it fires
 	return ctx
+}
+
+// connectionsPerRequest is how many connections may be open per request
+// slot, mostly idle keep-alive ones.
+const connectionsPerRequest = 16
+
+// limitRequests lets at most n requests into h at once; the others wait
+// for a slot as long as their client does.
+func limitRequests(h http.Handler, n int) http.Handler {
+	slots := make(chan struct{}, n)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case slots <- struct{}{}:
+		case <-r.Context().Done():
+			panic(http.ErrAbortHandler) // the client left while waiting
+		}
+		defer func() { <-slots }()
+		h.ServeHTTP(w, r)
+	})
 }

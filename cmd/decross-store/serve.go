@@ -30,7 +30,7 @@ type serveFlags struct {
 	cacheMaxSize                                                   narcache.Size
 	upstream                                                       upstreamFlags
 	http                                                           string
-	httpPriority, httpMaxConnections                               int
+	httpPriority, httpMaxRequests                                  int
 
 	// SSH limits: see sshserver.Server.
 	maxConnections, maxStartups, maxStartupsPerSource, maxQueue, maxQueuePerSource int
@@ -47,7 +47,7 @@ func newServeFlags(stderr io.Writer) (*flag.FlagSet, *serveFlags) {
 	fs.StringVar(&f.listen, "listen", "127.0.0.1:2222", "SSH listen address, or none to turn the SSH server off")
 	fs.StringVar(&f.http, "http", "", "`address` (host:port) to serve the same paths on as a Nix binary cache over HTTP; none: off (default: none)")
 	fs.IntVar(&f.httpPriority, "http-priority", 40, "Priority in the HTTP binary cache's nix-cache-info (lower is preferred by Nix)")
-	fs.IntVar(&f.httpMaxConnections, "http-max-connections", 256, "HTTP connections served at once; more wait to be accepted")
+	fs.IntVar(&f.httpMaxRequests, "http-max-requests", 256, "HTTP requests served at once; more wait for a slot (open connections are bounded at 16 times this)")
 	fs.StringVar(&f.hostKey, "host-key", "state/ssh_host_ed25519_key", "OpenSSH host private key (an ed25519 key is generated if missing)")
 	fs.StringVar(&f.authorizedKeys, "authorized-keys", "", "OpenSSH authorized_keys file of the clients allowed in (required unless --stdio)")
 	fs.StringVar(&f.mapping, "mapping", "", "mapping file: native path -> cross path (required)")
@@ -85,7 +85,7 @@ func (f *serveFlags) checkLimits() error {
 		{"max-queue", int64(f.maxQueue), false, false},
 		{"max-queue-per-source", int64(f.maxQueuePerSource), true, false},
 		{"queue-timeout", int64(f.queueTimeout), false, true},
-		{"http-max-connections", int64(f.httpMaxConnections), false, false},
+		{"http-max-requests", int64(f.httpMaxRequests), false, false},
 		{"http-priority", int64(f.httpPriority), false, false},
 	} {
 		switch {
@@ -175,7 +175,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return serveStdio(ctx, proto, f.shutdownTimeout, logger)
 	}
 
-	httpd, err := listenHTTP(f.http, f.httpPriority, f.httpMaxConnections, st, m, logger)
+	httpd, err := listenHTTP(f.http, f.httpPriority, f.httpMaxRequests, st, m, logger)
 	if err != nil {
 		return err
 	}
