@@ -448,21 +448,30 @@ func TestPublishInterruptedClosed(t *testing.T) {
 	dir := t.TempDir()
 	ctx, cancel := context.WithCancel(t.Context())
 	appNar := make(chan struct{})
+	var once sync.Once
 	dst := &hookDest{Destination: openFile(t, dir), afterCommit: func(ctx context.Context, key string) {
-		// Uncompressed, the app's NAR file is known by its size.
-		info, err := os.Stat(filepath.Join(dir, filepath.FromSlash(key)))
-		if err != nil || info.Size() != int64(len(src.nars[appPath])) {
+		if strings.HasSuffix(key, ".narinfo") {
+			checkClosed(t, dir) // at every narinfo, not only at the end
 			return
 		}
-		// The app's NAR is written while the lib's streams. Its narinfo
-		// must wait for the lib's, so the run goes on only once
-		// cancelled: a narinfo written now would reference nothing.
-		<-src.started
-		close(appNar)
-		<-ctx.Done()
+		// Uncompressed, the app's NAR file is known by its size.
+		info, err := os.Stat(filepath.Join(dir, filepath.FromSlash(key)))
+		if err == nil && info.Size() == int64(len(src.nars[appPath])) {
+			once.Do(func() { close(appNar) })
+		}
 	}}
 	go func() {
+		// The app's NAR is written while the lib's streams, blocked. Its
+		// narinfo must wait for the lib's: give a run that did not wait
+		// the time to write it (checkClosed above then fails), and cancel.
 		<-appNar
+		<-src.started
+		app := filepath.Join(dir, hashPart(appPath)+".narinfo")
+		for deadline := time.Now().Add(500 * time.Millisecond); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+			if _, err := os.Stat(app); err == nil {
+				break
+			}
+		}
 		cancel()
 	}()
 	_, err := Publish(ctx, src, dst, Options{Key: pk, Jobs: 3, Compression: "none"})
