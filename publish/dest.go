@@ -355,7 +355,10 @@ func absent(err error) bool {
 	case resp.Code == minio.NoSuchKey, resp.Code == minio.AccessDenied:
 		return true
 	}
-	// Other 403 codes (a bad signature, an unknown access key) are errors.
+	// Other 403 codes (a bad signature, an unknown access key) are errors
+	// where S3 says so, on GET; a HEAD (StatObject) answer has no body, so
+	// minio reports every 403 there as AccessDenied, and a credential
+	// problem shows on the GET or PUT that follows.
 	return resp.StatusCode == http.StatusNotFound
 }
 
