@@ -16,7 +16,6 @@ import (
 	"github.com/andybalholm/brotli"
 	"github.com/klauspost/compress/zstd"
 	"github.com/nix-community/go-nix/pkg/narinfo"
-	"github.com/ulikunitz/xz"
 
 	"github.com/decross-store/decross-store/pathinfo"
 )
@@ -167,21 +166,17 @@ func newNarReader(body io.ReadCloser, ni *narinfo.NarInfo, info *pathinfo.PathIn
 	}
 	r := &narReader{body: body, file: f, ni: ni, path: info.Path, where: where, h: sha256.New(), max: ni.NarSize, closeD: func() {}}
 	// Decompressors that are not handed an io.ByteReader read byte by
-	// byte (xz) or wrap their own buffer; one buffer here serves all. The
+	// byte or wrap their own buffer; one buffer here serves all. The
 	// bytes it holds were counted and hashed by f already.
-	var src io.Reader = f
-	if ni.Compression == "xz" {
-		// Before the decoder: it would allocate a block's dictionary
-		// as soon as it read the header.
-		src = newXZGuard(f, where, maxXZDict)
-	}
-	buf := bufio.NewReaderSize(src, 64<<10)
+	buf := bufio.NewReaderSize(f, 64<<10)
 	var err error
 	switch ni.Compression {
 	case "none":
 		r.dec = f
 	case "xz":
-		r.dec, err = xz.NewReader(buf)
+		// Reads f itself: it buffers, and only its walk of the
+		// container may decide what the LZMA2 decoder gets.
+		r.dec = newXZReader(f, where, maxXZDict)
 	case "zstd":
 		var d *zstd.Decoder
 		d, err = zstd.NewReader(buf, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true), zstd.WithDecoderMaxWindow(maxZstdWindow))

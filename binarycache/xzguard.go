@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+
+	"github.com/ulikunitz/xz/lzma"
 )
 
 // maxXZDict bounds the LZMA2 dictionary an xz block may declare. The xz
@@ -14,10 +16,14 @@ import (
 // Nix's default preset (6) uses 8 MiB.
 const maxXZDict = 64 << 20
 
-// xzGuard passes an xz file through unchanged while it walks the container
-// format as the bytes go by, and fails the read, before the decoder sees the
-// offending bytes, on anything that is not a well-formed xz file or on a
-// block that declares an LZMA2 dictionary larger than max.
+// xzGuard walks the xz container format, given the file's bytes in order,
+// and fails on anything that is not a well-formed xz file or on a block
+// that declares an LZMA2 dictionary larger than max. It tells which bytes
+// are a block's LZMA2 data, so that xzReader can hand those, and only
+// those, to an LZMA2 decoder: the decoder never parses the container
+// itself, and so cannot read a block header the walk did not check (an
+// LZMA2 decoder need not consume exactly the compressed size a chunk
+// header declares, and what it leaves must not become a new structure).
 //
 // The layout follows "The .xz File Format", version 1.2.1
 // (https://tukaani.org/xz/xz-file-format.txt): a stream is a 12-byte header,
@@ -26,10 +32,9 @@ const maxXZDict = 64 << 20
 // header (holding the filter flags, among them the LZMA2 dictionary size),
 // LZMA2 data, padding to a multiple of 4 bytes and a check. LZMA2 data is a
 // sequence of chunks, each with a header giving its size (section 5.3.1 and
-// liblzma's lzma2_decoder.c), so a block without sizes in its header can be
-// skipped without decoding it.
+// liblzma's lzma2_decoder.c), ending with a 0x00 byte, so a block without
+// sizes in its header can be walked without decoding it.
 type xzGuard struct {
-	r     io.Reader
 	where string
 	max   uint64
 
@@ -43,9 +48,9 @@ type xzGuard struct {
 	flags    [2]byte // stream flags, which the footer repeats
 	blocks   uint64  // blocks in the current stream
 	blockLen uint64  // bytes of the current block so far, for its padding
+	dict     uint64  // the current block's LZMA2 dictionary size
 	idxLen   uint64  // bytes of the index so far, for its padding
 	left     uint64  // index varints still to read
-	err      error   // sticky
 }
 
 type xzState int
@@ -54,7 +59,7 @@ const (
 	xzStreamHeader xzState = iota
 	xzBlockStart           // a block header's size byte, or the index indicator
 	xzBlockHeader
-	xzChunk // an LZMA2 chunk header
+	xzChunk // an LZMA2 chunk header, or (skip) chunk data
 	xzBlockPadding
 	xzIndexCount
 	xzIndexRecord
@@ -69,48 +74,51 @@ var xzMagic = []byte{0xfd, '7', 'z', 'X', 'Z', 0}
 // 3.4 of the spec).
 var xzCheckSizes = [16]uint64{0, 4, 4, 4, 8, 8, 8, 16, 16, 16, 32, 32, 32, 64, 64, 64}
 
-func newXZGuard(r io.Reader, where string, max uint64) *xzGuard {
-	return &xzGuard{r: r, where: where, max: max, st: xzStreamHeader, need: 12, buf: make([]byte, 0, 64)}
+func newXZGuard(where string, max uint64) *xzGuard {
+	return &xzGuard{where: where, max: max, st: xzStreamHeader, need: 12, buf: make([]byte, 0, 64)}
 }
 
-func (g *xzGuard) Read(p []byte) (int, error) {
-	if g.err != nil {
-		return 0, g.err
-	}
-	n, err := g.r.Read(p)
-	if ferr := g.feed(p[:n]); ferr != nil {
-		g.err = ferr
-		return 0, ferr
-	}
-	if err == io.EOF && (g.st != xzStreamPadding || len(g.buf) != 0 || g.skip != 0) {
-		g.err = g.corrupt("the file ends inside a stream")
-		return 0, g.err
-	}
-	return n, err
+// inData says whether the next byte belongs to a block's LZMA2 data: its
+// chunks and their end marker.
+func (g *xzGuard) inData() bool {
+	return g.st == xzChunk
 }
 
-func (g *xzGuard) feed(p []byte) error {
-	for len(p) > 0 {
+// end checks that the file may end here.
+func (g *xzGuard) end() error {
+	if g.st != xzStreamPadding || len(g.buf) != 0 || g.skip != 0 {
+		return g.corrupt("the file ends inside a stream")
+	}
+	return nil
+}
+
+// feed walks the longest prefix of p whose bytes are all LZMA2 data or all
+// not, and returns its length; a block's LZMA2 data is one run of bytes,
+// with container bytes (its header) before it and (its check, the next
+// block header or the index) after it.
+func (g *xzGuard) feed(p []byte) (int, error) {
+	data, n := g.inData(), 0
+	for n < len(p) && g.inData() == data {
 		if g.skip > 0 {
-			k := min(uint64(len(p)), g.skip)
+			k := min(uint64(len(p)-n), g.skip)
 			g.skip -= k
 			g.off += k
-			p = p[k:]
+			n += int(k)
 			continue
 		}
-		k := min(len(p), g.need-len(g.buf))
-		g.buf = append(g.buf, p[:k]...)
+		k := min(len(p)-n, g.need-len(g.buf))
+		g.buf = append(g.buf, p[n:n+k]...)
 		g.off += uint64(k)
-		p = p[k:]
+		n += k
 		// step leaves buf shorter than need (every structure is at least
 		// one byte), so one call per complete structure is enough.
 		if len(g.buf) == g.need {
 			if err := g.step(); err != nil {
-				return err
+				return n, err
 			}
 		}
 	}
-	return nil
+	return n, nil
 }
 
 // next starts collecting a structure of need bytes in state st, after skip
@@ -275,6 +283,10 @@ func (g *xzGuard) blockHeader(b []byte) error {
 	if flags&0x3c != 0 {
 		return g.corrupt("reserved block flags %#02x", flags)
 	}
+	if flags&3 != 0 {
+		// Nix writes LZMA2 alone; only that is decoded here.
+		return g.corrupt("a block has %d filters, not LZMA2 alone", flags&3+1)
+	}
 	pos := 2
 	uvarint := func() (uint64, bool) {
 		var v uint64
@@ -313,8 +325,9 @@ func (g *xzGuard) blockHeader(b []byte) error {
 		if len(props) != 1 || props[0] > 40 {
 			return g.corrupt("bad LZMA2 filter properties")
 		}
-		if dict := lzma2Dict(props[0]); dict > g.max {
-			return fmt.Errorf("%w: %s: an xz block declares an LZMA2 dictionary of %d bytes, more than the %d bytes allowed", ErrCorrupt, g.where, dict, g.max)
+		g.dict = lzma2Dict(props[0])
+		if g.dict > g.max {
+			return fmt.Errorf("%w: %s: an xz block declares an LZMA2 dictionary of %d bytes, more than the %d bytes allowed", ErrCorrupt, g.where, g.dict, g.max)
 		}
 	}
 	if id != 0x21 {
@@ -342,4 +355,136 @@ func allZero(b []byte) bool {
 		}
 	}
 	return true
+}
+
+// xzReader decompresses an xz file. The walk of xzGuard is the only
+// parser of the container: each block's LZMA2 data, as the walk delimits
+// it, goes to its own LZMA2 decoder, made with the dictionary size the
+// walk checked. The decoder must end exactly where the walk says the data
+// ends. Neither the blocks' checks nor the index sizes are verified: the
+// caller checks the hash and size of the output.
+type xzReader struct {
+	g    *xzGuard
+	r    io.Reader
+	buf  []byte
+	in   []byte // unwalked input, but for its first data bytes
+	data int    // bytes at the front of in walked as the current block's LZMA2 data
+	eof  bool   // r is used up
+	dec  *lzma.Reader2
+	err  error // sticky
+
+	maxDict uint64 // the largest dictionary a decoder was made with
+}
+
+func newXZReader(r io.Reader, where string, max uint64) *xzReader {
+	return &xzReader{g: newXZGuard(where, max), r: r, buf: make([]byte, 64<<10)}
+}
+
+func (x *xzReader) fill() error {
+	n, err := x.r.Read(x.buf)
+	x.in = x.buf[:n]
+	if err == io.EOF {
+		x.eof = true
+		err = nil
+	}
+	return err
+}
+
+func (x *xzReader) Read(p []byte) (int, error) {
+	if x.err != nil {
+		return 0, x.err
+	}
+	if len(p) == 0 {
+		return 0, nil
+	}
+	for {
+		if x.dec != nil {
+			n, err := x.dec.Read(p)
+			switch {
+			case x.err != nil: // the walk failed under the decoder
+				return n, x.err
+			case err == io.EOF:
+				if x.data > 0 || x.g.inData() {
+					x.err = x.g.corrupt("the LZMA2 data of a block ends before its end marker")
+					return n, x.err
+				}
+				x.dec = nil
+			case err != nil:
+				x.err = x.g.corrupt("LZMA2 data: %v", err)
+				return n, x.err
+			}
+			if n > 0 {
+				return n, nil
+			}
+			continue
+		}
+		if x.g.inData() {
+			dict := x.g.dict // at most max: the walk refused the block otherwise
+			x.maxDict = max(x.maxDict, dict)
+			dec, err := lzma.Reader2Config{DictCap: int(dict)}.NewReader2(xzBlockData{x})
+			if x.err != nil {
+				return 0, x.err
+			}
+			if err != nil {
+				x.err = x.g.corrupt("LZMA2 data: %v", err)
+				return 0, x.err
+			}
+			x.dec = dec
+			continue
+		}
+		if len(x.in) == 0 {
+			if x.eof {
+				if x.err = x.g.end(); x.err == nil {
+					x.err = io.EOF
+				}
+				return 0, x.err
+			}
+			if x.err = x.fill(); x.err != nil {
+				return 0, x.err
+			}
+			continue
+		}
+		n, err := x.g.feed(x.in)
+		x.in = x.in[n:]
+		if err != nil {
+			x.err = err
+			return 0, err
+		}
+	}
+}
+
+// xzBlockData is the LZMA2 data of the block being decoded: it ends where
+// the walk says the data ends.
+type xzBlockData struct{ x *xzReader }
+
+func (b xzBlockData) Read(p []byte) (int, error) {
+	x := b.x
+	if x.err != nil {
+		return 0, x.err
+	}
+	for x.data == 0 {
+		if !x.g.inData() {
+			return 0, io.EOF
+		}
+		if len(x.in) == 0 {
+			if x.eof {
+				x.err = x.g.end()
+				return 0, x.err
+			}
+			if x.err = x.fill(); x.err != nil {
+				return 0, x.err
+			}
+			continue
+		}
+		n, err := x.g.feed(x.in)
+		x.data = n
+		if err != nil {
+			x.err = err
+			return 0, err
+		}
+	}
+	n := copy(p, x.in[:x.data])
+	x.in = x.in[n:]
+	x.data -= n
+	return n, nil
 }

@@ -119,20 +119,35 @@ func TestXZFiles(t *testing.T) {
 	}
 }
 
-// guardAll passes data through an xzGuard, in reads of the sizes r
-// gives.
-func guardAll(data []byte, split func(io.Reader) io.Reader) ([]byte, error) {
-	return io.ReadAll(newXZGuard(split(bytes.NewReader(data)), "test.xz", maxXZDict))
+// guardAll walks data with an xzGuard, in reads of the sizes r gives.
+func guardAll(data []byte, split func(io.Reader) io.Reader) error {
+	g := newXZGuard("test.xz", maxXZDict)
+	r := split(bytes.NewReader(data))
+	buf := make([]byte, 4096)
+	for {
+		n, err := r.Read(buf)
+		for p := buf[:n]; len(p) > 0; {
+			k, ferr := g.feed(p)
+			if ferr != nil {
+				return ferr
+			}
+			p = p[k:]
+		}
+		if err == io.EOF {
+			return g.end()
+		}
+		if err != nil {
+			return err
+		}
+	}
 }
 
 // decodeGuarded decompresses data as NarFromPath does, returning at most
-// limit bytes.
-func decodeGuarded(data []byte, split func(io.Reader) io.Reader, limit int64) ([]byte, error) {
-	d, err := xz.NewReader(bufio.NewReaderSize(newXZGuard(split(bytes.NewReader(data)), "test.xz", maxXZDict), 64<<10))
-	if err != nil {
-		return nil, err
-	}
-	return io.ReadAll(io.LimitReader(d, limit))
+// limit bytes and the largest dictionary it made a decoder with.
+func decodeGuarded(data []byte, split func(io.Reader) io.Reader, limit int64) ([]byte, uint64, error) {
+	x := newXZReader(split(bytes.NewReader(data)), "test.xz", maxXZDict)
+	out, err := io.ReadAll(io.LimitReader(x, limit))
+	return out, x.maxDict, err
 }
 
 var splits = map[string]func(io.Reader) io.Reader{
@@ -185,14 +200,10 @@ func TestXZGuardAccepts(t *testing.T) {
 	for _, tt := range tests {
 		for sname, split := range splits {
 			t.Run(tt.name+"/"+sname, func(t *testing.T) {
-				out, err := guardAll(tt.file, split)
-				if err != nil {
+				if err := guardAll(tt.file, split); err != nil {
 					t.Fatalf("guard: %v", err)
 				}
-				if !bytes.Equal(out, tt.file) {
-					t.Fatal("the guard changed the bytes")
-				}
-				got, err := decodeGuarded(tt.file, split, 1<<30)
+				got, _, err := decodeGuarded(tt.file, split, 1<<30)
 				if err != nil {
 					t.Fatalf("decode: %v", err)
 				}
@@ -299,13 +310,13 @@ func TestXZGuardRefuses(t *testing.T) {
 	for _, tt := range tests {
 		for sname, split := range splits {
 			t.Run(tt.name+"/"+sname, func(t *testing.T) {
-				_, err := guardAll(tt.file, split)
+				err := guardAll(tt.file, split)
 				if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), tt.want) {
 					t.Fatalf("guard: %v, want ErrCorrupt and %q", err, tt.want)
 				}
-				_, err = decodeGuarded(tt.file, split, 1<<30)
-				if err == nil {
-					t.Fatal("decode: no error")
+				_, _, err = decodeGuarded(tt.file, split, 1<<30)
+				if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), tt.want) {
+					t.Fatalf("decode: %v, want ErrCorrupt and %q", err, tt.want)
 				}
 			})
 		}
@@ -316,8 +327,11 @@ func TestXZGuardTruncated(t *testing.T) {
 	for _, name := range []string{"multiblock", "sha256", "nocheck"} {
 		file := readXZFile(t, name)
 		for n := range len(file) {
-			if _, err := guardAll(file[:n], splits["whole"]); !errors.Is(err, ErrCorrupt) {
+			if err := guardAll(file[:n], splits["whole"]); !errors.Is(err, ErrCorrupt) {
 				t.Fatalf("%s cut to %d of %d bytes: %v, want ErrCorrupt", name, n, len(file), err)
+			}
+			if _, _, err := decodeGuarded(file[:n], splits["whole"], 1<<30); !errors.Is(err, ErrCorrupt) {
+				t.Fatalf("decode %s cut to %d of %d bytes: %v, want ErrCorrupt", name, n, len(file), err)
 			}
 		}
 	}
@@ -350,6 +364,107 @@ func TestXZDictAllocation(t *testing.T) {
 	}
 }
 
+// xzHidden is file (one block of one LZMA2 chunk, no check, as xz -1
+// --check=none writes it) with its chunk's compressed size enlarged to
+// take in an end marker, block padding and a second block header declaring
+// the dictionary props encodes, followed by what makes the walk accept the
+// rest. An LZMA2 decoder stops reading a chunk once it has its
+// uncompressed size, so one that parsed the container itself would read
+// the hidden header and allocate its dictionary.
+func xzHidden(t testing.TB, file []byte, props byte) []byte {
+	t.Helper()
+	if file[7] != 0 {
+		t.Fatal("want a file without checks")
+	}
+	blk := 12
+	chunk := blk + (int(file[blk])+1)*4
+	if file[chunk] < 0xe0 {
+		t.Fatalf("the first chunk's control byte is %#x, want a compressed chunk with a dictionary reset", file[chunk])
+	}
+	data := int(binary.BigEndian.Uint16(file[chunk+3:])) + 1
+	end := chunk + 6 + data
+	if file[end] != 0 {
+		t.Fatal("want a block of one chunk")
+	}
+	// What a decoder that parses the container reads after the chunk.
+	hidden := []byte{0}
+	for (end+len(hidden)-blk)%4 != 0 {
+		hidden = append(hidden, 0)
+	}
+	hdr := []byte{2, 0, 0x21, 1, props, 0, 0, 0}
+	hdr = binary.LittleEndian.AppendUint32(hdr, crc32.ChecksumIEEE(hdr))
+	hidden = append(hidden, hdr...)
+
+	out := append([]byte(nil), file[:end]...)
+	binary.BigEndian.PutUint16(out[chunk+3:], uint16(data+len(hidden)-1))
+	out = append(out, hidden...)
+	out = append(out, 0) // the end marker the walk sees
+	unpadded := len(out) - blk
+	for len(out)%4 != 0 {
+		out = append(out, 0)
+	}
+	index := []byte{0, 1}
+	index = binary.AppendUvarint(index, uint64(unpadded))
+	index = binary.AppendUvarint(index, uint64(len(xzPayload())))
+	for len(index)%4 != 0 {
+		index = append(index, 0)
+	}
+	index = binary.LittleEndian.AppendUint32(index, crc32.ChecksumIEEE(index))
+	out = append(out, index...)
+	footer := binary.LittleEndian.AppendUint32(nil, uint32(len(index)/4-1))
+	footer = append(footer, 0, 0)
+	out = binary.LittleEndian.AppendUint32(out, crc32.ChecksumIEEE(footer))
+	out = append(out, footer...)
+	return append(out, 'Y', 'Z')
+}
+
+// TestXZHiddenBlockHeader checks that a block header hidden in chunk data,
+// where the walk does not look, never reaches a decoder: the file is
+// refused without allocating the dictionary it declares.
+func TestXZHiddenBlockHeader(t *testing.T) {
+	sk, pk := keypair(t, "cache-1")
+	payload := xzPayload()
+	for _, tt := range []struct {
+		name  string
+		props byte
+	}{{"128 MiB", 30}, {"4 GiB", 40}} {
+		t.Run(tt.name, func(t *testing.T) {
+			file := xzHidden(t, readXZFile(t, "nocheck"), tt.props)
+			if err := guardAll(file, splits["whole"]); err != nil {
+				t.Fatalf("the walk refuses the file (%v); the test no longer builds the attack", err)
+			}
+			for sname, split := range splits {
+				_, dict, err := decodeGuarded(file, split, 1<<30)
+				if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "ends before its end marker") {
+					t.Fatalf("decode (%s): %v, want ErrCorrupt and the end marker", sname, err)
+				}
+				if dict != 1<<20 {
+					t.Fatalf("decode (%s): dictionary of %d bytes, want xz -1's 1 MiB", sname, dict)
+				}
+			}
+			dir := t.TempDir()
+			e := &entry{path: helloPath, nar: payload, signers: []signature.SecretKey{sk}, file: file,
+				narinfo: func(s string) string {
+					return strings.Replace(dropFileFields(s), "Compression: none", "Compression: xz", 1)
+				}}
+			writeCache(t, dir, e)
+			c := open(t, "file://"+dir, Options{TrustedKeys: []signature.PublicKey{pk}})
+			var before, after runtime.MemStats
+			runtime.ReadMemStats(&before)
+			_, err := readNAR(context.Background(), c, helloPath)
+			runtime.ReadMemStats(&after)
+			if !errors.Is(err, ErrCorrupt) {
+				t.Fatalf("read: %v, want ErrCorrupt", err)
+			}
+			if n := after.TotalAlloc - before.TotalAlloc; n > 16<<20 {
+				t.Fatalf("allocated %d bytes for a file whose hidden block asks for %d", n, lzma2Dict(tt.props))
+			} else {
+				t.Logf("allocated %d bytes: %v", n, err)
+			}
+		})
+	}
+}
+
 // xzFuzzSeeds are the testdata/xz files and broken variants of them.
 func xzFuzzSeeds(t testing.TB) map[string][]byte {
 	seeds := map[string][]byte{}
@@ -363,6 +478,7 @@ func xzFuzzSeeds(t testing.TB) map[string][]byte {
 	seeds["two-streams"] = append(append(bytes.Clone(seeds["nocheck"]), 0, 0, 0, 0), seeds["nocheck"]...)
 	seeds["stored"] = xzStored([]byte("stored chunks"), 22)
 	seeds["empty"] = nil
+	seeds["hidden-header"] = xzHidden(t, seeds["nocheck"], 30)
 	return seeds
 }
 
@@ -375,18 +491,25 @@ func FuzzXZGuard(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
-		out, err := guardAll(data, splits["whole"])
+		err := guardAll(data, splits["whole"])
 		if err != nil && !errors.Is(err, ErrCorrupt) {
 			t.Fatalf("guard: %v, want ErrCorrupt", err)
 		}
-		if err == nil && !bytes.Equal(out, data) {
-			t.Fatal("the guard changed the bytes")
-		}
-		_, err1 := guardAll(data, splits["bytes"])
+		err1 := guardAll(data, splits["bytes"])
 		if fmt.Sprint(err) != fmt.Sprint(err1) {
 			t.Fatalf("whole reads: %v; byte reads: %v", err, err1)
 		}
-		decodeGuarded(data, splits["whole"], 16<<20)
+		const limit = 16 << 20
+		out, dict, derr := decodeGuarded(data, splits["whole"], limit)
+		if derr != nil && !errors.Is(derr, ErrCorrupt) {
+			t.Fatalf("decode: %v, want ErrCorrupt", derr)
+		}
+		if err != nil && derr == nil && len(out) < limit {
+			t.Fatalf("decoded a file the walk refuses (%v)", err)
+		}
+		if dict > maxXZDict {
+			t.Fatalf("decoded with a dictionary of %d bytes", dict)
+		}
 	})
 }
 
