@@ -155,43 +155,51 @@ type s3Backend struct {
 // with Nix's meaning.
 var s3Params = []string{"endpoint", "region", "scheme", "profile"}
 
-func openS3Backend(u *url.URL, client *http.Client) (*s3Backend, error) {
+// NewS3Client makes an S3 client for an s3://bucket?endpoint=...&region=...
+// URL, as Nix understands one: path-style requests to the endpoint (AWS in
+// region without one), credentials from the environment, then the shared
+// credentials file (profile=), else anonymous. It returns the bucket and
+// the endpoint as scheme://host, for messages. transport may be nil, and
+// maxRetries 0 keeps minio's default.
+func NewS3Client(u *url.URL, transport http.RoundTripper, maxRetries int) (mc *minio.Client, bucket, endpoint string, err error) {
 	q := u.Query()
 	for k := range q {
 		if !slices.Contains(s3Params, k) {
-			return nil, fmt.Errorf("unknown parameter %q (s3 URLs take %s)", k, strings.Join(s3Params, ", "))
+			return nil, "", "", fmt.Errorf("unknown parameter %q (s3 URLs take %s)", k, strings.Join(s3Params, ", "))
 		}
 	}
-	if u.Path != "" && u.Path != "/" {
-		return nil, fmt.Errorf("s3 URL must name a bucket only (s3://bucket?endpoint=...), not a path %q", u.Path)
+	if u.Host == "" {
+		return nil, "", "", errors.New("s3 URL must name a bucket (s3://bucket?endpoint=...)")
 	}
-	bucket := u.Host
+	if u.Path != "" && u.Path != "/" {
+		return nil, "", "", fmt.Errorf("s3 URL must name a bucket only (s3://bucket?endpoint=...), not a path %q", u.Path)
+	}
 	region := q.Get("region")
 	scheme := q.Get("scheme")
 	if scheme == "" {
 		scheme = "https"
 	}
 	if scheme != "http" && scheme != "https" {
-		return nil, fmt.Errorf("scheme=%q: want http or https", scheme)
+		return nil, "", "", fmt.Errorf("scheme=%q: want http or https", scheme)
 	}
 	lookup := minio.BucketLookupPath
-	endpoint := q.Get("endpoint")
+	host := q.Get("endpoint")
 	switch {
-	case endpoint == "":
+	case host == "":
 		if region == "" {
 			region = "us-east-1"
 		}
-		endpoint = "s3." + region + ".amazonaws.com"
+		host = "s3." + region + ".amazonaws.com"
 		lookup = minio.BucketLookupAuto
-	case strings.Contains(endpoint, "://"):
-		eu, err := url.Parse(endpoint)
+	case strings.Contains(host, "://"):
+		eu, err := url.Parse(host)
 		if err != nil {
-			return nil, fmt.Errorf("endpoint: %w", err)
+			return nil, "", "", fmt.Errorf("endpoint: %w", err)
 		}
 		if (eu.Scheme != "http" && eu.Scheme != "https") || eu.Host == "" || (eu.Path != "" && eu.Path != "/") {
-			return nil, fmt.Errorf("endpoint %q: want http://host[:port] or https://host[:port]", endpoint)
+			return nil, "", "", fmt.Errorf("endpoint %q: want http://host[:port] or https://host[:port]", host)
 		}
-		scheme, endpoint = eu.Scheme, eu.Host
+		scheme, host = eu.Scheme, eu.Host
 	}
 	if region == "" {
 		region = "us-east-1"
@@ -203,18 +211,27 @@ func openS3Backend(u *url.URL, client *http.Client) (*s3Backend, error) {
 		&credentials.EnvAWS{},
 		&credentials.FileAWSCredentials{Profile: q.Get("profile")},
 	})
-	mc, err := minio.New(endpoint, &minio.Options{
+	mc, err = minio.New(host, &minio.Options{
 		Creds:        creds,
 		Secure:       scheme == "https",
 		Region:       region,
 		BucketLookup: lookup,
-		Transport:    client.Transport,
-		MaxRetries:   1, // Cache retries, with its own bounds
+		Transport:    transport,
+		MaxRetries:   maxRetries,
 	})
+	if err != nil {
+		return nil, "", "", err
+	}
+	return mc, u.Host, scheme + "://" + host, nil
+}
+
+func openS3Backend(u *url.URL, client *http.Client) (*s3Backend, error) {
+	// Cache retries, with its own bounds.
+	mc, bucket, endpoint, err := NewS3Client(u, client.Transport, 1)
 	if err != nil {
 		return nil, err
 	}
-	return &s3Backend{core: minio.Core{Client: mc}, bucket: bucket, endpoint: scheme + "://" + endpoint}, nil
+	return &s3Backend{core: minio.Core{Client: mc}, bucket: bucket, endpoint: endpoint}, nil
 }
 
 func (b *s3Backend) where(key string) string {

@@ -11,11 +11,11 @@ import (
 	"os"
 	"path"
 	"path/filepath"
-	"slices"
 	"strings"
 
 	"github.com/minio/minio-go/v7"
-	"github.com/minio/minio-go/v7/pkg/credentials"
+
+	"github.com/decross-store/decross-store/binarycache"
 )
 
 // maxSmallFile bounds what is read back of a narinfo or nix-cache-info:
@@ -243,72 +243,17 @@ type s3Dest struct {
 	tempDir  string
 }
 
-// s3Params are the parameters of s3:// URLs understood here, with Nix's
-// meaning; the same as binarycache.Open reads.
-var s3Params = []string{"endpoint", "region", "scheme", "profile"}
-
 // s3PartSize is the part size of multipart uploads: parts are read from
 // the spooled file as needed, not buffered, and S3 allows 10,000 parts
 // (about 160 GiB at this size).
 const s3PartSize = 16 << 20
 
 func openS3Dest(ctx context.Context, u *url.URL, tempDir string) (*s3Dest, error) {
-	q := u.Query()
-	for k := range q {
-		if !slices.Contains(s3Params, k) {
-			return nil, fmt.Errorf("unknown parameter %q (s3 URLs take %s)", k, strings.Join(s3Params, ", "))
-		}
-	}
-	if u.Host == "" {
-		return nil, errors.New("s3 URL must name a bucket (s3://bucket?endpoint=...)")
-	}
-	if u.Path != "" && u.Path != "/" {
-		return nil, fmt.Errorf("s3 URL must name a bucket only (s3://bucket?endpoint=...), not a path %q", u.Path)
-	}
-	region := q.Get("region")
-	scheme := q.Get("scheme")
-	if scheme == "" {
-		scheme = "https"
-	}
-	if scheme != "http" && scheme != "https" {
-		return nil, fmt.Errorf("scheme=%q: want http or https", scheme)
-	}
-	lookup := minio.BucketLookupPath
-	endpoint := q.Get("endpoint")
-	switch {
-	case endpoint == "":
-		if region == "" {
-			region = "us-east-1"
-		}
-		endpoint = "s3." + region + ".amazonaws.com"
-		lookup = minio.BucketLookupAuto
-	case strings.Contains(endpoint, "://"):
-		eu, err := url.Parse(endpoint)
-		if err != nil {
-			return nil, fmt.Errorf("endpoint: %w", err)
-		}
-		if (eu.Scheme != "http" && eu.Scheme != "https") || eu.Host == "" || (eu.Path != "" && eu.Path != "/") {
-			return nil, fmt.Errorf("endpoint %q: want http://host[:port] or https://host[:port]", endpoint)
-		}
-		scheme, endpoint = eu.Scheme, eu.Host
-	}
-	if region == "" {
-		region = "us-east-1"
-	}
-	creds := credentials.NewChainCredentials([]credentials.Provider{
-		&credentials.EnvAWS{},
-		&credentials.FileAWSCredentials{Profile: q.Get("profile")},
-	})
-	mc, err := minio.New(endpoint, &minio.Options{
-		Creds:        creds,
-		Secure:       scheme == "https",
-		Region:       region,
-		BucketLookup: lookup,
-	})
+	mc, bucket, endpoint, err := binarycache.NewS3Client(u, nil, 0)
 	if err != nil {
 		return nil, err
 	}
-	d := &s3Dest{client: mc, bucket: u.Host, endpoint: scheme + "://" + endpoint, tempDir: tempDir}
+	d := &s3Dest{client: mc, bucket: bucket, endpoint: endpoint, tempDir: tempDir}
 	ok, err := mc.BucketExists(ctx, d.bucket)
 	if err != nil {
 		return nil, fmt.Errorf("bucket %s at %s: %w", d.bucket, d.endpoint, err)
