@@ -183,6 +183,15 @@ func TestShapes(t *testing.T) {
 				t.Errorf("%s: makeFlags = %q, want it to end in %q", tc.drv, got, tc.want)
 			}
 		}
+		// Platforms come from the data: every cross .drv is an x86_64 one.
+		for _, r := range s.roles {
+			if got := readDrv(t, r.NativeDrv).Platform; got != "aarch64-linux" {
+				t.Errorf("native %s: system %s, want aarch64-linux", r.NativeDrv, got)
+			}
+			if got := readDrv(t, r.CrossDrv).Platform; got != "x86_64-linux" {
+				t.Errorf("cross %s: system %s, want x86_64-linux", r.CrossDrv, got)
+			}
+		}
 		if libgcc := s.get(t, "libgcc"); libgcc.Output != "libgcc" || libgcc.CrossOutput != "out" {
 			t.Errorf("libgcc role: native output %s, cross output %s; want libgcc and out", libgcc.Output, libgcc.CrossOutput)
 		}
