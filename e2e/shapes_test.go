@@ -3,6 +3,7 @@ package e2e
 import (
 	"bufio"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -126,7 +127,7 @@ func drvInput(t *testing.T, drvPath, attr string) (string, string, string) {
 func TestShapes(t *testing.T) {
 	work := t.TempDir()
 	s := buildShapes(t, filepath.Join(work, "shapes"))
-	hello, cxx, scripts := s.get(t, "hello"), s.get(t, "hello-cxx"), s.get(t, "hello-scripts")
+	hello, cxx, scripts, sh := s.get(t, "hello"), s.get(t, "hello-cxx"), s.get(t, "hello-scripts"), s.get(t, "hello-sh")
 
 	// The fixture itself: the links map has to walk are where nixpkgs has
 	// them, and a package reaches glibc and the compiler only through its
@@ -150,6 +151,7 @@ func TestShapes(t *testing.T) {
 			{"native libidn2", hello.NativeDrv, []string{"stdenv", "defaultNativeBuildInputs", "libc_lib", "postPatch"}, "libidn2-2.3.7", "out"},
 			{"native script's bash", scripts.NativeDrv, []string{"buildInputs"}, "bash-5.2p37", "out"},
 			{"native stdenv's bash", scripts.NativeDrv, []string{"stdenv", "shell"}, "bash-5.2p37", "out"},
+			{"native initialPath", sh.NativeDrv, []string{"stdenv", "initialPath"}, "bash-5.2p37", "out"},
 			{"cross stdenv", hello.CrossDrv, []string{"stdenv"}, "stdenv-linux", "out"},
 			{"cross wrapper", hello.CrossDrv, []string{"stdenv", "defaultNativeBuildInputs"}, "aarch64-unknown-linux-gnu-gcc-wrapper-13.3.0", "out"},
 			{"cross compiler", hello.CrossDrv, []string{"stdenv", "defaultNativeBuildInputs", "cc"}, "aarch64-unknown-linux-gnu-gcc-13.3.0", "out"},
@@ -198,6 +200,7 @@ func TestShapes(t *testing.T) {
 	})
 
 	want := loadMapping(t, s.mappingFile)
+	mapped := fmt.Sprintf("%d mapped", len(want.Entries()))
 
 	// The expected mapping serves every path of the cross closure as host
 	// code: nothing of the build platform leaks into it.
@@ -206,7 +209,7 @@ func TestShapes(t *testing.T) {
 		if err != nil {
 			t.Fatalf("check: %v\n%s\n%s", err, stdout, stderr)
 		}
-		for _, w := range []string{"leaks: 0", "problems: 0", "7 mapped"} {
+		for _, w := range []string{"leaks: 0", "problems: 0", mapped} {
 			if !strings.Contains(stdout, w) {
 				t.Errorf("check output lacks %q:\n%s", w, stdout)
 			}
@@ -229,7 +232,7 @@ func TestShapes(t *testing.T) {
 		ctx := testContext(t, 5*time.Minute)
 		dest := filepath.Join(work, "client-store")
 		t.Cleanup(func() { makeWritable(t, dest) })
-		roots := []string{hello.Native, cxx.Native, scripts.Native}
+		roots := []string{hello.Native, cxx.Native, scripts.Native, sh.Native}
 		if _, _, err := srv.nix(ctx, "require-sigs = true", "nix", append([]string{"copy", "--from", srv.url(srv.clientKey), "--to", dest}, roots...)...); err != nil {
 			t.Fatal(err)
 		}
@@ -255,9 +258,16 @@ func TestShapes(t *testing.T) {
 		}
 
 		store := filepath.Join(dest, "nix", "store")
-		shebang := firstLine(t, filepath.Join(store, filepath.Base(scripts.Native), "bin", "hello-again"))
-		if want := "#!" + s.get(t, "bash").Native + "/bin/bash"; shebang != want {
-			t.Errorf("hello-again's shebang = %q, want %q", shebang, want)
+		// A script with bash among its inputs names the host bash; one
+		// without keeps the cross build's /bin/sh, where a native build
+		// would have named bash.
+		for _, tc := range []struct{ script, want string }{
+			{filepath.Join(filepath.Base(scripts.Native), "bin", "hello-again"), "#!" + s.get(t, "bash").Native + "/bin/bash"},
+			{filepath.Join(filepath.Base(sh.Native), "bin", "hello-sh"), "#!/bin/sh"},
+		} {
+			if got := firstLine(t, filepath.Join(store, tc.script)); got != tc.want {
+				t.Errorf("%s: shebang %q, want %q", tc.script, got, tc.want)
+			}
 		}
 
 		tests := []struct {

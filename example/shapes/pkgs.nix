@@ -526,7 +526,23 @@ let
     '';
   };
 
-  roots = { inherit hello hello-cxx hello-scripts; };
+  # No bash among its inputs: natively HOST_PATH still holds the stdenv's
+  # initialPath, so `#!/bin/sh` becomes the stdenv's bash; cross (strictDeps)
+  # HOST_PATH is empty and /bin/sh stays.
+  hello-sh = mkDerivation set.stdenv {
+    pname = "hello-sh";
+    version = "1.0";
+    buildCommand = ''
+      mkdir -p $out/bin
+      cat > $out/bin/hello-sh <<EOF
+      #!${if cross then "/bin/sh" else "${set.bash}/bin/sh"}
+      exec ${hello}/bin/hello "\$@"
+      EOF
+      chmod +x $out/bin/hello-sh
+    '';
+  };
+
+  roots = { inherit hello hello-cxx hello-scripts hello-sh; };
 in
 {
   inherit roots;
