@@ -94,7 +94,9 @@ let
   # every link the store's dynamic loader and RUNPATH, as ld-wrapper does.
   ccWrapper = { pname, version, stdenv, cc, bintools, libc ? null, shell }:
     let
-      cc_solib = "${cc.lib or cc}${if cross && pname == "${hostConfig}-gcc-wrapper" then "/${hostConfig}" else ""}";
+      # Every cross-side wrapper here targets the host (build-platform tools
+      # come without one), so target != host for all of them.
+      cc_solib = "${cc.lib or cc}${if cross then "/${hostConfig}" else ""}";
       linkFlags = "-Wl,--dynamic-linker=${libc}/lib/ld-linux-aarch64.so.1 -Wl,--enable-new-dtags -Wl,-rpath,${libc}/lib";
       cxxFlags = "-L${cc_solib}/lib -Wl,-rpath,${cc_solib}/lib";
     in
