@@ -120,10 +120,9 @@ func drvInput(t *testing.T, drvPath, attr string) (string, string, string) {
 	return "", "", ""
 }
 
-// TestShapes runs the checks of issue "real nixpkgs closures" on the
-// nixpkgs-shaped set: the graph is shaped as nixpkgs shapes it, map finds
-// the mapping from the roots alone, and the served closure copies, verifies
-// and runs.
+// TestShapes checks example/shapes, the set shaped like a real nixpkgs
+// closure: its graph has nixpkgs' links, map finds the mapping from the
+// roots alone, and the served closure copies, verifies and runs.
 func TestShapes(t *testing.T) {
 	work := t.TempDir()
 	s := buildShapes(t, filepath.Join(work, "shapes"))
