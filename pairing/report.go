@@ -2,7 +2,6 @@ package pairing
 
 import (
 	"context"
-	"debug/elf"
 	"fmt"
 	"io"
 	"sort"
@@ -11,6 +10,7 @@ import (
 	"github.com/decross-store/decross-store/classify"
 	"github.com/decross-store/decross-store/mapping"
 	"github.com/decross-store/decross-store/pathinfo"
+	"github.com/decross-store/decross-store/platform"
 	"github.com/decross-store/decross-store/upstream"
 	"github.com/nix-community/go-nix/pkg/storepath"
 )
@@ -21,9 +21,11 @@ type Class int
 const (
 	// Neutral paths hold no ELF files: data, scripts, configuration.
 	Neutral Class = iota
-	// Host paths hold aarch64 ELF files or carry the host suffix.
+	// Host paths hold ELF files of the host platform or carry the host
+	// suffix.
 	Host
-	// Build paths hold x86_64 ELF files or are only build-platform inputs.
+	// Build paths hold ELF files of the build platform or are only
+	// build-platform inputs.
 	Build
 )
 
@@ -36,12 +38,6 @@ func (c Class) String() string {
 	}
 	return "platform-neutral"
 }
-
-// The platforms of this project: aarch64 is native, x86_64 builds (and
-// runs i686 code, which build-platform packages may carry).
-const hostMachine = elf.EM_AARCH64
-
-var buildMachines = []elf.Machine{elf.EM_X86_64, elf.EM_386}
 
 // MaxClosure bounds the runtime closure walked in the upstream store.
 const MaxClosure = 1 << 20
@@ -170,21 +166,45 @@ func classRank(c Class) int {
 	return 2
 }
 
+// platforms is what classification knows of the two sides of a cross
+// build.
+type platforms struct {
+	host, build platform.Platform
+	// marker is the host config that names of host paths carry: the host
+	// suffix, or, in a static set, where native and cross names are equal,
+	// the config both carry. "" when names tell nothing.
+	marker string
+}
+
+// buildELF is the ELF code of the build platform that is not also the
+// host's: with equal ELF on both sides, only the graph tells them apart.
+func (pl platforms) buildELF() []platform.ELF {
+	var out []platform.ELF
+	for _, e := range pl.build.ELFs() {
+		if e != pl.host.ELF {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
 // classOf decides the class of p from its name, its contents and, when
 // the cross graph is known, how the roots reach its derivation.
 //
-// The host suffix decides first: nixpkgs adds it to host derivations only,
-// and a host package may well carry build-platform ELF files as data (Go's
-// debug/elf test files, say); Why then names them. Without the suffix,
-// build-platform ELF decides before host ELF, since a cross compiler holds
-// both and runs on the build platform.
-func classOf(p string, res *classify.Result, suffix string, g *Graph, buildOnly func(string) bool) (Class, string) {
-	buildELF := buildELFFiles(res)
+// The host marker decides first: nixpkgs adds the host suffix to host
+// derivations only, and a host package may well carry build-platform ELF
+// files as data (Go's debug/elf test files, say); Why then names them.
+// Without it, build-platform ELF decides before host ELF, since a cross
+// compiler holds both and runs on the build platform. ELF of other
+// platforms, Mach-O and PE files decide nothing; Why names them when
+// nothing else decides, and platformNote points them out.
+func classOf(p string, res *classify.Result, pl platforms, g *Graph, buildOnly func(string) bool) (Class, string) {
+	buildELF := buildELFFiles(res, pl)
 	hostELF := ""
-	if f := res.Machines[hostMachine]; f != nil {
-		hostELF = fmt.Sprintf("%s ELF in %s", classify.MachineName(hostMachine), fileList(*f))
+	if f := res.Machines[pl.host.ELF]; f != nil {
+		hostELF = fmt.Sprintf("%s ELF in %s", pl.host.ELF, fileList(*f))
 	}
-	if _, ok := NormalizeName(pathName(p), suffix); ok && suffix != "" {
+	if _, ok := NormalizeName(pathName(p), pl.marker); ok && pl.marker != "" {
 		why := hostELF
 		if why == "" {
 			why = "host suffix in its name"
@@ -209,50 +229,67 @@ func classOf(p string, res *classify.Result, suffix string, g *Graph, buildOnly 
 			return Build, "only a build-platform input of " + prod.Drv
 		}
 	}
-	if len(res.Machines) > 0 {
-		var other []string
-		for _, m := range sortedMachines(res.Machines) {
-			other = append(other, fmt.Sprintf("%s ELF in %s", classify.MachineName(m), fileList(*res.Machines[m])))
+	if other := otherFiles(res, pl); len(other) > 0 {
+		var build []string
+		for _, e := range pl.buildELF() {
+			build = append(build, e.String())
 		}
-		return Neutral, "no aarch64 or x86 ELF files, but " + strings.Join(other, ", ")
+		return Neutral, fmt.Sprintf("no host (%s) or build-platform (%s) ELF files, but %s", pl.host.ELF, strings.Join(build, ", "), strings.Join(other, ", "))
 	}
 	return Neutral, "no ELF files"
 }
 
 // buildELFFiles describes the build-platform ELF files res found, one
 // "<machine> ELF in <files>" per machine.
-func buildELFFiles(res *classify.Result) []string {
+func buildELFFiles(res *classify.Result, pl platforms) []string {
 	var out []string
-	for _, m := range buildMachines {
-		if f := res.Machines[m]; f != nil {
-			out = append(out, fmt.Sprintf("%s ELF in %s", classify.MachineName(m), fileList(*f)))
+	for _, e := range pl.buildELF() {
+		if f := res.Machines[e]; f != nil {
+			out = append(out, fmt.Sprintf("%s ELF in %s", e, fileList(*f)))
 		}
 	}
 	return out
 }
 
-// buildELFNote points out a host path that holds build-platform ELF
-// files: served as they are, which is right for data (test inputs, say)
-// but not for a build-platform tool installed by mistake, where a native
-// build would hold aarch64 code.
-func buildELFNote(p string, class Class, res *classify.Result) string {
-	if class != Host {
-		return ""
+// otherFiles describes the code res found that is for neither platform:
+// ELF of other machines, classes or byte orders, Mach-O and PE files.
+func otherFiles(res *classify.Result, pl platforms) []string {
+	known := map[platform.ELF]bool{pl.host.ELF: true}
+	for _, e := range pl.build.ELFs() {
+		known[e] = true
 	}
-	files := buildELFFiles(res)
-	if len(files) == 0 {
-		return ""
+	var out []string
+	for _, e := range classify.SortedELF(res.Machines) {
+		if !known[e] {
+			out = append(out, fmt.Sprintf("%s ELF in %s", e, fileList(*res.Machines[e])))
+		}
 	}
-	return fmt.Sprintf("%s is a host path but holds %s: served as they are, which is right for data but not for a build-platform tool installed by mistake", p, strings.Join(files, ", "))
+	formats := make([]string, 0, len(res.Foreign))
+	for f := range res.Foreign {
+		formats = append(formats, f)
+	}
+	sort.Strings(formats)
+	for _, f := range formats {
+		out = append(out, fmt.Sprintf("%s in %s", f, fileList(*res.Foreign[f])))
+	}
+	return out
 }
 
-func sortedMachines(ms map[elf.Machine]*classify.Files) []elf.Machine {
-	out := make([]elf.Machine, 0, len(ms))
-	for m := range ms {
-		out = append(out, m)
+// platformNotes points out what classOf could not weigh. A host path
+// holding build-platform ELF files serves them as they are, which is right
+// for data (test inputs, say) but not for a build-platform tool installed
+// by mistake, where a native build would hold host code. Code for neither
+// platform is named whatever the class, so that no class rests on it
+// silently.
+func platformNotes(p string, class Class, res *classify.Result, pl platforms) []string {
+	var notes []string
+	if files := buildELFFiles(res, pl); class == Host && len(files) > 0 {
+		notes = append(notes, fmt.Sprintf("%s is a host path but holds %s: served as they are, which is right for data but not for a build-platform tool installed by mistake", p, strings.Join(files, ", ")))
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
-	return out
+	if other := otherFiles(res, pl); len(other) > 0 {
+		notes = append(notes, fmt.Sprintf("%s holds %s: code for neither the host (%s) nor the build platform (%s), which does not count for its class (%s)", p, strings.Join(other, ", "), pl.host.System, pl.build.System, class))
+	}
+	return notes
 }
 
 func pathName(p string) string {
@@ -299,32 +336,36 @@ func Map(ctx context.Context, store upstream.Reader, roots []Root, opts Options)
 // already paired.
 func (p *Pairing) Map(ctx context.Context, store upstream.Reader, opts Options) (*Report, error) {
 	// The runtime closure starts at the outputs of the cross roots.
-	var starts []string
+	var starts, crossRoots, nativeRoots []string
 	for c, parent := range p.via {
 		if parent != "" {
 			continue
 		}
+		crossRoots = append(crossRoots, c)
+		nativeRoots = append(nativeRoots, p.pairs[c])
 		d, _ := p.Cross.Derivation(c)
 		for _, o := range sortedKeys(d.Outputs) {
 			starts = append(starts, d.Outputs[o].Path)
 		}
 	}
 	sort.Strings(starts)
+	pl, plProblems, plNotes, err := p.platforms(opts, nativeRoots, crossRoots)
+	if err != nil {
+		return nil, err
+	}
 	cl, missing, err := walkClosure(ctx, store, starts)
 	if err != nil {
 		return nil, err
 	}
-	rep := &Report{Problems: missing}
+	rep := &Report{Problems: append(missing, plProblems...), Notes: plNotes}
 	classes := map[string]Class{}
 	proposed := map[string]mapping.Entry{} // cross path -> its entry, before conflicts
 	claims := map[string][]string{}        // native path -> cross paths proposing it
 	for _, c := range cl.paths {
 		info := cl.info[c]
-		class, why := classOf(c, cl.scan[c], p.HostSuffix, p.Cross, p.BuildOnly)
+		class, why := classOf(c, cl.scan[c], pl, p.Cross, p.BuildOnly)
 		classes[c] = class
-		if n := buildELFNote(c, class, cl.scan[c]); n != "" {
-			rep.Notes = append(rep.Notes, n)
-		}
+		rep.Notes = append(rep.Notes, platformNotes(c, class, cl.scan[c], pl)...)
 		pr := PathReport{Cross: c, Class: class, Why: why, CA: info.CA != ""}
 		switch {
 		case pr.CA:
@@ -386,6 +427,9 @@ func (p *Pairing) Map(ctx context.Context, store upstream.Reader, opts Options) 
 	if err != nil {
 		return nil, fmt.Errorf("map: %w", err)
 	}
+	if m, err = m.WithSystems(pl.host.System, pl.build.System); err != nil {
+		return nil, fmt.Errorf("map: %w", err)
+	}
 	rep.Mapping = m
 	rep.Leaks = leaks(cl, classes, func(to string) ([]string, bool) {
 		_, mapped := m.ByCross(to)
@@ -393,6 +437,81 @@ func (p *Pairing) Map(ctx context.Context, store upstream.Reader, opts Options) 
 	})
 	sort.Strings(rep.Problems)
 	return rep, nil
+}
+
+// platforms finds the host platform from the native roots' system and the
+// build platform from the cross roots', unless opts names them, and checks
+// the host suffix against the host platform.
+func (p *Pairing) platforms(opts Options, nativeRoots, crossRoots []string) (pl platforms, problems, notes []string, err error) {
+	sort.Strings(nativeRoots)
+	sort.Strings(crossRoots)
+	if pl.host, err = sideSystem("host", opts.HostSystem, p.Native, nativeRoots); err != nil {
+		return pl, nil, nil, fmt.Errorf("map: %w", err)
+	}
+	if pl.build, err = sideSystem("build", opts.BuildSystem, p.Cross, crossRoots); err != nil {
+		return pl, nil, nil, fmt.Errorf("map: %w", err)
+	}
+	var names []string
+	for _, c := range crossRoots {
+		d, _ := p.Cross.Derivation(c)
+		names = append(names, d.Name())
+	}
+	pl.marker = hostMarker(p.HostSuffix, pl.host, names)
+	if p.HostSuffix != "" {
+		switch sp, ok := platform.ByConfig(p.HostSuffix); {
+		case !ok:
+			notes = append(notes, fmt.Sprintf("host suffix %s is not a config of a known system; classes rest on ELF files and the graph", p.HostSuffix))
+		case sp.System != pl.host.System:
+			problems = append(problems, fmt.Sprintf("host suffix %s is a config of %s, but the host system is %s: native and cross derivations are for different platforms", p.HostSuffix, sp.System, pl.host.System))
+		}
+	}
+	if pl.host.ELF == pl.build.ELF {
+		notes = append(notes, fmt.Sprintf("host %s and build platform %s run the same ELF code: build-platform paths are told apart by the derivation graph only", pl.host.System, pl.build.System))
+	}
+	return pl, problems, notes, nil
+}
+
+// sideSystem is the platform override names, or else the one system all
+// of drvs are for.
+func sideSystem(side, override string, g *Graph, drvs []string) (platform.Platform, error) {
+	if override != "" {
+		pl, err := platform.Lookup(override)
+		if err != nil {
+			return platform.Platform{}, fmt.Errorf("%s system: %w", side, err)
+		}
+		return pl, nil
+	}
+	system, from := "", ""
+	for _, d := range drvs {
+		dd, _ := g.Derivation(d)
+		switch {
+		case from == "":
+			system, from = dd.Platform, d
+		case dd.Platform != system:
+			return platform.Platform{}, fmt.Errorf("%s system: the roots disagree (%s is for %s, %s for %s); pass the %s system explicitly", side, from, system, d, dd.Platform, side)
+		}
+	}
+	pl, err := platform.Lookup(system)
+	if err != nil {
+		return platform.Platform{}, fmt.Errorf("%s system of root %s: %w; pass the %s system explicitly", side, from, err, side)
+	}
+	return pl, nil
+}
+
+// hostMarker is the host config that host path names carry: the host
+// suffix, or else a config of host that names (of cross paths or
+// derivations) carry, as in a static set, whose names are equal on both
+// sides.
+func hostMarker(suffix string, host platform.Platform, names []string) string {
+	if suffix != "" {
+		return suffix
+	}
+	for _, n := range names {
+		if c, ok := host.ConfigIn(n); ok {
+			return c
+		}
+	}
+	return ""
 }
 
 // entryFor finds the native path for cross output path c.
@@ -522,14 +641,18 @@ func Check(ctx context.Context, store upstream.Reader, m *mapping.Mapping, opts 
 		}
 	}
 
+	pl, notes, err := checkPlatforms(m, opts, suffix, native, nativeDrvs, cross, crossDrvs)
+	if err != nil {
+		return nil, err
+	}
+	rep.Notes = append(rep.Notes, notes...)
+
 	classes := map[string]Class{}
 	for _, c := range cl.paths {
 		info := cl.info[c]
-		class, why := classOf(c, cl.scan[c], suffix, cross, func(d string) bool { return bo[d] })
+		class, why := classOf(c, cl.scan[c], pl, cross, func(d string) bool { return bo[d] })
 		classes[c] = class
-		if n := buildELFNote(c, class, cl.scan[c]); n != "" {
-			rep.Notes = append(rep.Notes, n)
-		}
+		rep.Notes = append(rep.Notes, platformNotes(c, class, cl.scan[c], pl)...)
 		pr := PathReport{Cross: c, Class: class, Why: why, CA: info.CA != ""}
 		if e, ok := m.ByCross(c); ok {
 			pr.Native = e.Native
@@ -568,6 +691,58 @@ func Check(ctx context.Context, store upstream.Reader, m *mapping.Mapping, opts 
 	})
 	sort.Strings(rep.Problems)
 	return rep, nil
+}
+
+// Platforms assumed for a mapping that does not record them and whose
+// derivations and names do not tell: the platforms this project started
+// with.
+const (
+	fallbackHost  = "aarch64-linux"
+	fallbackBuild = "x86_64-linux"
+)
+
+// checkPlatforms finds the platforms m was made for: from opts, else from
+// the mapping file, else from the systems of its native and cross
+// derivers and its host suffix, else the fallbacks. Notes say which
+// guesses were made.
+func checkPlatforms(m *mapping.Mapping, opts Options, suffix string, native *Graph, nativeDrvs []string, cross *Graph, crossDrvs []string) (platforms, []string, error) {
+	var pl platforms
+	var notes []string
+	resolve := func(side, override, recorded, fallback string, g *Graph, drvs []string, fromSuffix string) (platform.Platform, error) {
+		switch {
+		case override != "":
+			return sideSystem(side, override, nil, nil)
+		case recorded != "":
+			return sideSystem(side, recorded, nil, nil)
+		}
+		if g != nil && len(drvs) > 0 {
+			if p, err := sideSystem(side, "", g, dedupe(drvs)); err == nil {
+				notes = append(notes, fmt.Sprintf("the mapping does not record its %s system: %s, the system of its %s derivations", side, p.System, map[string]string{"host": "native", "build": "cross"}[side]))
+				return p, nil
+			}
+		}
+		if fromSuffix != "" {
+			if p, ok := platform.ByConfig(fromSuffix); ok {
+				notes = append(notes, fmt.Sprintf("the mapping does not record its %s system: %s, from the host suffix %s", side, p.System, fromSuffix))
+				return p, nil
+			}
+		}
+		notes = append(notes, fmt.Sprintf("the mapping does not record its %s system, and neither its derivations nor its names tell: assuming %s", side, fallback))
+		return sideSystem(side, fallback, nil, nil)
+	}
+	var err error
+	if pl.host, err = resolve("host", opts.HostSystem, m.HostSystem(), fallbackHost, native, nativeDrvs, suffix); err != nil {
+		return pl, nil, fmt.Errorf("check: %w", err)
+	}
+	if pl.build, err = resolve("build", opts.BuildSystem, m.BuildSystem(), fallbackBuild, cross, crossDrvs, ""); err != nil {
+		return pl, nil, fmt.Errorf("check: %w", err)
+	}
+	var names []string
+	for _, e := range m.Entries() {
+		names = append(names, pathName(e.Cross))
+	}
+	pl.marker = hostMarker(suffix, pl.host, names)
+	return pl, notes, nil
 }
 
 // inferFromEntries finds the host suffix from the first entry whose names
