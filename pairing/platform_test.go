@@ -392,3 +392,38 @@ func TestCheckFallbackPlatforms(t *testing.T) {
 		t.Errorf("notes %q, want first %q", rep.Notes, w)
 	}
 }
+
+// staticStore is a pkgsStatic set: the same names on both sides, both
+// carrying the host config; a build-platform bash (an input by role) and a
+// host one (a buildInput) of equal names.
+func staticStore(t *testing.T) (*memStore, *testGraph, *testGraph) {
+	t.Helper()
+	const static = "static-aarch64-unknown-linux-musl"
+	specs := []spec{
+		{key: "musl", name: "musl-" + static + "-1.2.5"},
+		{key: "bash", name: "bash-5.2"},
+		{key: "hbash", name: "bash-" + static + "-5.2"},
+		{key: "hello", name: "hello-" + static + "-2.12", inputs: []string{"musl", "bash", "hbash"},
+			env: map[string]string{"nativeBuildInputs": "{bash.out}", "buildInputs": "{musl.out} {hbash.out}"}},
+	}
+	n, c := graphOf(t, "native", specs), graphOf(t, "cross", specs)
+	s := newMemStore()
+	s.addDrvs(t, n)
+	s.addDrvs(t, c)
+	o := func(k string) string { return c.out[k]["out"] }
+	s.addPath(t, o("musl"), nil, "", file{path: "/", data: realELF(t, "aarch64", "")})
+	s.addPath(t, o("hbash"), nil, "", file{path: "/", data: realELF(t, "aarch64", "")})
+	s.addPath(t, o("hello"), []string{o("musl"), o("hbash")}, "", file{path: "/", data: realELF(t, "aarch64", o("musl")+" "+o("hbash"))})
+	return s, n, c
+}
+
+// TestMapStaticSet: equal names on both sides leave no suffix to infer;
+// the error says why, rather than only ask for a suffix that would not
+// help.
+func TestMapStaticSet(t *testing.T) {
+	s, n, c := staticStore(t)
+	_, err := Map(context.Background(), s, []Root{{Native: n.drv["hello"], Cross: c.drv["hello"]}}, Options{})
+	if err == nil || !strings.Contains(err.Error(), "both carry the host config aarch64-unknown-linux-musl, as a static package set is") {
+		t.Errorf("err = %v", err)
+	}
+}
