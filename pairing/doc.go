@@ -18,11 +18,10 @@
 // the build platform, or neither) and the graph (reached only as a
 // build-platform input: nativeBuildInputs and the like, also inside
 // __structuredAttrs' __json, or the builder); a path that references a
-// build-platform path is a leak,
-// reported with the entries that hold the reference. When several cross
-// paths pair with one native path, a host one is served, then a neutral
-// one; a tie is a problem. Check does the same for an existing mapping
-// file.
+// build-platform path is a leak, reported with the entries that hold the
+// reference. When several cross paths pair with one native path, a host
+// one is served, then a neutral one; a tie is a problem. Check does the
+// same for an existing mapping file.
 //
 // The platforms come from the data: Map takes the host from the native
 // roots' system and the build platform from the cross roots', and records
