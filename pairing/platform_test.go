@@ -210,7 +210,7 @@ func TestMapPlatforms(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := "host suffix " + suffix + " is a config of aarch64-linux, but the host system is x86_64-linux"
+	want := "host suffix " + suffix + " is a config of aarch64-linux, but the host system is x86_64-linux: native and cross paths are for different platforms"
 	if !slices.ContainsFunc(rep.Problems, func(p string) bool { return strings.HasPrefix(p, want) }) {
 		t.Errorf("problems %q, want one starting %q", rep.Problems, want)
 	}
@@ -425,5 +425,39 @@ func TestMapStaticSet(t *testing.T) {
 	_, err := Map(context.Background(), s, []Root{{Native: n.drv["hello"], Cross: c.drv["hello"]}}, Options{})
 	if err == nil || !strings.Contains(err.Error(), "both carry the host config aarch64-unknown-linux-musl, as a static package set is") {
 		t.Errorf("err = %v", err)
+	}
+}
+
+// TestCheckSuffixAgainstSystem: a mapping whose names carry the suffix of
+// another system than the one it records is a problem; equal ELF on both
+// sides is a note.
+func TestCheckSuffixAgainstSystem(t *testing.T) {
+	s := newMemStore()
+	cross := storePath("c/hello", "hello-"+suffix+"-2.12")
+	s.addPath(t, cross, nil, "", file{path: "/", data: []byte("x")})
+	m, err := mapping.New([]mapping.Entry{{Native: storePath("n/hello", "hello-2.12"), Cross: cross}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		host, build     string
+		problems, notes []string
+	}{
+		{"riscv64-linux", "x86_64-linux", []string{"host suffix " + suffix + " is a config of aarch64-linux, but the host system is riscv64-linux: native and cross paths are for different platforms"}, nil},
+		{"aarch64-linux", "aarch64-linux", nil, []string{"host aarch64-linux and build platform aarch64-linux run the same ELF code: build-platform paths are told apart by the derivation graph only"}},
+		{"aarch64-linux", "x86_64-linux", nil, nil},
+	}
+	for _, tt := range tests {
+		mm, err := m.WithSystems(tt.host, tt.build)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rep, err := Check(context.Background(), s, mm, Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(rep.Problems, tt.problems) || !reflect.DeepEqual(rep.Notes, tt.notes) {
+			t.Errorf("host %s, build %s: problems %q, notes %q; want %q, %q", tt.host, tt.build, rep.Problems, rep.Notes, tt.problems, tt.notes)
+		}
 	}
 }

@@ -91,18 +91,26 @@ func (p *Pairing) platforms(opts Options, nativeRoots, crossRoots []string) (pl 
 		names = append(names, d.Name())
 	}
 	pl.marker = hostMarker(p.HostSuffix, pl.host, names)
-	if p.HostSuffix != "" {
-		switch sp, ok := platform.ByConfig(p.HostSuffix); {
+	problems, notes = pl.agree(p.HostSuffix)
+	return pl, problems, notes, nil
+}
+
+// agree checks the platforms against the host suffix and each other: a
+// suffix of another system means native and cross derivations were
+// instantiated for different platforms.
+func (pl platforms) agree(suffix string) (problems, notes []string) {
+	if suffix != "" {
+		switch sp, ok := platform.ByConfig(suffix); {
 		case !ok:
-			notes = append(notes, fmt.Sprintf("host suffix %s is not a config of a known system; classes rest on ELF files and the graph", p.HostSuffix))
+			notes = append(notes, fmt.Sprintf("host suffix %s is not a config of a known system; classes rest on ELF files and the graph", suffix))
 		case sp.System != pl.host.System:
-			problems = append(problems, fmt.Sprintf("host suffix %s is a config of %s, but the host system is %s: native and cross derivations are for different platforms", p.HostSuffix, sp.System, pl.host.System))
+			problems = append(problems, fmt.Sprintf("host suffix %s is a config of %s, but the host system is %s: native and cross paths are for different platforms", suffix, sp.System, pl.host.System))
 		}
 	}
 	if pl.host.ELF == pl.build.ELF {
 		notes = append(notes, fmt.Sprintf("host %s and build platform %s run the same ELF code: build-platform paths are told apart by the derivation graph only", pl.host.System, pl.build.System))
 	}
-	return pl, problems, notes, nil
+	return problems, notes
 }
 
 // sideSystem is the platform override names, or else the one system all
@@ -160,7 +168,7 @@ const (
 // the mapping file, else from the systems of its native and cross
 // derivers and its host suffix, else the fallbacks. Notes say which
 // guesses were made.
-func checkPlatforms(m *mapping.Mapping, opts Options, suffix string, native *Graph, nativeDrvs []string, cross *Graph, crossDrvs []string) (platforms, []string, error) {
+func checkPlatforms(m *mapping.Mapping, opts Options, suffix string, native *Graph, nativeDrvs []string, cross *Graph, crossDrvs []string) (platforms, []string, []string, error) {
 	var pl platforms
 	var notes []string
 	resolve := func(side, override, recorded, fallback string, g *Graph, drvs []string, fromSuffix string) (platform.Platform, error) {
@@ -187,17 +195,18 @@ func checkPlatforms(m *mapping.Mapping, opts Options, suffix string, native *Gra
 	}
 	var err error
 	if pl.host, err = resolve("host", opts.HostSystem, m.HostSystem(), fallbackHost, native, nativeDrvs, suffix); err != nil {
-		return pl, nil, fmt.Errorf("check: %w", err)
+		return pl, nil, nil, fmt.Errorf("check: %w", err)
 	}
 	if pl.build, err = resolve("build", opts.BuildSystem, m.BuildSystem(), fallbackBuild, cross, crossDrvs, ""); err != nil {
-		return pl, nil, fmt.Errorf("check: %w", err)
+		return pl, nil, nil, fmt.Errorf("check: %w", err)
 	}
 	var names []string
 	for _, e := range m.Entries() {
 		names = append(names, pathName(e.Cross))
 	}
 	pl.marker = hostMarker(suffix, pl.host, names)
-	return pl, notes, nil
+	problems, more := pl.agree(suffix)
+	return pl, problems, append(notes, more...), nil
 }
 
 // staticRoots finds the host config that every root's name carries, equal

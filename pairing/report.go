@@ -508,10 +508,11 @@ func Check(ctx context.Context, store upstream.Reader, m *mapping.Mapping, opts 
 		}
 	}
 
-	pl, notes, err := checkPlatforms(m, opts, suffix, native, nativeDrvs, cross, crossDrvs)
+	pl, problems, notes, err := checkPlatforms(m, opts, suffix, native, nativeDrvs, cross, crossDrvs)
 	if err != nil {
 		return nil, err
 	}
+	rep.Problems = append(rep.Problems, problems...)
 	rep.Notes = append(rep.Notes, notes...)
 
 	classes := map[string]Class{}
