@@ -58,6 +58,22 @@ func TestTargets(t *testing.T) {
 			if len(want) < 5 || !reflect.DeepEqual(m.Entries(), want) {
 				t.Fatalf("map of %s = %v\nwant the by-attribute entries of its closure %v", Main, m.Entries(), want)
 			}
+			// The platforms come from the derivations' systems, and check
+			// classifies the target's ELF files as host code.
+			if m.HostSystem() != tg.System || m.BuildSystem() != "x86_64-linux" {
+				t.Fatalf("map recorded host %q and build %q, want %s and x86_64-linux", m.HostSystem(), m.BuildSystem(), tg.System)
+			}
+			out, stderr, err := runTool(t, "check", "--mapping", mappingFile)
+			if err != nil {
+				t.Fatalf("check: %v\n%s", err, stderr)
+			}
+			elfName := tg.Name
+			if tg.Machine == elf.EM_ARM {
+				elfName = "armv6l/armv7l" // one ELF machine
+			}
+			if want := "host: " + elfName + " ELF in "; !strings.Contains(out, want) {
+				t.Fatalf("check does not classify any path by its %s ELF files (%q):\n%s", tg.Name, want, out)
+			}
 
 			srv := startServer(t, mappingFile)
 			ctx := testContext(t, 2*time.Minute)
