@@ -323,4 +323,3 @@ func explainSlots(native *Graph, ss []slot) string {
 	}
 	return strings.Join(parts, ", ")
 }
-
