@@ -192,6 +192,15 @@ func TestPairShapes(t *testing.T) {
 			wantOut: map[string]string{"headers.out": "headers.out"},
 		},
 		{
+			name: "lists of the same length: a place in buildInputs pairs nothing",
+			native: withRoot([]spec{{key: "zlib", name: "zlib-1.3"}, {key: "libidn2", name: "libidn2-2.3.7"}},
+				spec{key: "hello", name: "hello-2.12", inputs: []string{"zlib", "libidn2"}, env: map[string]string{"buildInputs": "{zlib.out} {libidn2.out}"}}),
+			cross: withRoot([]spec{{key: "zlib", name: "zlib" + sfx + "1.3"}, {key: "extra", name: "extra" + sfx + "1.0"}},
+				spec{key: "hello", name: "hello" + sfx + "2.12", inputs: []string{"zlib", "extra"}, env: map[string]string{"buildInputs": "{zlib.out} {extra.out}"}}),
+			wantDrv:  map[string]string{"zlib": "zlib"},
+			wantFail: map[string]string{"extra": "no candidate"},
+		},
+		{
 			name:    "compiler: target prefix removed, lib output to lib, through stdenv and wrapper to glibc",
 			native:  ccNative,
 			cross:   ccCross,
