@@ -656,15 +656,15 @@ func (r *Report) write(w io.Writer, paths bool) error {
 		switch {
 		case p.Native != "":
 			fmt.Fprintf(&b, "  serve %s\n     from %s\n", p.Native, p.Cross)
-			if p.PairedBy != "" {
-				fmt.Fprintf(&b, "        paired by %s\n", p.PairedBy)
-			}
 		case p.CA && p.Problem == "":
 			fmt.Fprintf(&b, "  as-is %s (content-addressed)\n", p.Cross)
 		default:
 			fmt.Fprintf(&b, "  NOT   %s\n", p.Cross)
 		}
 		fmt.Fprintf(&b, "        %s: %s\n", p.Class, p.Why)
+		if p.PairedBy != "" {
+			fmt.Fprintf(&b, "        paired by %s\n", p.PairedBy)
+		}
 	}
 	fmt.Fprintf(&b, "leaks: %d\n", len(r.Leaks))
 	for _, l := range r.Leaks {
