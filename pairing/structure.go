@@ -72,6 +72,8 @@ type slot struct {
 // Nix names end, so "<path>/lib" gives "<path>".
 var storePathRE = regexp.MustCompile(`/nix/store/[0-9a-df-np-sv-z]{32}-[A-Za-z0-9+\-._?=]+`)
 
+const storeDirSlash = "/nix/store/"
+
 // occurrence is one word of an attribute that holds store paths.
 type occurrence struct {
 	word  int
@@ -85,6 +87,9 @@ func attrTemplates(d *derivation.Derivation) map[string]map[string][]occurrence 
 	res := map[string]map[string][]occurrence{}
 	add := func(attr string, words []string) {
 		for i, w := range words {
+			if !strings.Contains(w, storeDirSlash) {
+				continue // most words; the regexp is the cost of a walk
+			}
 			locs := storePathRE.FindAllStringIndex(w, -1)
 			if len(locs) == 0 {
 				continue
@@ -107,8 +112,8 @@ func attrTemplates(d *derivation.Derivation) map[string]map[string][]occurrence 
 		}
 	}
 	for k, v := range d.Env {
-		if k == "__json" {
-			continue
+		if _, own := d.Outputs[k]; own || k == "__json" || !strings.Contains(v, storeDirSlash) {
+			continue // an output's attribute holds the derivation's own path
 		}
 		add(k, strings.Fields(v))
 	}
