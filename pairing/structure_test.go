@@ -277,6 +277,16 @@ func TestPairShapes(t *testing.T) {
 			wantProblems: []string{"contradicts the pair by position: attribute makeFlags word 1"},
 		},
 		{
+			name:         "--pair of derivations contradicting a pair by name",
+			native:       helloOnLibc(nativeLibc, "hello-2.12"),
+			cross:        helloOnLibc(crossLibc, "hello"+sfx+"2.12"),
+			users:        []string{"headers=libunistring"},
+			wantDrv:      map[string]string{"headers": "libunistring"},
+			wantBy:       map[string]string{"headers.out": "--pair"},
+			wantOut:      map[string]string{"headers.out": "libunistring.out"},
+			wantProblems: []string{"contradicts the pair by name, as an input of"},
+		},
+		{
 			name: "--pair never reached",
 			native: withRoot([]spec{{key: "deep", name: "deep-1.0"}},
 				spec{key: "hello", name: "hello-2.12", inputs: []string{"deep"}}),
