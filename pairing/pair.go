@@ -136,6 +136,12 @@ func (p *Pairing) OutputOf(c string) (OutputRef, string, Basis, error) {
 		return OutputRef{}, "", Basis{}, fmt.Errorf("no derivation in the cross graph produces it")
 	}
 	if op, ok := p.outPairs[c]; ok {
+		if op.by.How != ByUser && len(p.conflicts[prod.Drv]) > 0 {
+			// Parents disagree on the derivation: its outputs' places
+			// settle nothing.
+			_, err := p.NativeOf(prod.Drv)
+			return OutputRef{}, "", Basis{}, err
+		}
 		if others := p.outConflicts[c]; len(others) > 0 {
 			nd, _ := p.Native.Derivation(op.native.Drv)
 			all := append([]string{nd.Outputs[op.native.Output].Path}, others...)

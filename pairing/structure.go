@@ -157,8 +157,8 @@ func jsonWords(v any, depth int, words *[]string) {
 
 // structuralSlots pairs the input outputs of cross parent cd with those of
 // native parent nd that sit at the same place of the same attribute: the
-// single store path of an attribute on both sides (its role), or a word
-// with the same text around its paths, occurring as often on both sides.
+// single store path of an attribute on both sides (its role), or the one
+// word of the attribute with that text around its paths on both sides.
 // A bare path in a list with several paths (buildInputs) says nothing: the
 // lists need not have the same members.
 func structuralSlots(native, cross *Graph, nd, cd *derivation.Derivation, crossParent string) map[string][]slot {
@@ -172,8 +172,11 @@ func structuralSlots(native, cross *Graph, nd, cd *derivation.Derivation, crossP
 		ctm := ct[attr]
 		bare := len(ctm) == 1 && len(ntm) == 1 && len(ctm["@"]) == 1 && len(ntm["@"]) == 1
 		for _, tmpl := range sortedKeys(ctm) {
+			// A template that repeats (-L@/lib -L@/lib) says nothing
+			// about which is which: the order of the words need not be
+			// the same on both sides.
 			cocc, nocc := ctm[tmpl], ntm[tmpl]
-			if len(cocc) != len(nocc) || (tmpl == "@" && !bare) {
+			if len(cocc) != 1 || len(nocc) != 1 || (tmpl == "@" && !bare) {
 				continue
 			}
 			for k := range cocc {

@@ -201,6 +201,31 @@ func TestPairShapes(t *testing.T) {
 			wantFail: map[string]string{"extra": "no candidate"},
 		},
 		{
+			name: "a template that repeats says nothing: names decide",
+			native: withRoot([]spec{{key: "a", name: "liba-1.0"}, {key: "b", name: "libb-1.0"}},
+				spec{key: "hello", name: "hello-2.12", inputs: []string{"a", "b"}, env: map[string]string{"NIX_LDFLAGS": "-L{a.out}/lib -L{b.out}/lib"}}),
+			cross: withRoot([]spec{{key: "a", name: "liba" + sfx + "1.0"}, {key: "b", name: "libb" + sfx + "1.0"}},
+				spec{key: "hello", name: "hello" + sfx + "2.12", inputs: []string{"a", "b"}, env: map[string]string{"NIX_LDFLAGS": "-L{b.out}/lib -L{a.out}/lib"}}),
+			wantDrv: map[string]string{"a": "a", "b": "b"},
+		},
+		{
+			name: "parents that disagree on a derivation leave its placed output unpaired",
+			native: withRoot([]spec{
+				{key: "xgcc", name: "xgcc-13.3.0", outputs: []string{"out", "libgcc"}},
+				{key: "other", name: "libgcc-13.3.0"},
+				{key: "glibc", name: "glibc-2.40", inputs: []string{"xgcc:libgcc"}, env: map[string]string{"makeFlags": "user-defined-trusted-dirs={xgcc.libgcc}/lib"}},
+				{key: "tool", name: "tool-1.0", inputs: []string{"other"}},
+			}, spec{key: "hello", name: "hello-2.12", inputs: []string{"glibc", "tool"}}),
+			cross: withRoot([]spec{
+				{key: "libgcc", name: "libgcc" + sfx + "13.3.0"},
+				{key: "glibc", name: "glibc" + sfx + "2.40", inputs: []string{"libgcc"}, env: map[string]string{"makeFlags": "user-defined-trusted-dirs={libgcc.out}/lib"}},
+				{key: "tool", name: "tool" + sfx + "1.0", inputs: []string{"libgcc"}},
+			}, spec{key: "hello", name: "hello" + sfx + "2.12", inputs: []string{"glibc", "tool"}}),
+			wantFail:    map[string]string{"libgcc": "different parents pair it with several native derivations"},
+			wantCands:   map[string][]string{"libgcc": {"xgcc", "other"}},
+			wantOutFail: map[string]string{"libgcc.out": "different parents pair it with several native derivations"},
+		},
+		{
 			name:    "compiler: target prefix removed, lib output to lib, through stdenv and wrapper to glibc",
 			native:  ccNative,
 			cross:   ccCross,
