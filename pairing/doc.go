@@ -35,13 +35,13 @@
 // Basis, which Map reports per path. Native inputs without a cross
 // counterpart (libidn2, which only native glibc uses) are never asked for.
 // Fixed-output derivations and plain sources are the same store path on
-// both sides and need no pair.
+// both sides and need no pair. A path of the cross runtime closure that
+// pairs with nothing is a problem only when a served path references it;
+// otherwise nothing asks for it and Map only notes it.
 //
 // Only the runtime closure of the built cross outputs is served, so Map
 // walks that closure in the upstream store and emits an entry for each
-// input-addressed path of it that pairs. A path that does not is a problem
-// only when a served path references it; otherwise nothing asks for it
-// and it is noted. Every path is classified from its name (the
+// input-addressed path of it. Every path is classified from its name (the
 // host suffix makes it host), its contents (aarch64, or x86_64 and i686
 // ELF, or neither) and the graph (reached only as a build-platform input:
 // nativeBuildInputs and the like, also inside __structuredAttrs' __json,

@@ -318,7 +318,7 @@ func (p *Pairing) Map(ctx context.Context, store upstream.Reader, opts Options) 
 	if err != nil {
 		return nil, err
 	}
-	rep := &Report{Problems: append(missing, p.Problems()...)}
+	rep := &Report{Problems: missing}
 	classes := map[string]Class{}
 	proposed := map[string]mapping.Entry{} // cross path -> its entry, before conflicts
 	basis := map[string]Basis{}            // cross path -> why its entry
@@ -403,6 +403,7 @@ func (p *Pairing) Map(ctx context.Context, store upstream.Reader, opts Options) 
 			rep.Problems = append(rep.Problems, pr.Cross+": "+pr.Problem)
 		}
 	}
+	rep.Problems = append(rep.Problems, p.Problems()...)
 	m, err := mapping.New(entries)
 	if err != nil {
 		return nil, fmt.Errorf("map: %w", err)

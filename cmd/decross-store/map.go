@@ -25,15 +25,14 @@ func (r *repeated) String() string     { return strings.Join(*r, ",") }
 func (r *repeated) Set(s string) error { *r = append(*r, s); return nil }
 
 const mapUsage = `usage: decross-store map --native DRV --cross DRV [--native DRV --cross DRV ...]
-                         [--pairs FILE] [--pair CROSS=NATIVE ...] [--host-suffix SUFFIX]
-                         [--upstream ADDR] [--store-dir DIR]
+                         [--pairs FILE] [--host-suffix SUFFIX] [--upstream ADDR] [--store-dir DIR]
                          [--allow-build-platform] [--strict] [-v] -o mapping.json
 
 Pairs each native derivation with the cross derivation built for it, walks
 both derivation graphs and writes the mapping for the runtime closure of the
 built cross outputs. Inputs of paired derivations pair by name, by the
-attribute that holds them, or by their place in an attribute; --pair settles
-what that cannot. Problems and build-platform leaks go to stderr; -v says
+attribute that holds them, or by their place in an attribute; --pair
+CROSS=NATIVE (repeatable) settles what that cannot. Problems and build-platform leaks go to stderr; -v says
 for each path why it was paired.
 
 `
@@ -96,7 +95,8 @@ func runMap(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return err
 	}
 	defer closeUpstream()
-	opts := pairing.Options{HostSuffix: *suffix, AllowBuildPlatform: *allowBuild, Pairs: userPairs, Derivations: drvSource(*storeDir, store)}
+	opts := pairing.Options{HostSuffix: *suffix, AllowBuildPlatform: *allowBuild, Derivations: drvSource(*storeDir, store)}
+	opts.Pairs = userPairs
 	rep, err := pairing.Map(ctx, store, roots, opts)
 	if err != nil {
 		return err
