@@ -79,7 +79,8 @@ type Pairing struct {
 	Native     *Graph
 	Cross      *Graph
 
-	pairs        map[string]drvPair  // cross .drv -> native .drv
+	pairs        map[string]string   // cross .drv -> native .drv
+	pairedBy     map[string]Basis    // cross .drv -> why it was paired
 	via          map[string]string   // cross .drv -> cross parent that paired it ("" for roots)
 	conflicts    map[string][]string // cross .drv -> further native proposals
 	outPairs     map[string]slot     // cross output path -> native output
@@ -87,11 +88,6 @@ type Pairing struct {
 	failures     map[string][]Failure
 	buildOnly    map[string]bool // cross .drv reachable from the roots only through build-platform inputs
 	problems     map[string]bool // with user pairs: contradicted or never reached
-}
-
-type drvPair struct {
-	native string
-	by     Basis
 }
 
 // Len is the number of paired derivations.
@@ -110,10 +106,10 @@ func (p *Pairing) Problems() []string { return sortedKeys(p.problems) }
 func (p *Pairing) NativeOf(crossDrv string) (string, error) {
 	n, ok := p.pairs[crossDrv]
 	if ok && len(p.conflicts[crossDrv]) == 0 {
-		return n.native, nil
+		return n, nil
 	}
 	if ok {
-		c := append([]string{n.native}, p.conflicts[crossDrv]...)
+		c := append([]string{n}, p.conflicts[crossDrv]...)
 		sort.Strings(c)
 		return "", fmt.Errorf("cannot pair %s: different parents pair it with several native derivations (%s)", crossDrv, strings.Join(c, ", "))
 	}
@@ -125,7 +121,7 @@ func (p *Pairing) NativeOf(crossDrv string) (string, error) {
 }
 
 // PairedBy says why crossDrv was paired; the zero Basis when it was not.
-func (p *Pairing) PairedBy(crossDrv string) Basis { return p.pairs[crossDrv].by }
+func (p *Pairing) PairedBy(crossDrv string) Basis { return p.pairedBy[crossDrv] }
 
 // OutputOf returns the native output path cross output path c stands for
 // and why: the output the structure of the parents put in its place, or
@@ -158,9 +154,9 @@ func (p *Pairing) OutputOf(c string) (OutputRef, string, Basis, error) {
 	nd, _ := p.Native.Derivation(n)
 	out, ok := nd.Outputs[prod.Output]
 	if !ok {
-		return OutputRef{}, "", Basis{}, fmt.Errorf("it is output %q of %s, but the paired native derivation %s has no such output (paired by %s)", prod.Output, prod.Drv, n, p.pairs[prod.Drv].by)
+		return OutputRef{}, "", Basis{}, fmt.Errorf("it is output %q of %s, but the paired native derivation %s has no such output (paired by %s)", prod.Output, prod.Drv, n, p.pairedBy[prod.Drv])
 	}
-	return OutputRef{Drv: n, Output: prod.Output}, out.Path, p.pairs[prod.Drv].by, nil
+	return OutputRef{Drv: n, Output: prod.Output}, out.Path, p.pairedBy[prod.Drv], nil
 }
 
 // Pair walks the cross and native graphs from roots and pairs derivations
@@ -209,7 +205,8 @@ func Pair(native, cross *Graph, roots []Root, opts Options) (*Pairing, error) {
 		HostSuffix:   suffix,
 		Native:       native,
 		Cross:        cross,
-		pairs:        map[string]drvPair{},
+		pairs:        map[string]string{},
+		pairedBy:     map[string]Basis{},
 		via:          map[string]string{},
 		conflicts:    map[string][]string{},
 		outPairs:     map[string]slot{},
@@ -233,12 +230,13 @@ func Pair(native, cross *Graph, roots []Root, opts Options) (*Pairing, error) {
 	var queue []job
 	propose := func(c, n, parent string, by Basis) {
 		if prev, ok := p.pairs[c]; ok {
-			if prev.native != n && !contains(p.conflicts[c], n) {
+			if prev != n && !contains(p.conflicts[c], n) {
 				p.conflicts[c] = append(p.conflicts[c], n)
 			}
 			return
 		}
-		p.pairs[c] = drvPair{native: n, by: by}
+		p.pairs[c] = n
+		p.pairedBy[c] = by
 		p.via[c] = parent
 		queue = append(queue, job{n, c})
 	}
