@@ -49,6 +49,7 @@ type xzGuard struct {
 	blocks   uint64  // blocks in the current stream
 	blockLen uint64  // bytes of the current block so far, for its padding
 	dict     uint64  // the current block's LZMA2 dictionary size
+	size     uint64  // the current block's uncompressed size, 0 when its header does not say
 	idxLen   uint64  // bytes of the index so far, for its padding
 	left     uint64  // index varints still to read
 }
@@ -300,10 +301,15 @@ func (g *xzGuard) blockHeader(b []byte) error {
 		}
 		return 0, false
 	}
-	for _, present := range []bool{flags&0x40 != 0, flags&0x80 != 0} {
+	g.size = 0
+	for i, present := range []bool{flags&0x40 != 0, flags&0x80 != 0} {
 		if present {
-			if _, ok := uvarint(); !ok {
+			v, ok := uvarint()
+			if !ok {
 				return g.corrupt("bad size in a block header")
+			}
+			if i == 1 {
+				g.size = v
 			}
 		}
 	}
@@ -420,6 +426,17 @@ func (x *xzReader) Read(p []byte) (int, error) {
 		}
 		if x.g.inData() {
 			dict := x.g.dict // at most max: the walk refused the block otherwise
+			// A block never refers back further than its own start, so a
+			// block that declares its size (as parallel encoders write
+			// them, 3 dictionaries long by default) needs no bigger
+			// window: allocating and clearing the whole declared
+			// dictionary for each block is most of the cost of decoding
+			// small blocks. A header that lies about the size makes the
+			// decoder fail on a distance it cannot reach, never decode
+			// differently.
+			if s := x.g.size; s != 0 && s < dict {
+				dict = max(s, lzma.MinDictCap)
+			}
 			x.maxDict = max(x.maxDict, dict)
 			dec, err := lzma.Reader2Config{DictCap: int(dict)}.NewReader2(xzBlockData{x})
 			if x.err != nil {

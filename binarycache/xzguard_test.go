@@ -516,3 +516,60 @@ func FuzzXZGuard(f *testing.F) {
 func TestXZFuzzSeeds(t *testing.T) {
 	fuzzseed.Check(t, "FuzzXZGuard", xzFuzzSeeds(t), *update, "go test ./binarycache -run TestXZFuzzSeeds -update")
 }
+
+// TestXZDictCappedByBlockSize checks that a block whose header declares
+// its uncompressed size is decoded with a window of that size rather than
+// the dictionary its filter declares, and that a header claiming less
+// than the block holds never changes what is decoded.
+func TestXZDictCappedByBlockSize(t *testing.T) {
+	payload := xzPayload()
+	multi := readXZFile(t, "multiblock")
+	out, dict, err := decodeGuarded(multi, splits["whole"], 1<<30)
+	if err != nil || !bytes.Equal(out, payload) {
+		t.Fatalf("decode multiblock.xz: %d bytes, %v; want the payload", len(out), err)
+	}
+	if dict != 16<<10 {
+		t.Fatalf("multiblock.xz (16 KiB blocks, 8 MiB dictionary) decoded with a %d-byte window, want 16 KiB", dict)
+	}
+	if _, dict, _ := decodeGuarded(readXZFile(t, "preset6"), splits["whole"], 1<<30); dict != 8<<20 {
+		t.Fatalf("preset6.xz (no sizes in its block header) decoded with a %d-byte window, want its 8 MiB dictionary", dict)
+	}
+
+	// Every block header of multiblock gives a size over 4 KiB; say 4 KiB
+	// (a varint no longer than before) and pad the header back to its
+	// length.
+	lie := bytes.Clone(multi)
+	for _, off := range xzBlockHeaders(t, lie) {
+		hlen := (int(lie[off]) + 1) * 4
+		h := lie[off : off+hlen]
+		if h[1]&0xc0 != 0xc0 {
+			t.Fatalf("block header at %d has no sizes", off)
+		}
+		_, n := binary.Uvarint(h[2:])
+		pos := 2 + n
+		size, m := binary.Uvarint(h[pos:])
+		if size <= 4096 || size > 16<<10 {
+			t.Fatalf("block header at %d: uncompressed size %d, want more than 4 KiB, at most 16", off, size)
+		}
+		rest := bytes.Clone(h[pos+m : hlen-4])
+		k := binary.PutUvarint(h[pos:], 4096)
+		copy(h[pos+k:], rest)
+		clear(h[pos+k+len(rest) : hlen-4])
+		binary.LittleEndian.PutUint32(h[hlen-4:], crc32.ChecksumIEEE(h[:hlen-4]))
+	}
+	if err := guardAll(lie, splits["whole"]); err != nil {
+		t.Fatalf("the walk refuses the altered file (%v); the test no longer builds the case", err)
+	}
+	for sname, split := range splits {
+		out, dict, err := decodeGuarded(lie, split, 1<<30)
+		if dict != 4096 {
+			t.Fatalf("decode (%s): %d-byte window, want the 4 KiB the headers claim", sname, dict)
+		}
+		if err == nil && !bytes.Equal(out, payload) {
+			t.Fatalf("decode (%s): a header claiming a smaller block changed the output", sname)
+		}
+		if err != nil && !errors.Is(err, ErrCorrupt) {
+			t.Fatalf("decode (%s): %v, want the payload or ErrCorrupt", sname, err)
+		}
+	}
+}

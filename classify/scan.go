@@ -1,8 +1,6 @@
 package classify
 
 import (
-	"debug/elf"
-	"encoding/binary"
 	"fmt"
 	"io"
 	"sort"
@@ -12,6 +10,7 @@ import (
 	"github.com/nix-community/go-nix/pkg/storepath"
 
 	"github.com/decross-store/decross-store/narstream"
+	"github.com/decross-store/decross-store/platform"
 	"github.com/decross-store/decross-store/refscan"
 )
 
@@ -36,9 +35,13 @@ func (f *Files) add(name string) {
 
 // Result is what Scan found in one NAR.
 type Result struct {
-	// Machines lists, per ELF machine (elf.EM_AARCH64, elf.EM_X86_64, ...),
-	// the files of that machine.
-	Machines map[elf.Machine]*Files
+	// Machines lists, per ELF machine, class and byte order, the files
+	// of that kind.
+	Machines map[platform.ELF]*Files
+	// Foreign lists, per executable format that is not ELF ("Mach-O
+	// arm64", "PE x86-64"), the files of that format: code for no Linux
+	// system, which reports name rather than ignore.
+	Foreign map[string]*Files
 	// Refs lists, per candidate store path found, the entries whose name,
 	// file contents or symlink target names it.
 	Refs map[string]*Files
@@ -59,8 +62,8 @@ func (c *counter) Read(b []byte) (int, error) {
 	return n, err
 }
 
-// Has reports whether at least one file is an ELF object for m.
-func (r *Result) Has(m elf.Machine) bool { return r.Machines[m] != nil }
+// Has reports whether at least one file is an ELF object of kind e.
+func (r *Result) Has(e platform.ELF) bool { return r.Machines[e] != nil }
 
 // Scanner scans NARs for ELF machines and for references to a fixed set of
 // candidate store paths. It is not safe for concurrent use.
@@ -111,7 +114,7 @@ func (s *Scanner) Scan(r io.Reader) (*Result, error) {
 	cr := &counter{r: r}
 	s.nr.Reset(cr)
 	defer s.nr.Reset(nil)
-	res := &Result{Machines: map[elf.Machine]*Files{}, Refs: map[string]*Files{}}
+	res := &Result{Machines: map[platform.ELF]*Files{}, Foreign: map[string]*Files{}, Refs: map[string]*Files{}}
 	for {
 		h, err := s.nr.Next()
 		if err == io.EOF {
@@ -134,96 +137,87 @@ func (s *Scanner) Scan(r io.Reader) (*Result, error) {
 		case narstream.TypeSymlink:
 			s.refs.Write([]byte(h.LinkTarget), s.found)
 		case narstream.TypeRegular:
-			m, err := s.scanFile(h.Size)
+			id, err := s.scanFile(h.Size)
 			if err != nil {
 				return nil, fmt.Errorf("read nar: %w", err)
 			}
-			if m != elf.EM_NONE {
-				f := res.Machines[m]
-				if f == nil {
-					f = &Files{}
-					res.Machines[m] = f
-				}
-				f.add(h.Path)
+			switch {
+			case id.elf:
+				addFile(res.Machines, id.ELF, h.Path)
+			case id.foreign != "":
+				addFile(res.Foreign, id.foreign, h.Path)
 			}
 		}
 		for p := range s.hits {
-			f := res.Refs[p]
-			if f == nil {
-				f = &Files{}
-				res.Refs[p] = f
-			}
-			f.add(h.Path)
+			addFile(res.Refs, p, h.Path)
 		}
 	}
 }
 
+func addFile[K comparable](m map[K]*Files, k K, name string) {
+	f := m[k]
+	if f == nil {
+		f = &Files{}
+		m[k] = f
+	}
+	f.add(name)
+}
+
 // scanFile streams the current file's size bytes through the reference
-// scanner. It returns the ELF machine, or EM_NONE when the file is not ELF.
-func (s *Scanner) scanFile(size int64) (elf.Machine, error) {
-	machine := elf.EM_NONE
+// scanner, and identifies the file from its first bytes.
+func (s *Scanner) scanFile(size int64) (ident, error) {
+	var id ident
 	for first := true; size > 0; first = false {
 		n, err := io.ReadFull(&s.nr, s.buf[:min(int64(len(s.buf)), size)])
 		if err != nil {
-			return machine, err
+			return id, err
 		}
 		if first {
-			machine = elfMachine(s.buf[:n])
+			id = identify(s.buf[:n])
 		}
 		s.refs.Write(s.buf[:n], s.found)
 		size -= int64(n)
 	}
-	return machine, nil
+	return id, nil
 }
 
-// elfMachine decodes e_machine from an ELF header prefix.
-func elfMachine(b []byte) elf.Machine {
-	if len(b) < 20 || string(b[:4]) != elf.ELFMAG {
-		return elf.EM_NONE
-	}
-	var order binary.ByteOrder
-	switch elf.Data(b[elf.EI_DATA]) {
-	case elf.ELFDATA2LSB:
-		order = binary.LittleEndian
-	case elf.ELFDATA2MSB:
-		order = binary.BigEndian
-	default:
-		return elf.EM_NONE
-	}
-	return elf.Machine(order.Uint16(b[18:20]))
-}
-
-// Summary describes r in one line, for reports: "aarch64 ELF (3 files)".
+// Summary describes r in one line, for reports: "aarch64 ELF (3 files,
+// e.g. /bin/hello)".
 func (r *Result) Summary() string {
-	if len(r.Machines) == 0 {
+	if len(r.Machines) == 0 && len(r.Foreign) == 0 {
 		return "no ELF files"
 	}
-	ms := make([]elf.Machine, 0, len(r.Machines))
-	for m := range r.Machines {
-		ms = append(ms, m)
+	var parts []string
+	for _, e := range SortedELF(r.Machines) {
+		parts = append(parts, fmt.Sprintf("%s ELF (%d files, e.g. %s)", e, r.Machines[e].Count, r.Machines[e].Names[0]))
 	}
-	sort.Slice(ms, func(i, j int) bool { return ms[i] < ms[j] })
-	parts := make([]string, len(ms))
-	for i, m := range ms {
-		parts[i] = fmt.Sprintf("%s ELF (%d files, e.g. %s)", MachineName(m), r.Machines[m].Count, r.Machines[m].Names[0])
+	formats := make([]string, 0, len(r.Foreign))
+	for f := range r.Foreign {
+		formats = append(formats, f)
+	}
+	sort.Strings(formats)
+	for _, f := range formats {
+		parts = append(parts, fmt.Sprintf("%s (%d files, e.g. %s)", f, r.Foreign[f].Count, r.Foreign[f].Names[0]))
 	}
 	return strings.Join(parts, ", ")
 }
 
-// MachineName is the short name Nix systems use for m ("aarch64",
-// "x86_64"), or the debug/elf name for others.
-func MachineName(m elf.Machine) string {
-	switch m {
-	case elf.EM_AARCH64:
-		return "aarch64"
-	case elf.EM_X86_64:
-		return "x86_64"
-	case elf.EM_386:
-		return "i686"
-	case elf.EM_ARM:
-		return "armv7"
-	case elf.EM_RISCV:
-		return "riscv"
+// SortedELF returns the keys of m in a fixed order: by machine, class,
+// byte order.
+func SortedELF(m map[platform.ELF]*Files) []platform.ELF {
+	out := make([]platform.ELF, 0, len(m))
+	for e := range m {
+		out = append(out, e)
 	}
-	return m.String()
+	sort.Slice(out, func(i, j int) bool {
+		a, b := out[i], out[j]
+		if a.Machine != b.Machine {
+			return a.Machine < b.Machine
+		}
+		if a.Class != b.Class {
+			return a.Class < b.Class
+		}
+		return a.Data < b.Data
+	})
+	return out
 }

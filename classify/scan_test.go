@@ -15,6 +15,12 @@ import (
 	"github.com/nix-community/go-nix/pkg/nar"
 
 	"github.com/decross-store/decross-store/internal/testenv"
+	"github.com/decross-store/decross-store/platform"
+)
+
+var (
+	x86_64  = platform.ELF{Machine: elf.EM_X86_64, Class: elf.ELFCLASS64, Data: elf.ELFDATA2LSB}
+	aarch64 = platform.ELF{Machine: elf.EM_AARCH64, Class: elf.ELFCLASS64, Data: elf.ELFDATA2LSB}
 )
 
 const (
@@ -68,7 +74,8 @@ func TestScan(t *testing.T) {
 	tests := []struct {
 		name      string
 		fill      func(t *testing.T, dir string)
-		machines  map[elf.Machine][]string
+		machines  map[platform.ELF][]string
+		foreign   map[string][]string
 		refs      map[string][]string
 		summaryIn string
 	}{
@@ -83,9 +90,9 @@ func TestScan(t *testing.T) {
 					t.Fatal(err)
 				}
 			},
-			machines: map[elf.Machine][]string{
-				elf.EM_X86_64:  {"/bin/tool"},
-				elf.EM_AARCH64: {"/lib/crt1.o"},
+			machines: map[platform.ELF][]string{
+				x86_64:  {"/bin/tool"},
+				aarch64: {"/lib/crt1.o"},
 			},
 			refs: map[string][]string{
 				bash:  {"/bin/leaky"},
@@ -98,7 +105,7 @@ func TestScan(t *testing.T) {
 			fill: func(t *testing.T, dir string) {
 				write(t, dir, []byte("#! "+bash+"/bin/sh\n"+other[:20]+"\n"), 0o755)
 			},
-			machines:  map[elf.Machine][]string{},
+			machines:  map[platform.ELF][]string{},
 			refs:      map[string][]string{bash: {"/"}},
 			summaryIn: "no ELF files",
 		},
@@ -109,7 +116,7 @@ func TestScan(t *testing.T) {
 				write(t, filepath.Join(dir, "b"), []byte{}, 0o644)
 				write(t, filepath.Join(dir, "c"), []byte("\x7fELF\x02\x03\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\xb7\x00"), 0o644)
 			},
-			machines:  map[elf.Machine][]string{},
+			machines:  map[platform.ELF][]string{},
 			refs:      map[string][]string{},
 			summaryIn: "no ELF files",
 		},
@@ -120,7 +127,7 @@ func TestScan(t *testing.T) {
 			fill: func(t *testing.T, dir string) {
 				write(t, filepath.Join(dir, "links", bash[len("/nix/store/"):], "x"), []byte("data"), 0o644)
 			},
-			machines:  map[elf.Machine][]string{},
+			machines:  map[platform.ELF][]string{},
 			refs:      map[string][]string{bash: {"/links/" + bash[len("/nix/store/"):]}},
 			summaryIn: "no ELF files",
 		},
@@ -129,9 +136,38 @@ func TestScan(t *testing.T) {
 			fill: func(t *testing.T, dir string) {
 				write(t, filepath.Join(dir, "be"), []byte("\x7fELF\x02\x02\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\x2b rest"), 0o644)
 			},
-			machines:  map[elf.Machine][]string{elf.EM_SPARCV9: {"/be"}},
+			machines:  map[platform.ELF][]string{{Machine: elf.EM_SPARCV9, Class: elf.ELFCLASS64, Data: elf.ELFDATA2MSB}: {"/be"}},
 			refs:      map[string][]string{},
-			summaryIn: "EM_SPARCV9",
+			summaryIn: "EM_SPARCV9 64-bit big-endian ELF (1 files, e.g. /be)",
+		},
+		{
+			// aarch64_be is another platform than aarch64; EM_ARM is
+			// armv6l and armv7l alike.
+			name: "class and byte order",
+			fill: func(t *testing.T, dir string) {
+				write(t, filepath.Join(dir, "be"), []byte("\x7fELF\x02\x02\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\xb7"), 0o644)
+				write(t, filepath.Join(dir, "arm"), []byte("\x7fELF\x01\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\x28\x00"), 0o644)
+			},
+			machines: map[platform.ELF][]string{
+				{Machine: elf.EM_AARCH64, Class: elf.ELFCLASS64, Data: elf.ELFDATA2MSB}: {"/be"},
+				{Machine: elf.EM_ARM, Class: elf.ELFCLASS32, Data: elf.ELFDATA2LSB}:     {"/arm"},
+			},
+			refs:      map[string][]string{},
+			summaryIn: "armv6l/armv7l ELF (1 files, e.g. /arm), EM_AARCH64 64-bit big-endian ELF (1 files, e.g. /be)",
+		},
+		{
+			name: "Mach-O and PE",
+			fill: func(t *testing.T, dir string) {
+				write(t, filepath.Join(dir, "macho"), machOHeader(0x0100000c), 0o755)
+				write(t, filepath.Join(dir, "fat"), []byte("\xca\xfe\xba\xbe\x00\x00\x00\x02rest"), 0o755)
+				write(t, filepath.Join(dir, "boot.efi"), peHeader(0x8664), 0o644)
+				// A Java class file starts with the universal magic.
+				write(t, filepath.Join(dir, "A.class"), []byte("\xca\xfe\xba\xbe\x00\x00\x00\x41rest"), 0o644)
+			},
+			machines:  map[platform.ELF][]string{},
+			foreign:   map[string][]string{"Mach-O arm64": {"/macho"}, "Mach-O universal": {"/fat"}, "PE x86-64": {"/boot.efi"}},
+			refs:      map[string][]string{},
+			summaryIn: "Mach-O arm64 (1 files, e.g. /macho), Mach-O universal (1 files, e.g. /fat), PE x86-64 (1 files, e.g. /boot.efi)",
 		},
 	}
 	s, err := NewScanner([]string{bash, glibc, other})
@@ -145,7 +181,17 @@ func TestScan(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			got := map[elf.Machine][]string{}
+			gotForeign := map[string][]string{}
+			for k, f := range res.Foreign {
+				gotForeign[k] = f.Names
+			}
+			if tt.foreign == nil {
+				tt.foreign = map[string][]string{}
+			}
+			if !reflect.DeepEqual(gotForeign, tt.foreign) {
+				t.Errorf("foreign = %v, want %v", gotForeign, tt.foreign)
+			}
+			got := map[platform.ELF][]string{}
 			for m, f := range res.Machines {
 				got[m] = f.Names
 				if f.Count != len(f.Names) {

@@ -33,26 +33,68 @@ const nixConfig = "experimental-features = nix-command\nsandbox = false\nsubstit
 // clients connect.
 const DaemonSocket = "/nix/var/nix/daemon-socket/socket"
 
-const aptInstall = "apt-get install -y nix-bin qemu-user gcc-aarch64-linux-gnu libc6-dev-arm64-cross"
-
 var updateRunOutput = flag.Bool("update-run-output", false, "rewrite e2e/testdata/*.stdout from the programs' actual output")
+
+// Target is a host platform example/pkgs.nix builds for, and what the
+// tests need to build and run its programs.
+type Target struct {
+	Name    string      // pkgs.nix's target, build.sh's second argument: "riscv64"
+	Config  string      // the host suffix without its dash: "riscv64-unknown-linux-gnu"
+	System  string      // the Nix system of a native build: "riscv64-linux"
+	CC      string      // Debian's cross compiler: "riscv64-linux-gnu-gcc"
+	Qemu    string      // the user-mode emulator that runs its programs: "qemu-riscv64"
+	Debs    string      // the Debian packages of CC and its C library
+	Loader  string      // glibc's dynamic loader: "ld-linux-riscv64-lp64d.so.1"
+	Machine elf.Machine // of its programs
+	Class   elf.Class   // of its programs
+}
+
+// Aarch64 is the example's default target, the one most tests use.
+var Aarch64 = Target{
+	Name: "aarch64", Config: "aarch64-unknown-linux-gnu", System: "aarch64-linux",
+	CC: "aarch64-linux-gnu-gcc", Qemu: "qemu-aarch64", Debs: "gcc-aarch64-linux-gnu libc6-dev-arm64-cross",
+	Loader: "ld-linux-aarch64.so.1", Machine: elf.EM_AARCH64, Class: elf.ELFCLASS64,
+}
+
+// Targets returns every target of example/pkgs.nix, Aarch64 first.
+func Targets() []Target {
+	return []Target{
+		Aarch64,
+		{
+			Name: "riscv64", Config: "riscv64-unknown-linux-gnu", System: "riscv64-linux",
+			CC: "riscv64-linux-gnu-gcc", Qemu: "qemu-riscv64", Debs: "gcc-riscv64-linux-gnu libc6-dev-riscv64-cross",
+			Loader: "ld-linux-riscv64-lp64d.so.1", Machine: elf.EM_RISCV, Class: elf.ELFCLASS64,
+		},
+		{
+			Name: "armv7l", Config: "armv7l-unknown-linux-gnueabihf", System: "armv7l-linux",
+			CC: "arm-linux-gnueabihf-gcc", Qemu: "qemu-arm", Debs: "gcc-arm-linux-gnueabihf libc6-dev-armhf-cross",
+			Loader: "ld-linux-armhf.so.3", Machine: elf.EM_ARM, Class: elf.ELFCLASS32,
+		},
+	}
+}
 
 // RequireNix skips the test when nix, nix-daemon, qemu-aarch64 or
 // aarch64-linux-gnu-gcc is missing (the message names the apt-get command
 // that installs them), and fails it when CI=true: CI must have them.
 func RequireNix(t *testing.T) {
 	t.Helper()
+	Aarch64.Require(t)
+}
+
+// Require is RequireNix for tg: it needs tg's compiler and emulator.
+func (tg Target) Require(t *testing.T) {
+	t.Helper()
 	if runtime.GOOS != "linux" || runtime.GOARCH != "amd64" {
 		testenv.SkipOrFail(t, "the Nix e2e tests need an x86_64 Linux machine, not %s/%s", runtime.GOOS, runtime.GOARCH)
 	}
 	var missing []string
-	for _, tool := range []string{"nix", "nix-daemon", "nix-build", "nix-instantiate", "nix-store", "qemu-aarch64", "aarch64-linux-gnu-gcc"} {
+	for _, tool := range []string{"nix", "nix-daemon", "nix-build", "nix-instantiate", "nix-store", tg.Qemu, tg.CC} {
 		if _, err := exec.LookPath(tool); err != nil {
 			missing = append(missing, tool)
 		}
 	}
 	if len(missing) > 0 {
-		testenv.SkipOrFail(t, "missing %s; install with: %s", strings.Join(missing, ", "), aptInstall)
+		testenv.SkipOrFail(t, "missing %s; install with: apt-get install -y nix-bin qemu-user %s", strings.Join(missing, ", "), tg.Debs)
 	}
 }
 
@@ -201,6 +243,7 @@ func (o Output) Key() string {
 
 // Example is what BuildExample built.
 type Example struct {
+	Target      Target
 	Dir         string            // the build directory (mapping.json, paths.json, gcroots/)
 	MappingFile string            // mapping.json: every output whose native and cross paths differ
 	Outputs     map[string]Output // by Output.Key
@@ -229,20 +272,29 @@ func (e Example) Get(t *testing.T, key string) Output {
 // BuildExample builds the cross side of example/pkgs.nix into the daemon's
 // store and instantiates the native side, by running example/build.sh with
 // dir as its output directory (GC roots live there). It returns the
-// mapping file and every output's native and cross paths.
+// mapping file and every output's native and cross paths. It builds for
+// Aarch64; Target.BuildExample builds for another target.
 func BuildExample(t *testing.T, dir string) Example {
 	t.Helper()
+	return Aarch64.BuildExample(t, dir)
+}
+
+// BuildExample is BuildExample for tg. Nix keeps what was built, so a
+// second call for the same target only evaluates and checks.
+func (tg Target) BuildExample(t *testing.T, dir string) Example {
+	t.Helper()
 	EnsureDaemon(t)
+	tg.Require(t)
 	script, err := filepath.Abs(filepath.Join("..", "example", "build.sh"))
 	if err != nil {
 		t.Fatalf("build example: %v", err)
 	}
 	ctx := testContext(t, 2*time.Minute)
 	start := time.Now()
-	if _, err := nixCommand(ctx, script, dir); err != nil {
-		t.Fatalf("build example: %v", err)
+	if _, err := nixCommand(ctx, script, dir, tg.Name); err != nil {
+		t.Fatalf("build example for %s: %v", tg.Name, err)
 	}
-	t.Logf("example/build.sh took %v", time.Since(start).Round(time.Millisecond))
+	t.Logf("example/build.sh %s took %v", tg.Name, time.Since(start).Round(time.Millisecond))
 
 	raw, err := os.ReadFile(filepath.Join(dir, "paths.json"))
 	if err != nil {
@@ -252,7 +304,7 @@ func BuildExample(t *testing.T, dir string) Example {
 	if err := json.Unmarshal(raw, &outs); err != nil {
 		t.Fatalf("build example: parse %s: %v", filepath.Join(dir, "paths.json"), err)
 	}
-	ex := Example{Dir: dir, MappingFile: filepath.Join(dir, "mapping.json"), Outputs: make(map[string]Output, len(outs))}
+	ex := Example{Target: tg, Dir: dir, MappingFile: filepath.Join(dir, "mapping.json"), Outputs: make(map[string]Output, len(outs))}
 	for _, o := range outs {
 		ex.Outputs[o.Key()] = o
 	}
@@ -306,10 +358,17 @@ func makeWritable(t *testing.T, dir string) {
 // qemu-aarch64 -L, nothing falls back to the machine's real /nix/store, so
 // a missing path is a failure. argv[0] must be an ELF program (a script's
 // interpreter would run on the host). Needs root; returns stdout, and an
-// error carrying stderr when the program fails.
+// error carrying stderr when the program fails. Target.RunInStore runs
+// another target's programs.
 func RunInStore(t *testing.T, storeDir string, argv ...string) (stdout string, err error) {
 	t.Helper()
-	RequireNix(t)
+	return Aarch64.RunInStore(t, storeDir, argv...)
+}
+
+// RunInStore is RunInStore for a program of tg, run under tg.Qemu.
+func (tg Target) RunInStore(t *testing.T, storeDir string, argv ...string) (stdout string, err error) {
+	t.Helper()
+	tg.Require(t)
 	if os.Geteuid() != 0 {
 		testenv.SkipOrFail(t, "RunInStore mounts over /nix/store in a private namespace, which needs root")
 	}
@@ -324,8 +383,8 @@ func RunInStore(t *testing.T, storeDir string, argv ...string) (stdout string, e
 	if fi, err := os.Stat("/nix/store"); err != nil || !fi.IsDir() {
 		return "", fmt.Errorf("run %s in store %s: /nix/store is not a directory to mount on (start nix-daemon first): %v", argv[0], storeDir, err)
 	}
-	const script = `mount --rbind -- "$0" /nix/store && exec qemu-aarch64 "$@"`
-	args := append([]string{"--mount", "--propagation", "private", "--", "/bin/sh", "-c", script, abs}, argv...)
+	const script = `mount --rbind -- "$0" /nix/store && exec "$@"`
+	args := append([]string{"--mount", "--propagation", "private", "--", "/bin/sh", "-c", script, abs, tg.Qemu}, argv...)
 	var out, errOut bytes.Buffer
 	cmd := exec.CommandContext(testContext(t, time.Minute), "unshare", args...)
 	cmd.Env = NixEnv()

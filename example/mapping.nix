@@ -5,9 +5,12 @@
 #   file:  the mapping file, {"paths": [...]}; outputs that are the same
 #          store path on both sides (fixed-output sources) are left out
 #   attrs: every pair, including those, for tests and build logs
+#
+# target is pkgs.nix's: "aarch64" (default), "riscv64" or "armv7l".
+{ target ? "aarch64" }:
 let
-  native = (import ./pkgs.nix { cross = false; }).packages;
-  cross = (import ./pkgs.nix { cross = true; }).packages;
+  native = (import ./pkgs.nix { cross = false; inherit target; }).packages;
+  cross = (import ./pkgs.nix { cross = true; inherit target; }).packages;
 
   pairsOf = attr:
     map

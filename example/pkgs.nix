@@ -1,11 +1,13 @@
 # A small package set that mimics how nixpkgs names and structures native
 # and cross-compiled packages, without needing nixpkgs or a network.
 #
-#   cross = true:  build platform x86_64-linux, host platform aarch64-linux.
-#                  Built for real with Debian's aarch64-linux-gnu-gcc.
-#   cross = false: the same set as native aarch64-linux derivations. It is
-#                  only instantiated, to learn the out paths a native build
-#                  would have.
+#   cross = true:  build platform x86_64-linux, host platform the target's
+#                  (aarch64-linux by default). Built for real with Debian's
+#                  cross compiler for the target.
+#   cross = false: the same set as native derivations of the target's
+#                  system. It is only instantiated, to learn the out paths a
+#                  native build would have.
+#   target:        "aarch64" (default), "riscv64" or "armv7l"; see targets.
 #
 # Packages compiled for the host get the host suffix in their name, like
 # nixpkgs' stdenv.mkDerivation does when cross compiling:
@@ -15,14 +17,42 @@
 # for the build platform keep their native name.
 #
 # Builders are impure (/bin/sh and the host's tools, sandbox off).
-{ cross ? true }:
+{ cross ? true, target ? "aarch64" }:
 
 let
-  hostConfig = "aarch64-unknown-linux-gnu";
-  system = if cross then "x86_64-linux" else "aarch64-linux";
-  cc = if cross then "/usr/bin/aarch64-linux-gnu-gcc" else "/usr/bin/gcc";
+  # config: the host's config, as nixpkgs names it (the host suffix);
+  # system: the Nix system of a native build; triple: Debian's name for the
+  # target (its cross gcc and /usr/<triple>/lib); loader: glibc's dynamic
+  # loader for the target's ABI.
+  targets = {
+    aarch64 = {
+      config = "aarch64-unknown-linux-gnu";
+      system = "aarch64-linux";
+      triple = "aarch64-linux-gnu";
+      loader = "ld-linux-aarch64.so.1";
+    };
+    riscv64 = {
+      config = "riscv64-unknown-linux-gnu";
+      system = "riscv64-linux";
+      triple = "riscv64-linux-gnu";
+      loader = "ld-linux-riscv64-lp64d.so.1";
+    };
+    armv7l = {
+      config = "armv7l-unknown-linux-gnueabihf";
+      system = "armv7l-linux";
+      triple = "arm-linux-gnueabihf";
+      loader = "ld-linux-armhf.so.3";
+    };
+  };
+  host = targets.${target} or (throw
+    "example/pkgs.nix: unknown target \"${target}\"; known: ${builtins.concatStringsSep ", " (builtins.attrNames targets)}");
+
+  hostConfig = host.config;
+  system = if cross then "x86_64-linux" else host.system;
+  cc = if cross then "/usr/bin/${host.triple}-gcc" else "/usr/bin/gcc";
   # Where the host's Debian C library lives on the machine that builds.
-  libcDir = if cross then "/usr/aarch64-linux-gnu/lib" else "/lib/aarch64-linux-gnu";
+  libcDir = if cross then "/usr/${host.triple}/lib" else "/lib/${host.triple}";
+  inherit (host) loader;
 
   # stdenv.mkDerivation look-alike. hostSuffix = false marks stdenvNoCC-like
   # and build-platform packages.
@@ -51,7 +81,7 @@ let
   runpath = libs: builtins.concatStringsSep " "
     ([ "-Wl,--enable-new-dtags" ] ++ map (l: "-Wl,-rpath,${l}/lib") libs);
   exeFlags = libs:
-    "-Wl,--dynamic-linker=${glibc}/lib/ld-linux-aarch64.so.1 ${runpath (libs ++ [ glibc ])}";
+    "-Wl,--dynamic-linker=${glibc}/lib/${loader} ${runpath (libs ++ [ glibc ])}";
 
   glibc = mkDerivation {
     pname = "glibc";
@@ -59,7 +89,7 @@ let
     inherit libcDir;
     buildCommand = ''
       mkdir -p $out/lib
-      cp -L $libcDir/ld-linux-aarch64.so.1 $libcDir/libc.so.6 $out/lib/
+      cp -L $libcDir/${loader} $libcDir/libc.so.6 $out/lib/
     '';
   };
 

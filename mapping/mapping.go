@@ -10,6 +10,8 @@ import (
 	"strings"
 
 	"github.com/nix-community/go-nix/pkg/storepath"
+
+	"github.com/decross-store/decross-store/platform"
 )
 
 // Entry pairs one native store path with the cross-built path it is served from.
@@ -21,14 +23,19 @@ type Entry struct {
 }
 
 type file struct {
-	Paths []Entry `json:"paths"`
+	HostSystem  *string `json:"hostSystem"`
+	BuildSystem *string `json:"buildSystem"`
+	Paths       []Entry `json:"paths"`
 }
 
-// Mapping is a validated set of entries, indexed both ways.
+// Mapping is a validated set of entries, indexed both ways, and the
+// platforms they were made for.
 type Mapping struct {
 	entries  []Entry
 	byNative map[string]int
 	byCross  map[string]int
+
+	hostSystem, buildSystem string
 }
 
 // New validates entries: every path a store path, every native and every
@@ -109,7 +116,53 @@ func Parse(r io.Reader) (*Mapping, error) {
 	if f.Paths == nil {
 		return nil, fmt.Errorf(`parse mapping: no "paths" list`)
 	}
-	return New(f.Paths)
+	m, err := New(f.Paths)
+	if err != nil {
+		return nil, err
+	}
+	// An absent field is an older file; an empty one is a mistake.
+	for _, s := range []struct {
+		field string
+		v     *string
+	}{{"hostSystem", f.HostSystem}, {"buildSystem", f.BuildSystem}} {
+		if s.v == nil {
+			continue
+		}
+		if _, err := platform.Lookup(*s.v); err != nil {
+			return nil, fmt.Errorf("parse mapping: %s: %w", s.field, err)
+		}
+	}
+	if f.HostSystem != nil {
+		m.hostSystem = *f.HostSystem
+	}
+	if f.BuildSystem != nil {
+		m.buildSystem = *f.BuildSystem
+	}
+	return m, nil
+}
+
+// HostSystem is the Nix system the native paths are for
+// ("aarch64-linux"), or "" when the file does not say.
+func (m *Mapping) HostSystem() string { return m.hostSystem }
+
+// BuildSystem is the Nix system the cross paths were built on
+// ("x86_64-linux"), or "" when the file does not say.
+func (m *Mapping) BuildSystem() string { return m.buildSystem }
+
+// WithSystems returns m recording the host and build systems; "" leaves one
+// unrecorded. Both must be systems the platform package knows.
+func (m *Mapping) WithSystems(host, build string) (*Mapping, error) {
+	for _, s := range []struct{ role, v string }{{"host", host}, {"build", build}} {
+		if s.v == "" {
+			continue
+		}
+		if _, err := platform.Lookup(s.v); err != nil {
+			return nil, fmt.Errorf("mapping %s system: %w", s.role, err)
+		}
+	}
+	c := *m
+	c.hostSystem, c.buildSystem = host, build
+	return &c, nil
 }
 
 // Load reads and validates the mapping file at path.
@@ -126,11 +179,23 @@ func Load(path string) (*Mapping, error) {
 	return m, nil
 }
 
-// Write writes m in the file format, entries sorted by native path.
+// Write writes m in the file format, entries sorted by native path, the
+// systems first when they are known.
 func (m *Mapping) Write(w io.Writer) error {
 	entries := m.Entries()
 	var buf bytes.Buffer
-	buf.WriteString("{\"paths\": [")
+	buf.WriteString("{")
+	for _, s := range []struct{ field, v string }{{"hostSystem", m.hostSystem}, {"buildSystem", m.buildSystem}} {
+		if s.v == "" {
+			continue
+		}
+		b, err := json.Marshal(s.v)
+		if err != nil {
+			return fmt.Errorf("write mapping: %w", err)
+		}
+		fmt.Fprintf(&buf, "%q: %s,\n ", s.field, b)
+	}
+	buf.WriteString("\"paths\": [")
 	for i, e := range entries {
 		if i > 0 {
 			buf.WriteString(",")

@@ -101,3 +101,70 @@ func TestWriteIsSorted(t *testing.T) {
 		t.Errorf("Write =\n%s\nwant\n%s", out.String(), want)
 	}
 }
+
+// TestSystems: the platforms are optional top-level fields, written before
+// the paths, and must be systems the platform table knows.
+func TestSystems(t *testing.T) {
+	in := `{"paths": [{"native": "` + nHello + `", "cross": "` + cHello + `"}], "buildSystem": "aarch64-linux", "hostSystem": "x86_64-linux"}`
+	m, err := Parse(strings.NewReader(in))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.HostSystem() != "x86_64-linux" || m.BuildSystem() != "aarch64-linux" {
+		t.Errorf("systems %q, %q", m.HostSystem(), m.BuildSystem())
+	}
+	var out bytes.Buffer
+	if err := m.Write(&out); err != nil {
+		t.Fatal(err)
+	}
+	want := `{"hostSystem": "x86_64-linux",
+ "buildSystem": "aarch64-linux",
+ "paths": [
+  {"native":"` + nHello + `","cross":"` + cHello + `"}
+]}
+`
+	if out.String() != want {
+		t.Errorf("Write =\n%s\nwant\n%s", out.String(), want)
+	}
+	again, err := Parse(bytes.NewReader(out.Bytes()))
+	if err != nil || again.HostSystem() != "x86_64-linux" || again.BuildSystem() != "aarch64-linux" {
+		t.Fatalf("reloaded: %v, %+v", err, again)
+	}
+
+	// An older file has neither.
+	old, err := Parse(strings.NewReader(`{"paths": []}`))
+	if err != nil || old.HostSystem() != "" || old.BuildSystem() != "" {
+		t.Fatalf("old file: %v, %q, %q", err, old.HostSystem(), old.BuildSystem())
+	}
+	both, err := old.WithSystems("riscv64-linux", "x86_64-linux")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if old.HostSystem() != "" || both.HostSystem() != "riscv64-linux" || both.BuildSystem() != "x86_64-linux" {
+		t.Errorf("WithSystems: old %q, new %q, %q", old.HostSystem(), both.HostSystem(), both.BuildSystem())
+	}
+	one, err := old.WithSystems("s390x-linux", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out.Reset()
+	if err := one.Write(&out); err != nil {
+		t.Fatal(err)
+	}
+	if want := "{\"hostSystem\": \"s390x-linux\",\n \"paths\": []}\n"; out.String() != want {
+		t.Errorf("Write = %q, want %q", out.String(), want)
+	}
+
+	for _, bad := range []struct{ in, wantErr string }{
+		{`{"hostSystem": "sparc64-linux", "paths": []}`, `hostSystem: system "sparc64-linux" is not one decross-store knows`},
+		{`{"buildSystem": "", "paths": []}`, `buildSystem: system "" is not one`},
+		{`{"hostSystem": 7, "paths": []}`, "parse mapping"},
+	} {
+		if _, err := Parse(strings.NewReader(bad.in)); err == nil || !strings.Contains(err.Error(), bad.wantErr) {
+			t.Errorf("Parse(%s) err = %v, want %q", bad.in, err, bad.wantErr)
+		}
+	}
+	if _, err := old.WithSystems("aarch64-darwin", ""); err == nil || !strings.Contains(err.Error(), `host system: system "aarch64-darwin"`) {
+		t.Errorf("WithSystems(aarch64-darwin) err = %v", err)
+	}
+}

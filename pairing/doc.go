@@ -42,14 +42,20 @@
 // Only the runtime closure of the built cross outputs is served, so Map
 // walks that closure in the upstream store and emits an entry for each
 // input-addressed path of it. Every path is classified from its name (the
-// host suffix makes it host), its contents (aarch64, or x86_64 and i686
-// ELF, or neither) and the graph (reached only as a build-platform input:
-// nativeBuildInputs and the like, also inside __structuredAttrs' __json,
-// or the builder); a path that references a build-platform path is a leak,
-// reported with the entries that hold the reference. When several cross
-// paths pair with one native path, a host one is served, then a neutral
-// one; a tie is a problem. Check does the same for an existing mapping
-// file.
+// host suffix makes it host), its contents (ELF of the host platform, of
+// the build platform, or neither) and the graph (reached only as a
+// build-platform input: nativeBuildInputs and the like, also inside
+// __structuredAttrs' __json, or the builder); a path that references a
+// build-platform path is a leak, reported with the entries that hold the
+// reference. When several cross paths pair with one native path, a host
+// one is served, then a neutral one; a tie is a problem. Check does the
+// same for an existing mapping file.
+//
+// The platforms come from the data: Map takes the host from the native
+// roots' system and the build platform from the cross roots', and records
+// both in the mapping; Check reads them from the mapping file, or infers
+// them from the derivers and the host suffix. ELF of other platforms,
+// Mach-O and PE files decide no class and are named in a note.
 //
 // Derivations come from a DrvSource. Through Store.NarFromPath they may
 // come from a remote daemon (a .drv is a NAR holding one regular file), but

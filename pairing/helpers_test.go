@@ -42,6 +42,15 @@ type testGraph struct {
 	drvs map[string]*derivation.Derivation
 }
 
+// testSystem is the system of a test graph's derivations: native ones
+// are built on the host (aarch64), others on the build platform (x86_64).
+func testSystem(side string) string {
+	if side == "native" {
+		return "aarch64-linux"
+	}
+	return "x86_64-linux"
+}
+
 // graphOf builds a graph from specs. Env values may name outputs as
 // {key.output}, replaced by their paths.
 func graphOf(t testing.TB, side string, specs []spec) *testGraph {
@@ -78,7 +87,7 @@ func graphOf(t testing.TB, side string, specs []spec) *testGraph {
 			Outputs:          map[string]*derivation.Output{},
 			InputSources:     []string{},
 			InputDerivations: map[string][]string{},
-			Platform:         "x86_64-linux",
+			Platform:         testSystem(side),
 			Builder:          "/bin/sh",
 			Env:              map[string]string{"name": s.name},
 		}

@@ -35,6 +35,14 @@ type Options struct {
 	// Derivations is where Map and Check read .drv files; nil reads them
 	// through the store they are given.
 	Derivations DrvSource
+	// HostSystem is the Nix system the native paths are for
+	// ("aarch64-linux"): what ELF files of host paths hold. When empty, Map
+	// takes the native roots' system and Check the mapping's, or infers it.
+	HostSystem string
+	// BuildSystem is the Nix system the cross paths were built on
+	// ("x86_64-linux"). When empty, Map takes the cross roots' system and
+	// Check the mapping's, or infers it.
+	BuildSystem string
 }
 
 func (o Options) drvSource(store upstream.Reader) DrvSource {

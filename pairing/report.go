@@ -2,7 +2,6 @@ package pairing
 
 import (
 	"context"
-	"debug/elf"
 	"fmt"
 	"io"
 	"sort"
@@ -21,9 +20,11 @@ type Class int
 const (
 	// Neutral paths hold no ELF files: data, scripts, configuration.
 	Neutral Class = iota
-	// Host paths hold aarch64 ELF files or carry the host suffix.
+	// Host paths hold ELF files of the host platform or carry the host
+	// suffix.
 	Host
-	// Build paths hold x86_64 ELF files or are only build-platform inputs.
+	// Build paths hold ELF files of the build platform or are only
+	// build-platform inputs.
 	Build
 )
 
@@ -36,12 +37,6 @@ func (c Class) String() string {
 	}
 	return "platform-neutral"
 }
-
-// The platforms of this project: aarch64 is native, x86_64 builds (and
-// runs i686 code, which build-platform packages may carry).
-const hostMachine = elf.EM_AARCH64
-
-var buildMachines = []elf.Machine{elf.EM_X86_64, elf.EM_386}
 
 // MaxClosure bounds the runtime closure walked in the upstream store.
 const MaxClosure = 1 << 20
@@ -177,18 +172,20 @@ func classRank(c Class) int {
 // classOf decides the class of p from its name, its contents and, when
 // the cross graph is known, how the roots reach its derivation.
 //
-// The host suffix decides first: nixpkgs adds it to host derivations only,
-// and a host package may well carry build-platform ELF files as data (Go's
-// debug/elf test files, say); Why then names them. Without the suffix,
-// build-platform ELF decides before host ELF, since a cross compiler holds
-// both and runs on the build platform.
-func classOf(p string, res *classify.Result, suffix string, g *Graph, buildOnly func(string) bool) (Class, string) {
-	buildELF := buildELFFiles(res)
+// The host marker decides first: nixpkgs adds the host suffix to host
+// derivations only, and a host package may well carry build-platform ELF
+// files as data (Go's debug/elf test files, say); Why then names them.
+// Without it, build-platform ELF decides before host ELF, since a cross
+// compiler holds both and runs on the build platform. ELF of other
+// platforms, Mach-O and PE files decide nothing; Why names them when
+// nothing else decides, and platformNotes points them out.
+func classOf(p string, res *classify.Result, pl platforms, g *Graph, buildOnly func(string) bool) (Class, string) {
+	buildELF := buildELFFiles(res, pl)
 	hostELF := ""
-	if f := res.Machines[hostMachine]; f != nil {
-		hostELF = fmt.Sprintf("%s ELF in %s", classify.MachineName(hostMachine), fileList(*f))
+	if f := res.Machines[pl.host.ELF]; f != nil {
+		hostELF = fmt.Sprintf("%s ELF in %s", pl.host.ELF, fileList(*f))
 	}
-	if _, ok := NormalizeName(pathName(p), suffix); ok && suffix != "" {
+	if _, ok := NormalizeName(pathName(p), pl.marker); ok && pl.marker != "" {
 		why := hostELF
 		if why == "" {
 			why = "host suffix in its name"
@@ -213,49 +210,25 @@ func classOf(p string, res *classify.Result, suffix string, g *Graph, buildOnly 
 			return Build, "only a build-platform input of " + prod.Drv
 		}
 	}
-	if len(res.Machines) > 0 {
-		var other []string
-		for _, m := range sortedMachines(res.Machines) {
-			other = append(other, fmt.Sprintf("%s ELF in %s", classify.MachineName(m), fileList(*res.Machines[m])))
+	if other := otherFiles(res, pl); len(other) > 0 {
+		var build []string
+		for _, e := range pl.buildELF() {
+			build = append(build, e.String())
 		}
-		return Neutral, "no aarch64 or x86 ELF files, but " + strings.Join(other, ", ")
+		return Neutral, fmt.Sprintf("no host (%s) or build-platform (%s) ELF files, but %s", pl.host.ELF, strings.Join(build, ", "), strings.Join(other, ", "))
 	}
 	return Neutral, "no ELF files"
 }
 
 // buildELFFiles describes the build-platform ELF files res found, one
 // "<machine> ELF in <files>" per machine.
-func buildELFFiles(res *classify.Result) []string {
+func buildELFFiles(res *classify.Result, pl platforms) []string {
 	var out []string
-	for _, m := range buildMachines {
-		if f := res.Machines[m]; f != nil {
-			out = append(out, fmt.Sprintf("%s ELF in %s", classify.MachineName(m), fileList(*f)))
+	for _, e := range pl.buildELF() {
+		if f := res.Machines[e]; f != nil {
+			out = append(out, fmt.Sprintf("%s ELF in %s", e, fileList(*f)))
 		}
 	}
-	return out
-}
-
-// buildELFNote points out a host path that holds build-platform ELF
-// files: served as they are, which is right for data (test inputs, say)
-// but not for a build-platform tool installed by mistake, where a native
-// build would hold aarch64 code.
-func buildELFNote(p string, class Class, res *classify.Result) string {
-	if class != Host {
-		return ""
-	}
-	files := buildELFFiles(res)
-	if len(files) == 0 {
-		return ""
-	}
-	return fmt.Sprintf("%s is a host path but holds %s: served as they are, which is right for data but not for a build-platform tool installed by mistake", p, strings.Join(files, ", "))
-}
-
-func sortedMachines(ms map[elf.Machine]*classify.Files) []elf.Machine {
-	out := make([]elf.Machine, 0, len(ms))
-	for m := range ms {
-		out = append(out, m)
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
 	return out
 }
 
@@ -294,6 +267,12 @@ func Map(ctx context.Context, store upstream.Reader, roots []Root, opts Options)
 	}
 	p, err := Pair(native, cross, roots, opts)
 	if err != nil {
+		// A host suffix given for a static set would be removed from
+		// cross names only, and these have equal names: say so rather
+		// than leave "pass it explicitly" to be tried.
+		if c, ok := staticRoots(native, cross, roots, opts.HostSystem); ok {
+			return nil, fmt.Errorf("%w (the roots are named alike on both sides and both carry the host config %s, as a static package set is; pairing such sets needs names compared as they are, without a host suffix)", err, c)
+		}
 		return nil, err
 	}
 	return p.Map(ctx, store, opts)
@@ -303,22 +282,28 @@ func Map(ctx context.Context, store upstream.Reader, roots []Root, opts Options)
 // already paired.
 func (p *Pairing) Map(ctx context.Context, store upstream.Reader, opts Options) (*Report, error) {
 	// The runtime closure starts at the outputs of the cross roots.
-	var starts []string
+	var starts, crossRoots, nativeRoots []string
 	for c, parent := range p.via {
 		if parent != "" {
 			continue
 		}
+		crossRoots = append(crossRoots, c)
+		nativeRoots = append(nativeRoots, p.pairs[c])
 		d, _ := p.Cross.Derivation(c)
 		for _, o := range sortedKeys(d.Outputs) {
 			starts = append(starts, d.Outputs[o].Path)
 		}
 	}
 	sort.Strings(starts)
+	pl, plProblems, plNotes, err := p.platforms(opts, nativeRoots, crossRoots)
+	if err != nil {
+		return nil, err
+	}
 	cl, missing, err := walkClosure(ctx, store, starts)
 	if err != nil {
 		return nil, err
 	}
-	rep := &Report{Problems: missing}
+	rep := &Report{Problems: append(missing, plProblems...), Notes: plNotes}
 	classes := map[string]Class{}
 	proposed := map[string]mapping.Entry{} // cross path -> its entry, before conflicts
 	basis := map[string]Basis{}            // cross path -> why its entry
@@ -326,11 +311,9 @@ func (p *Pairing) Map(ctx context.Context, store upstream.Reader, opts Options) 
 	claims := map[string][]string{}        // native path -> cross paths proposing it
 	for _, c := range cl.paths {
 		info := cl.info[c]
-		class, why := classOf(c, cl.scan[c], p.HostSuffix, p.Cross, p.BuildOnly)
+		class, why := classOf(c, cl.scan[c], pl, p.Cross, p.BuildOnly)
 		classes[c] = class
-		if n := buildELFNote(c, class, cl.scan[c]); n != "" {
-			rep.Notes = append(rep.Notes, n)
-		}
+		rep.Notes = append(rep.Notes, platformNotes(c, class, cl.scan[c], pl)...)
 		pr := PathReport{Cross: c, Class: class, Why: why, CA: info.CA != ""}
 		switch {
 		case pr.CA:
@@ -406,6 +389,9 @@ func (p *Pairing) Map(ctx context.Context, store upstream.Reader, opts Options) 
 	rep.Problems = append(rep.Problems, p.Problems()...)
 	m, err := mapping.New(entries)
 	if err != nil {
+		return nil, fmt.Errorf("map: %w", err)
+	}
+	if m, err = m.WithSystems(pl.host.System, pl.build.System); err != nil {
 		return nil, fmt.Errorf("map: %w", err)
 	}
 	rep.Mapping = m
@@ -553,14 +539,19 @@ func Check(ctx context.Context, store upstream.Reader, m *mapping.Mapping, opts 
 		}
 	}
 
+	pl, problems, notes, err := checkPlatforms(m, opts, suffix, native, nativeDrvs, cross, crossDrvs)
+	if err != nil {
+		return nil, err
+	}
+	rep.Problems = append(rep.Problems, problems...)
+	rep.Notes = append(rep.Notes, notes...)
+
 	classes := map[string]Class{}
 	for _, c := range cl.paths {
 		info := cl.info[c]
-		class, why := classOf(c, cl.scan[c], suffix, cross, func(d string) bool { return bo[d] })
+		class, why := classOf(c, cl.scan[c], pl, cross, func(d string) bool { return bo[d] })
 		classes[c] = class
-		if n := buildELFNote(c, class, cl.scan[c]); n != "" {
-			rep.Notes = append(rep.Notes, n)
-		}
+		rep.Notes = append(rep.Notes, platformNotes(c, class, cl.scan[c], pl)...)
 		pr := PathReport{Cross: c, Class: class, Why: why, CA: info.CA != ""}
 		if e, ok := m.ByCross(c); ok {
 			pr.Native = e.Native

@@ -17,6 +17,7 @@ import (
 
 	"github.com/decross-store/decross-store/classify"
 	"github.com/decross-store/decross-store/mapping"
+	"github.com/decross-store/decross-store/platform"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files under testdata/")
@@ -34,21 +35,23 @@ func elfHeader(m elf.Machine, rest string) []byte {
 	return append(h, rest...)
 }
 
+// exampleSpecs is the package set of exampleStore, native names.
+var exampleSpecs = []spec{
+	{key: "glibc", name: "glibc-2.36"},
+	{key: "libbase", name: "libbase-2.0", outputs: []string{"out", "dev"}, inputs: []string{"glibc"}},
+	{key: "data", name: "greet-data-1.0"},
+	{key: "src", name: "hello-2.12.c", fod: true},
+	{key: "hello", name: "hello-2.12", inputs: []string{"libbase:dev,out", "glibc", "data", "src"}},
+	{key: "bash", name: "bash-5.2"},
+	{key: "leaky", name: "hello-bash-wrapper-1.0", inputs: []string{"bash", "hello"}},
+}
+
 // exampleStore holds a small cross build: hello (aarch64) linking libbase
 // and glibc, a data package, a build-platform bash (x86_64) and a script
 // whose shebang names that bash.
 func exampleStore(t *testing.T) (*memStore, *testGraph, *testGraph) {
 	t.Helper()
-	specs := []spec{
-		{key: "glibc", name: "glibc-2.36"},
-		{key: "libbase", name: "libbase-2.0", outputs: []string{"out", "dev"}, inputs: []string{"glibc"}},
-		{key: "data", name: "greet-data-1.0"},
-		{key: "src", name: "hello-2.12.c", fod: true},
-		{key: "hello", name: "hello-2.12", inputs: []string{"libbase:dev,out", "glibc", "data", "src"}},
-		{key: "bash", name: "bash-5.2"},
-		{key: "leaky", name: "hello-bash-wrapper-1.0", inputs: []string{"bash", "hello"}},
-	}
-	n, c := sides(t, specs, "data", "bash", "leaky")
+	n, c := sides(t, exampleSpecs, "data", "bash", "leaky")
 	s := newMemStore()
 	s.addDrvs(t, n)
 	s.addDrvs(t, c)
@@ -353,19 +356,20 @@ func TestLeakInEntryName(t *testing.T) {
 // TestClassOfForeignMachines: i686 code belongs to the build platform's
 // family; other machines are named, not reported as "no ELF files".
 func TestClassOfForeignMachines(t *testing.T) {
+	pl := testPlatforms(t, "aarch64-linux", "x86_64-linux", suffix)
 	tests := []struct {
-		machine   elf.Machine
+		elf       platform.ELF
 		wantClass Class
 		wantWhy   string
 	}{
-		{elf.EM_386, Build, "i686 ELF in /lib/ld-linux.so.2"},
-		{elf.EM_ARM, Neutral, "no aarch64 or x86 ELF files, but armv7 ELF in /lib/ld-linux.so.2"},
+		{platform.ELF{Machine: elf.EM_386, Class: elf.ELFCLASS32, Data: elf.ELFDATA2LSB}, Build, "i686 ELF in /lib/ld-linux.so.2"},
+		{platform.ELF{Machine: elf.EM_ARM, Class: elf.ELFCLASS32, Data: elf.ELFDATA2LSB}, Neutral, "no host (aarch64) or build-platform (x86_64, i686) ELF files, but armv6l/armv7l ELF in /lib/ld-linux.so.2"},
 	}
 	for _, tt := range tests {
-		res := &classify.Result{Machines: map[elf.Machine]*classify.Files{tt.machine: {Names: []string{"/lib/ld-linux.so.2"}, Count: 1}}}
-		class, why := classOf(storePath("x", "glibc-2.38-32"), res, suffix, nil, nil)
+		res := &classify.Result{Machines: map[platform.ELF]*classify.Files{tt.elf: {Names: []string{"/lib/ld-linux.so.2"}, Count: 1}}}
+		class, why := classOf(storePath("x", "glibc-2.38-32"), res, pl, nil, nil)
 		if class != tt.wantClass || why != tt.wantWhy {
-			t.Errorf("%v: class %v, why %q; want %v, %q", tt.machine, class, why, tt.wantClass, tt.wantWhy)
+			t.Errorf("%v: class %v, why %q; want %v, %q", tt.elf, class, why, tt.wantClass, tt.wantWhy)
 		}
 	}
 }

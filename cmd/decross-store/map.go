@@ -25,15 +25,16 @@ func (r *repeated) String() string     { return strings.Join(*r, ",") }
 func (r *repeated) Set(s string) error { *r = append(*r, s); return nil }
 
 const mapUsage = `usage: decross-store map --native DRV --cross DRV [--native DRV --cross DRV ...]
-                         [--pairs FILE] [--host-suffix SUFFIX] [--upstream ADDR] [--store-dir DIR]
-                         [--allow-build-platform] [--strict] [-v] -o mapping.json
+                         [--pairs FILE] [--pair CROSS=NATIVE ...] [--host-suffix SUFFIX]
+                         [--host-system SYSTEM] [--build-system SYSTEM] [--upstream ADDR]
+                         [--store-dir DIR] [--allow-build-platform] [--strict] [-v] -o mapping.json
 
 Pairs each native derivation with the cross derivation built for it, walks
 both derivation graphs and writes the mapping for the runtime closure of the
 built cross outputs. Inputs of paired derivations pair by name, by the
 attribute that holds them, or by their place in an attribute; --pair
-CROSS=NATIVE (repeatable) settles what that cannot. Problems and build-platform leaks go to stderr; -v says
-for each path why it was paired.
+CROSS=NATIVE (repeatable) settles what that cannot. Problems and
+build-platform leaks go to stderr; -v says for each path why it was paired.
 
 `
 
@@ -51,10 +52,12 @@ func runMap(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	var settle repeated
 	fs.Var(&settle, "pair", "pair `CROSS=NATIVE` where the graphs cannot tell: two .drv paths, or two output paths (repeat)")
 	suffix := fs.String("host-suffix", "", "host platform suffix of cross names, e.g. -aarch64-unknown-linux-gnu (default: inferred from the roots)")
+	hostSystem := fs.String("host-system", "", "Nix `system` the native paths are for, e.g. riscv64-linux (default: the native roots' system)")
+	buildSystem := fs.String("build-system", "", "Nix `system` the cross paths were built on (default: the cross roots' system)")
 	var up upstreamFlags
 	up.register(fs)
 	storeDir := fs.String("store-dir", defaultStoreDir, storeDirUsage)
-	allowBuild := fs.Bool("allow-build-platform", false, "map build-platform (x86_64) paths to the native path of the same name although their bytes differ")
+	allowBuild := fs.Bool("allow-build-platform", false, "map build-platform paths (an x86_64 bash in a shebang) to the native path of the same name although their bytes differ")
 	strict := fs.Bool("strict", false, "exit with an error when there is any problem or leak")
 	verbose := fs.Bool("v", false, "list every path of the runtime closure")
 	out := fs.String("o", "", "write the mapping to `file` (- for stdout)")
@@ -95,7 +98,8 @@ func runMap(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return err
 	}
 	defer closeUpstream()
-	opts := pairing.Options{HostSuffix: *suffix, AllowBuildPlatform: *allowBuild, Derivations: drvSource(*storeDir, store)}
+	opts := pairing.Options{HostSuffix: *suffix, AllowBuildPlatform: *allowBuild, Derivations: drvSource(*storeDir, store),
+		HostSystem: *hostSystem, BuildSystem: *buildSystem}
 	opts.Pairs = userPairs
 	rep, err := pairing.Map(ctx, store, roots, opts)
 	if err != nil {
@@ -111,7 +115,7 @@ func runMap(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	} else if err := rep.WriteSummary(stderr); err != nil {
 		return err
 	}
-	fmt.Fprintf(stderr, "wrote %d entries to %s\n", rep.Mapping.Len(), *out)
+	fmt.Fprintf(stderr, "wrote %d entries to %s (host system %s, build system %s)\n", rep.Mapping.Len(), *out, rep.Mapping.HostSystem(), rep.Mapping.BuildSystem())
 	if *strict && !rep.OK() {
 		return fmt.Errorf("%d problems, %d leaks", len(rep.Problems), len(rep.Leaks))
 	}
@@ -215,6 +219,7 @@ func drvSource(dir string, store upstream.Reader) pairing.DrvSource {
 }
 
 const checkUsage = `usage: decross-store check --mapping mapping.json [--upstream ADDR] [--store-dir DIR] [--host-suffix SUFFIX]
+                           [--host-system SYSTEM] [--build-system SYSTEM]
 
 Dry run: lists what the mapping would serve, the platform class of every
 path of the cross runtime closure, build-platform leaks with the files that
@@ -229,6 +234,8 @@ func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.Usage = func() { fmt.Fprint(stderr, checkUsage); fs.PrintDefaults() }
 	mapFile := fs.String("mapping", "", "mapping `file` to check")
 	suffix := fs.String("host-suffix", "", "host platform suffix of cross names (default: inferred from the mapping)")
+	hostSystem := fs.String("host-system", "", "Nix `system` the native paths are for (default: the mapping's hostSystem, else inferred)")
+	buildSystem := fs.String("build-system", "", "Nix `system` the cross paths were built on (default: the mapping's buildSystem, else inferred)")
 	var up upstreamFlags
 	up.register(fs)
 	storeDir := fs.String("store-dir", defaultStoreDir, storeDirUsage)
@@ -247,7 +254,8 @@ func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	defer closeUpstream()
-	rep, err := pairing.Check(ctx, store, m, pairing.Options{HostSuffix: *suffix, Derivations: drvSource(*storeDir, store)})
+	rep, err := pairing.Check(ctx, store, m, pairing.Options{HostSuffix: *suffix, Derivations: drvSource(*storeDir, store),
+		HostSystem: *hostSystem, BuildSystem: *buildSystem})
 	if err != nil {
 		return err
 	}
