@@ -67,8 +67,8 @@ type Failure struct {
 	Cross        string   // cross .drv that could not be paired
 	Parent       string   // cross .drv it is an input of
 	NativeParent string   // native .drv paired with Parent
-	Reason       string   // "no candidate", "several candidates", "build-platform input"
-	Candidates   []string // native .drv paths considered
+	Reason       string   // no candidate, several candidates, evidence that disagrees, a build-platform input or namesake
+	Candidates   []string // native .drv paths (or drv^output) considered
 }
 
 func (f Failure) Error() string {
