@@ -317,11 +317,11 @@ func Pair(native, cross *Graph, roots []Root, opts Options) (*Pairing, error) {
 
 // walkStep pairs the inputs of one pair of derivations.
 type walkStep struct {
-	p              *Pairing
-	nd, cd         *derivation.Derivation
-	native, cross  string
-	byName, byAlia map[string][]string // native inputs by name, by alias
-	slots          map[string][]slot   // cross output path -> native outputs in its place
+	p               *Pairing
+	nd, cd          *derivation.Derivation
+	native, cross   string
+	byName, byAlias map[string][]string // native inputs by name, by alias
+	slots           map[string][]slot   // cross output path -> native outputs in its place
 }
 
 // decide weighs the evidence for cross input ci: a single native input of
@@ -330,7 +330,7 @@ type walkStep struct {
 func (w *walkStep) decide(ci string, cid *derivation.Derivation, pn string) decision {
 	p := w.p
 	if w.byName == nil {
-		w.byName, w.byAlia = map[string][]string{}, map[string][]string{}
+		w.byName, w.byAlias = map[string][]string{}, map[string][]string{}
 		for _, ni := range sortedKeys(w.nd.InputDerivations) {
 			nid, _ := p.Native.Derivation(ni)
 			if isFixedOutput(nid) {
@@ -338,7 +338,7 @@ func (w *walkStep) decide(ci string, cid *derivation.Derivation, pn string) deci
 			}
 			w.byName[nid.Name()] = append(w.byName[nid.Name()], ni)
 			if a := nativeAlias(nid.Name()); a != "" {
-				w.byAlia[a] = append(w.byAlia[a], ni)
+				w.byAlias[a] = append(w.byAlias[a], ni)
 			}
 		}
 		w.slots = structuralSlots(p.Native, p.Cross, w.nd, w.cd, w.cross)
@@ -348,7 +348,7 @@ func (w *walkStep) decide(ci string, cid *derivation.Derivation, pn string) deci
 	}
 	cands := w.byName[pn]
 	if len(cands) == 0 {
-		cands = w.byAlia[pn]
+		cands = w.byAlias[pn]
 	}
 	if len(cands) > 1 {
 		cands = tieBreak(p, w.cd, ci, w.nd, cands)
