@@ -76,3 +76,41 @@ func InferHostSuffix(native, cross string) (string, error) {
 func wholeSegments(s string) bool {
 	return s != "" && !strings.HasPrefix(s, "-") && !strings.HasSuffix(s, "-") && !strings.Contains(s, "--")
 }
+
+// targetAddons are what nixpkgs' gcc puts between the target config and
+// the name of a cross compiler (crossNameAddon in
+// pkgs/development/compilers/gcc/default.nix), longest first so that
+// "<triple>-nolibc-gcc" loses the whole prefix.
+var targetAddons = []string{"stage-final-", "stage-static-", "nolibc-", ""}
+
+// PairingName is the name a cross derivation is paired by: NormalizeName,
+// then the target prefix of a compiler built for the host as its target
+// ("aarch64-unknown-linux-gnu-gcc-13.3.0", "aarch64-unknown-linux-gnu-
+// nolibc-gcc-wrapper-13.3.0", "aarch64-unknown-linux-gnu-stage-final-gcc-
+// 13.3.0"). marked is true when either was there: the name says the
+// derivation was made for the host, which an unmarked namesake (a
+// build-platform bash) cannot say.
+func PairingName(name, hostSuffix string) (normalized string, marked bool) {
+	n, marked := NormalizeName(name, hostSuffix)
+	s := strings.TrimPrefix(hostSuffix, "-")
+	if !wholeSegments(s) {
+		return n, marked
+	}
+	for _, a := range targetAddons {
+		p := s + "-" + a
+		if strings.HasPrefix(n, p) && len(n) > len(p) {
+			return n[len(p):], true
+		}
+	}
+	return n, marked
+}
+
+// nativeAlias is the name a native derivation also answers to: the
+// bootstrap compiler "xgcc-13.3.0" (pkgs/stdenv/linux/default.nix) is the
+// gcc a cross compiler stands for. "" when there is none.
+func nativeAlias(name string) string {
+	if rest, ok := strings.CutPrefix(name, "xgcc-"); ok {
+		return "gcc-" + rest
+	}
+	return ""
+}

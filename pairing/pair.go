@@ -28,6 +28,10 @@ type Options struct {
 	// with the native derivation of the same name. Their bytes differ, so a
 	// native path served from them is not what a native build would give.
 	AllowBuildPlatform bool
+	// Pairs settle what the graphs cannot: each pairs a cross derivation
+	// with a native one (two .drv paths) or a cross output with a native
+	// output (two output paths). They are checked like derived pairs.
+	Pairs []UserPair
 	// Derivations is where Map and Check read .drv files; nil reads them
 	// through the store they are given.
 	Derivations DrvSource
@@ -63,8 +67,8 @@ type Failure struct {
 	Cross        string   // cross .drv that could not be paired
 	Parent       string   // cross .drv it is an input of
 	NativeParent string   // native .drv paired with Parent
-	Reason       string   // "no candidate", "several candidates", "build-platform input"
-	Candidates   []string // native .drv paths considered
+	Reason       string   // no candidate, several candidates, evidence that disagrees, a build-platform input or namesake
+	Candidates   []string // native .drv paths (or drv^output) considered
 }
 
 func (f Failure) Error() string {
@@ -76,17 +80,22 @@ func (f Failure) Error() string {
 }
 
 // Pairing is the result of Pair: which native derivation each cross
-// derivation stands for.
+// derivation stands for, which native output each cross output stands for
+// where that is not the output of the same name, and why.
 type Pairing struct {
 	HostSuffix string // without leading dash
 	Native     *Graph
 	Cross      *Graph
 
-	pairs     map[string]string   // cross .drv -> native .drv
-	via       map[string]string   // cross .drv -> cross parent that paired it ("" for roots)
-	conflicts map[string][]string // cross .drv -> further native proposals
-	failures  map[string][]Failure
-	buildOnly map[string]bool // cross .drv reachable from the roots only through build-platform inputs
+	pairs        map[string]string   // cross .drv -> native .drv
+	pairedBy     map[string]Basis    // cross .drv -> why it was paired
+	via          map[string]string   // cross .drv -> cross parent that paired it ("" for roots)
+	conflicts    map[string][]string // cross .drv -> further native proposals
+	outPairs     map[string]slot     // cross output path -> native output
+	outConflicts map[string][]string // cross output path -> further native output proposals
+	failures     map[string][]Failure
+	buildOnly    map[string]bool // cross .drv reachable from the roots only through build-platform inputs
+	problems     map[string]bool // with user pairs: contradicted or never reached
 }
 
 // Len is the number of paired derivations.
@@ -95,6 +104,10 @@ func (p *Pairing) Len() int { return len(p.pairs) }
 // BuildOnly reports whether crossDrv is reachable from the cross roots only
 // as a build-platform input (nativeBuildInputs and the like).
 func (p *Pairing) BuildOnly(crossDrv string) bool { return p.buildOnly[crossDrv] }
+
+// Problems lists what is wrong with the user's pairs: pairs that
+// contradict what the graphs say, and pairs the walk never reached.
+func (p *Pairing) Problems() []string { return sortedKeys(p.problems) }
 
 // NativeOf returns the native derivation paired with crossDrv, or an error
 // naming the derivation, its parent and why it has none.
@@ -115,8 +128,48 @@ func (p *Pairing) NativeOf(crossDrv string) (string, error) {
 	return "", fs[0]
 }
 
+// PairedBy says why crossDrv was paired; the zero Basis when it was not.
+func (p *Pairing) PairedBy(crossDrv string) Basis { return p.pairedBy[crossDrv] }
+
+// OutputOf returns the native output path cross output path c stands for
+// and why: the output the structure of the parents put in its place, or
+// else the output of the same name of the paired native derivation.
+func (p *Pairing) OutputOf(c string) (OutputRef, string, Basis, error) {
+	prod, ok := p.Cross.Producer(c)
+	if !ok {
+		return OutputRef{}, "", Basis{}, fmt.Errorf("no derivation in the cross graph produces it")
+	}
+	if op, ok := p.outPairs[c]; ok {
+		if op.by.How != ByUser && len(p.conflicts[prod.Drv]) > 0 {
+			// Parents disagree on the derivation: its outputs' places
+			// settle nothing.
+			_, err := p.NativeOf(prod.Drv)
+			return OutputRef{}, "", Basis{}, err
+		}
+		if others := p.outConflicts[c]; len(others) > 0 {
+			nd, _ := p.Native.Derivation(op.native.Drv)
+			all := append([]string{nd.Outputs[op.native.Output].Path}, others...)
+			sort.Strings(all)
+			return OutputRef{}, "", Basis{}, fmt.Errorf("cannot pair %s: different parents pair it with several native outputs (%s)", c, strings.Join(all, ", "))
+		}
+		nd, _ := p.Native.Derivation(op.native.Drv)
+		return op.native, nd.Outputs[op.native.Output].Path, op.by, nil
+	}
+	n, err := p.NativeOf(prod.Drv)
+	if err != nil {
+		return OutputRef{}, "", Basis{}, err
+	}
+	nd, _ := p.Native.Derivation(n)
+	out, ok := nd.Outputs[prod.Output]
+	if !ok {
+		return OutputRef{}, "", Basis{}, fmt.Errorf("it is output %q of %s, but the paired native derivation %s has no such output (paired by %s)", prod.Output, prod.Drv, n, p.pairedBy[prod.Drv])
+	}
+	return OutputRef{Drv: n, Output: prod.Output}, out.Path, p.pairedBy[prod.Drv], nil
+}
+
 // Pair walks the cross and native graphs from roots and pairs derivations
-// input by input.
+// input by input: by name, by the attribute or the place in an attribute
+// where the parents hold them, or as opts.Pairs says.
 func Pair(native, cross *Graph, roots []Root, opts Options) (*Pairing, error) {
 	if len(roots) == 0 {
 		return nil, fmt.Errorf("pair: no roots")
@@ -152,18 +205,38 @@ func Pair(native, cross *Graph, roots []Root, opts Options) (*Pairing, error) {
 		}
 		suffix = s
 	}
+	users, err := checkUserPairs(native, cross, opts.Pairs)
+	if err != nil {
+		return nil, fmt.Errorf("pair: %w", err)
+	}
 	p := &Pairing{
-		HostSuffix: suffix,
-		Native:     native,
-		Cross:      cross,
-		pairs:      map[string]string{},
-		via:        map[string]string{},
-		conflicts:  map[string][]string{},
-		failures:   map[string][]Failure{},
+		HostSuffix:   suffix,
+		Native:       native,
+		Cross:        cross,
+		pairs:        map[string]string{},
+		pairedBy:     map[string]Basis{},
+		via:          map[string]string{},
+		conflicts:    map[string][]string{},
+		outPairs:     map[string]slot{},
+		outConflicts: map[string][]string{},
+		failures:     map[string][]Failure{},
+		problems:     map[string]bool{},
+	}
+	// A name marked as made for the host (suffix or target prefix) claims
+	// its pairing name: an unmarked cross derivation of that name is a
+	// build-platform namesake (bash-5.2p37 next to
+	// bash-aarch64-unknown-linux-gnu-5.2p37), not its host counterpart.
+	hostNames := map[string]string{}
+	for _, name := range sortedKeys(cross.byName) {
+		if pn, marked := PairingName(name, suffix); marked {
+			if _, ok := hostNames[pn]; !ok {
+				hostNames[pn] = cross.byName[name][0]
+			}
+		}
 	}
 	type job struct{ native, cross string }
 	var queue []job
-	propose := func(c, n, parent string) {
+	propose := func(c, n, parent string, by Basis) {
 		if prev, ok := p.pairs[c]; ok {
 			if prev != n && !contains(p.conflicts[c], n) {
 				p.conflicts[c] = append(p.conflicts[c], n)
@@ -171,59 +244,215 @@ func Pair(native, cross *Graph, roots []Root, opts Options) (*Pairing, error) {
 			return
 		}
 		p.pairs[c] = n
+		p.pairedBy[c] = by
 		p.via[c] = parent
 		queue = append(queue, job{n, c})
 	}
+	proposeOut := func(c string, s slot) {
+		if prev, ok := p.outPairs[c]; ok {
+			if prev.native != s.native {
+				nd, _ := native.Derivation(s.native.Drv)
+				if np := nd.Outputs[s.native.Output].Path; !contains(p.outConflicts[c], np) {
+					p.outConflicts[c] = append(p.outConflicts[c], np)
+				}
+			}
+			return
+		}
+		p.outPairs[c] = s
+	}
 	for _, r := range roots {
-		propose(r.Cross, r.Native, "")
+		if up, ok := users.given[r.Cross]; ok {
+			users.used[r.Cross] = true
+			if u, ok := users.drv[r.Cross]; !ok || u.Native != r.Native {
+				p.problems[fmt.Sprintf("--pair %s contradicts the root pair %s=%s", up, r.Cross, r.Native)] = true
+			}
+		}
+		propose(r.Cross, r.Native, "", Basis{How: ByRoot})
 	}
 	for len(queue) > 0 {
 		j := queue[0]
 		queue = queue[1:]
 		nd, _ := native.Derivation(j.native)
 		cd, _ := cross.Derivation(j.cross)
-		var nativeByName map[string][]string
-		var crossRoles map[string]role
+		w := &walkStep{p: p, nd: nd, cd: cd, native: j.native, cross: j.cross}
+		crossRoles := roles(cd)
 		for _, ci := range sortedKeys(cd.InputDerivations) {
 			cid, _ := cross.Derivation(ci)
 			if isFixedOutput(cid) {
 				continue // same output path on both sides
 			}
-			if crossRoles == nil {
-				crossRoles = roles(cd)
+			var d decision
+			pn, marked := PairingName(cid.Name(), suffix)
+			switch host := hostNames[pn]; {
+			case edgeRole(crossRoles, cid, cd.InputDerivations[ci]) == roleBuild && !opts.AllowBuildPlatform:
+				d.fail = &Failure{Cross: ci, Parent: j.cross, NativeParent: j.native, Reason: "build-platform input; pairing it by name needs the build-platform option"}
+			case !marked && host != "" && host != ci && !opts.AllowBuildPlatform:
+				d.fail = &Failure{Cross: ci, Parent: j.cross, NativeParent: j.native,
+					Reason: fmt.Sprintf("build-platform namesake of the host derivation %s: only a derivation made for the host pairs with a native %q (pairing it needs the build-platform option)", host, pn)}
+			default:
+				d = w.decide(ci, cid, pn)
 			}
-			if edgeRole(crossRoles, cid, cd.InputDerivations[ci]) == roleBuild && !opts.AllowBuildPlatform {
-				p.fail(Failure{Cross: ci, Parent: j.cross, NativeParent: j.native, Reason: "build-platform input; pairing it by name needs the build-platform option"})
+			if _, ok := users.given[ci]; ok {
+				w.applyUser(users, ci, cid, d, propose, proposeOut)
 				continue
 			}
-			if nativeByName == nil {
-				nativeByName = map[string][]string{}
-				for _, ni := range sortedKeys(nd.InputDerivations) {
-					nid, _ := native.Derivation(ni)
-					if !isFixedOutput(nid) {
-						nativeByName[nid.Name()] = append(nativeByName[nid.Name()], ni)
-					}
-				}
+			if d.fail != nil {
+				p.fail(*d.fail)
+				continue
 			}
-			want, _ := NormalizeName(cid.Name(), suffix)
-			cands := nativeByName[want]
-			if len(cands) > 1 {
-				cands = tieBreak(p, cd, ci, nd, cands)
+			propose(ci, d.native, j.cross, d.by)
+			for _, o := range sortedKeys(d.outs) {
+				proposeOut(cid.Outputs[o].Path, d.outs[o])
 			}
-			switch len(cands) {
-			case 1:
-				propose(ci, cands[0], j.cross)
-			case 0:
-				p.fail(Failure{Cross: ci, Parent: j.cross, NativeParent: j.native,
-					Reason: fmt.Sprintf("no candidate: no input of the native derivation is named %q", want)})
-			default:
-				p.fail(Failure{Cross: ci, Parent: j.cross, NativeParent: j.native,
-					Reason: fmt.Sprintf("several candidates named %q, not told apart by output names, use in the environment, or inputs", want), Candidates: cands})
-			}
+		}
+	}
+	for _, c := range sortedKeys(users.given) {
+		if !users.used[c] {
+			p.problems[fmt.Sprintf("--pair %s is never reached: %s is not an input of a paired derivation", users.given[c], c)] = true
 		}
 	}
 	p.buildOnly = buildOnly(cross, roots)
 	return p, nil
+}
+
+// walkStep pairs the inputs of one pair of derivations.
+type walkStep struct {
+	p               *Pairing
+	nd, cd          *derivation.Derivation
+	native, cross   string
+	byName, byAlias map[string][]string // native inputs by name, by alias
+	slots           map[string][]slot   // cross output path -> native outputs in its place
+}
+
+// decide weighs the evidence for cross input ci: a single native input of
+// its pairing name, and the native outputs found in its places. They must
+// agree; where names give no single candidate, places may decide.
+func (w *walkStep) decide(ci string, cid *derivation.Derivation, pn string) decision {
+	p := w.p
+	if w.byName == nil {
+		w.byName, w.byAlias = map[string][]string{}, map[string][]string{}
+		for _, ni := range sortedKeys(w.nd.InputDerivations) {
+			nid, _ := p.Native.Derivation(ni)
+			if isFixedOutput(nid) {
+				continue
+			}
+			w.byName[nid.Name()] = append(w.byName[nid.Name()], ni)
+			if a := nativeAlias(nid.Name()); a != "" {
+				w.byAlias[a] = append(w.byAlias[a], ni)
+			}
+		}
+		w.slots = structuralSlots(p.Native, p.Cross, w.nd, w.cd, w.cross)
+	}
+	fail := func(reason string, cands []string) decision {
+		return decision{fail: &Failure{Cross: ci, Parent: w.cross, NativeParent: w.native, Reason: reason, Candidates: cands}}
+	}
+	cands := w.byName[pn]
+	if len(cands) == 0 {
+		cands = w.byAlias[pn]
+	}
+	if len(cands) > 1 {
+		cands = tieBreak(p, w.cd, ci, w.nd, cands)
+	}
+	// Structural evidence, output by output.
+	outs := map[string]slot{}
+	var drvs []string
+	for _, o := range w.cd.InputDerivations[ci] {
+		out, ok := cid.Outputs[o]
+		if !ok {
+			continue
+		}
+		ts := slotTargets(w.slots[out.Path])
+		if len(ts) > 1 {
+			var c []string
+			for _, t := range ts {
+				c = append(c, t.native.String())
+			}
+			return fail(fmt.Sprintf("its output %s sits where several native outputs sit: %s", o, explainSlots(p.Native, ts)), c)
+		}
+		if len(ts) == 1 {
+			outs[o] = ts[0]
+			if !contains(drvs, ts[0].native.Drv) {
+				drvs = append(drvs, ts[0].native.Drv)
+			}
+		}
+	}
+	sort.Strings(drvs)
+	var placed []slot
+	for _, o := range sortedKeys(outs) {
+		placed = append(placed, outs[o])
+	}
+	switch {
+	case len(cands) == 1:
+		n := cands[0]
+		renamed := map[string]slot{}
+		for o, s := range outs {
+			if s.native.Drv != n {
+				return fail(fmt.Sprintf("its name %q gives %s, but its place gives %s", pn, n, explainSlots(p.Native, placed)), append([]string{n}, drvs...))
+			}
+			if s.native.Output != o {
+				renamed[o] = s
+			}
+		}
+		return decision{native: n, by: Basis{How: ByName, Parent: w.cross}, outs: renamed}
+	case len(drvs) == 1 && (len(cands) == 0 || contains(cands, drvs[0])):
+		return decision{native: drvs[0], by: placed[0].by, outs: outs}
+	case len(drvs) > 1:
+		return fail(fmt.Sprintf("its outputs sit where outputs of different native derivations sit: %s", explainSlots(p.Native, placed)), drvs)
+	case len(cands) > 1:
+		reason := fmt.Sprintf("several candidates named %q, not told apart by output names, use in the environment, or inputs", pn)
+		if len(placed) > 0 {
+			reason += fmt.Sprintf("; its place gives none of them: %s", explainSlots(p.Native, placed))
+		}
+		return fail(reason, cands)
+	}
+	return fail(fmt.Sprintf("no candidate: no input of the native derivation is named %q, and no native input sits in its place", pn), nil)
+}
+
+// applyUser pairs ci as the user said, and reports where that contradicts
+// what the graphs say.
+func (w *walkStep) applyUser(users *userPairs, ci string, cid *derivation.Derivation, d decision,
+	propose func(c, n, parent string, by Basis), proposeOut func(c string, s slot)) {
+	p := w.p
+	users.used[ci] = true
+	up := users.given[ci]
+	by := Basis{How: ByUser}
+	derivedOut := func(o string) (OutputRef, bool) {
+		if d.fail != nil || d.native == "" {
+			return OutputRef{}, false
+		}
+		if s, ok := d.outs[o]; ok {
+			return s.native, true
+		}
+		return OutputRef{Drv: d.native, Output: o}, true
+	}
+	contradict := func(got OutputRef) {
+		p.problems[fmt.Sprintf("--pair %s contradicts the pair by %s with %s (as an input of %s)", up, d.by, got, w.cross)] = true
+	}
+	if u, ok := users.drv[ci]; ok {
+		for _, o := range sortedKeys(cid.Outputs) {
+			if got, ok := derivedOut(o); ok && got != (OutputRef{Drv: u.Native, Output: o}) {
+				contradict(got)
+			}
+		}
+		propose(ci, u.Native, w.cross, by)
+		return
+	}
+	outs := users.outs[ci]
+	var drvs []string
+	for _, o := range sortedKeys(outs) {
+		if got, ok := derivedOut(o); ok && got != outs[o] {
+			contradict(got)
+		}
+		proposeOut(cid.Outputs[o].Path, slot{native: outs[o], by: by})
+		if !contains(drvs, outs[o].Drv) {
+			drvs = append(drvs, outs[o].Drv)
+		}
+	}
+	// Outputs of one native derivation make a pair of derivations, whose
+	// inputs the walk goes on with.
+	if len(drvs) == 1 {
+		propose(ci, drvs[0], w.cross, by)
+	}
 }
 
 // inferFromInputs finds the host suffix when the roots carry none (a script
@@ -384,7 +613,7 @@ func inputNames(g *Graph, d *derivation.Derivation, suffix string) string {
 		id, _ := g.Derivation(in)
 		n := id.Name()
 		if suffix != "" {
-			n, _ = NormalizeName(n, suffix)
+			n, _ = PairingName(n, suffix)
 		}
 		names = append(names, n)
 	}

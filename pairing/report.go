@@ -49,6 +49,10 @@ type PathReport struct {
 	Why     string // what decided Class
 	CA      bool   // content-addressed: served unchanged
 	Problem string // "" when the path is served correctly
+	// PairedBy says why Native was chosen: root, name, role (the
+	// attribute), position (the word of an attribute), --pair, or the
+	// mapping file.
+	PairedBy string
 }
 
 // Leak is a reference from a served path to a build-platform path.
@@ -302,6 +306,8 @@ func (p *Pairing) Map(ctx context.Context, store upstream.Reader, opts Options) 
 	rep := &Report{Problems: append(missing, plProblems...), Notes: plNotes}
 	classes := map[string]Class{}
 	proposed := map[string]mapping.Entry{} // cross path -> its entry, before conflicts
+	basis := map[string]Basis{}            // cross path -> why its entry
+	unpaired := map[string]bool{}          // cross paths without a native counterpart
 	claims := map[string][]string{}        // native path -> cross paths proposing it
 	for _, c := range cl.paths {
 		info := cl.info[c]
@@ -315,7 +321,10 @@ func (p *Pairing) Map(ctx context.Context, store upstream.Reader, opts Options) 
 		case class == Build && !opts.AllowBuildPlatform:
 			pr.Problem = "build-platform path: its native counterpart differs in bytes; it is paired by name only with the build-platform option"
 		default:
-			e, problem := p.entryFor(c)
+			e, by, problem := p.entryFor(c)
+			if problem != "" {
+				unpaired[c] = true
+			}
 			if problem == "" && len(e.Native) > len(e.Cross) {
 				problem = fmt.Sprintf("its native path %s is longer than it, so references cannot be rewritten in place", e.Native)
 			}
@@ -324,6 +333,7 @@ func (p *Pairing) Map(ctx context.Context, store upstream.Reader, opts Options) 
 				break
 			}
 			proposed[c] = e
+			basis[c] = by
 			claims[e.Native] = append(claims[e.Native], c)
 		}
 		rep.Paths = append(rep.Paths, pr)
@@ -358,13 +368,25 @@ func (p *Pairing) Map(ctx context.Context, store upstream.Reader, opts Options) 
 				pr.Problem = fmt.Sprintf("its native path %s is served from the %s path %s instead", e.Native, classes[w], w)
 			default:
 				pr.Native = e.Native
+				pr.PairedBy = basis[pr.Cross].String()
 				entries = append(entries, e)
 			}
 		}
-		if pr.Problem != "" {
+	}
+	// A path without a native counterpart is asked for only through the
+	// rewritten references of a served path: when none references it, it
+	// is only noted.
+	referenced := servedRefs(cl, rep.Paths)
+	for _, pr := range rep.Paths {
+		switch {
+		case pr.Problem == "":
+		case unpaired[pr.Cross] && !referenced[pr.Cross]:
+			rep.Notes = append(rep.Notes, fmt.Sprintf("%s is not served (no served path references it): %s", pr.Cross, pr.Problem))
+		default:
 			rep.Problems = append(rep.Problems, pr.Cross+": "+pr.Problem)
 		}
 	}
+	rep.Problems = append(rep.Problems, p.Problems()...)
 	m, err := mapping.New(entries)
 	if err != nil {
 		return nil, fmt.Errorf("map: %w", err)
@@ -381,25 +403,34 @@ func (p *Pairing) Map(ctx context.Context, store upstream.Reader, opts Options) 
 	return rep, nil
 }
 
-// entryFor finds the native path for cross output path c.
-func (p *Pairing) entryFor(c string) (mapping.Entry, string) {
-	prod, ok := p.Cross.Producer(c)
-	if !ok {
-		return mapping.Entry{}, "no derivation in the cross graph produces it"
-	}
-	n, err := p.NativeOf(prod.Drv)
+// entryFor finds the native path for cross output path c, and why.
+func (p *Pairing) entryFor(c string) (mapping.Entry, Basis, string) {
+	ref, native, by, err := p.OutputOf(c)
 	if err != nil {
-		return mapping.Entry{}, err.Error()
+		return mapping.Entry{}, Basis{}, err.Error()
 	}
-	nd, _ := p.Native.Derivation(n)
-	out, ok := nd.Outputs[prod.Output]
-	if !ok {
-		return mapping.Entry{}, fmt.Sprintf("it is output %q of %s, but the paired native derivation %s has no such output", prod.Output, prod.Drv, n)
+	if native == c {
+		return mapping.Entry{}, Basis{}, "it is the same path on both sides but not content-addressed"
 	}
-	if out.Path == c {
-		return mapping.Entry{}, "it is the same path on both sides but not content-addressed"
+	return mapping.Entry{Native: native, Cross: c, Deriver: ref.Drv, Output: ref.Output}, by, ""
+}
+
+// servedRefs is the set of paths a served path references (itself
+// excluded): served paths are the mapped ones and the content-addressed
+// ones served as they are.
+func servedRefs(cl *closure, paths []PathReport) map[string]bool {
+	refs := map[string]bool{}
+	for _, pr := range paths {
+		if pr.Native == "" && (!pr.CA || pr.Problem != "") {
+			continue
+		}
+		for _, r := range cl.info[pr.Cross].References {
+			if r != pr.Cross {
+				refs[r] = true
+			}
+		}
 	}
-	return mapping.Entry{Native: out.Path, Cross: c, Deriver: n, Output: prod.Output}, ""
+	return refs
 }
 
 // nativeNamed lists native derivations named like the derivation of cross
@@ -410,7 +441,7 @@ func (p *Pairing) nativeNamed(c string) []string {
 		d, _ := p.Cross.Derivation(prod.Drv)
 		name = d.Name()
 	}
-	name, _ = NormalizeName(name, p.HostSuffix)
+	name, _ = PairingName(name, p.HostSuffix)
 	return p.Native.ByName(name)
 }
 
@@ -524,15 +555,23 @@ func Check(ctx context.Context, store upstream.Reader, m *mapping.Mapping, opts 
 		pr := PathReport{Cross: c, Class: class, Why: why, CA: info.CA != ""}
 		if e, ok := m.ByCross(c); ok {
 			pr.Native = e.Native
+			pr.PairedBy = "the mapping file"
 		} else if pr.CA {
 			pr.Problem = caProblem(cl, info)
 		} else {
 			pr.Problem = "input-addressed and not in the mapping, so nothing that references it can be served"
 		}
-		if pr.Problem != "" {
-			rep.Problems = append(rep.Problems, c+": "+pr.Problem)
-		}
 		rep.Paths = append(rep.Paths, pr)
+	}
+	referenced := servedRefs(cl, rep.Paths)
+	for _, pr := range rep.Paths {
+		switch {
+		case pr.Problem == "":
+		case !pr.CA && pr.Native == "" && !referenced[pr.Cross]:
+			rep.Notes = append(rep.Notes, fmt.Sprintf("%s is not served (no served path references it): %s", pr.Cross, pr.Problem))
+		default:
+			rep.Problems = append(rep.Problems, pr.Cross+": "+pr.Problem)
+		}
 	}
 	rep.Leaks = leaks(cl, classes, func(to string) ([]string, bool) {
 		var names []string
@@ -615,6 +654,9 @@ func (r *Report) write(w io.Writer, paths bool) error {
 			fmt.Fprintf(&b, "  NOT   %s\n", p.Cross)
 		}
 		fmt.Fprintf(&b, "        %s: %s\n", p.Class, p.Why)
+		if p.PairedBy != "" {
+			fmt.Fprintf(&b, "        paired by %s\n", p.PairedBy)
+		}
 	}
 	fmt.Fprintf(&b, "leaks: %d\n", len(r.Leaks))
 	for _, l := range r.Leaks {

@@ -25,13 +25,16 @@ func (r *repeated) String() string     { return strings.Join(*r, ",") }
 func (r *repeated) Set(s string) error { *r = append(*r, s); return nil }
 
 const mapUsage = `usage: decross-store map --native DRV --cross DRV [--native DRV --cross DRV ...]
-                         [--pairs FILE] [--host-suffix SUFFIX] [--host-system SYSTEM] [--build-system SYSTEM]
-                         [--upstream ADDR] [--store-dir DIR] [--allow-build-platform] [--strict] [-v]
-                         -o mapping.json
+                         [--pairs FILE] [--pair CROSS=NATIVE ...] [--host-suffix SUFFIX]
+                         [--host-system SYSTEM] [--build-system SYSTEM] [--upstream ADDR]
+                         [--store-dir DIR] [--allow-build-platform] [--strict] [-v] -o mapping.json
 
 Pairs each native derivation with the cross derivation built for it, walks
 both derivation graphs and writes the mapping for the runtime closure of the
-built cross outputs. Problems and build-platform leaks go to stderr.
+built cross outputs. Inputs of paired derivations pair by name, by the
+attribute that holds them, or by their place in an attribute; --pair
+CROSS=NATIVE (repeatable) settles what that cannot. Problems and
+build-platform leaks go to stderr; -v says for each path why it was paired.
 
 `
 
@@ -45,7 +48,9 @@ func runMap(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	var natives, crosses repeated
 	fs.Var(&natives, "native", "native `.drv` (repeat, in the order of --cross)")
 	fs.Var(&crosses, "cross", "cross `.drv` built for the --native at the same position")
-	pairsFile := fs.String("pairs", "", `JSON `+"`file`"+` with a list of {"native": DRV, "cross": DRV}`)
+	pairsFile := fs.String("pairs", "", `JSON `+"`file`"+` with a list of {"native": DRV, "cross": DRV}; with "root": false, an entry is a --pair`)
+	var settle repeated
+	fs.Var(&settle, "pair", "pair `CROSS=NATIVE` where the graphs cannot tell: two .drv paths, or two output paths (repeat)")
 	suffix := fs.String("host-suffix", "", "host platform suffix of cross names, e.g. -aarch64-unknown-linux-gnu (default: inferred from the roots)")
 	hostSystem := fs.String("host-system", "", "Nix `system` the native paths are for, e.g. riscv64-linux (default: the native roots' system)")
 	buildSystem := fs.String("build-system", "", "Nix `system` the cross paths were built on (default: the cross roots' system)")
@@ -69,12 +74,21 @@ func runMap(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	for i := range natives {
 		roots = append(roots, pairing.Root{Native: natives[i], Cross: crosses[i]})
 	}
+	var userPairs []pairing.UserPair
 	if *pairsFile != "" {
-		more, err := readPairs(*pairsFile)
+		more, users, err := readPairs(*pairsFile)
 		if err != nil {
 			return err
 		}
 		roots = append(roots, more...)
+		userPairs = append(userPairs, users...)
+	}
+	for _, s := range settle {
+		u, err := parsePair(s)
+		if err != nil {
+			return err
+		}
+		userPairs = append(userPairs, u)
 	}
 	if len(roots) == 0 {
 		return errors.New("no derivations to pair: give --native and --cross, or --pairs")
@@ -86,6 +100,7 @@ func runMap(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	defer closeUpstream()
 	opts := pairing.Options{HostSuffix: *suffix, AllowBuildPlatform: *allowBuild, Derivations: drvSource(*storeDir, store),
 		HostSystem: *hostSystem, BuildSystem: *buildSystem}
+	opts.Pairs = userPairs
 	rep, err := pairing.Map(ctx, store, roots, opts)
 	if err != nil {
 		return err
@@ -107,31 +122,56 @@ func runMap(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	return nil
 }
 
-func readPairs(path string) ([]pairing.Root, error) {
+// pairsEntry is one entry of a --pairs file: a root pair, or with
+// "root": false a pair the user settles, as --pair does.
+type pairsEntry struct {
+	Native string `json:"native"`
+	Cross  string `json:"cross"`
+	Root   *bool  `json:"root,omitempty"`
+}
+
+func readPairs(path string) ([]pairing.Root, []pairing.UserPair, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return nil, fmt.Errorf("read pairs: %w", err)
+		return nil, nil, fmt.Errorf("read pairs: %w", err)
 	}
 	defer f.Close()
 	b, err := io.ReadAll(io.LimitReader(f, maxPairsFile+1))
 	if err != nil {
-		return nil, fmt.Errorf("read pairs %s: %w", path, err)
+		return nil, nil, fmt.Errorf("read pairs %s: %w", path, err)
 	}
 	if len(b) > maxPairsFile {
-		return nil, fmt.Errorf("read pairs %s: larger than %d bytes", path, maxPairsFile)
+		return nil, nil, fmt.Errorf("read pairs %s: larger than %d bytes", path, maxPairsFile)
 	}
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
-	var roots []pairing.Root
-	if err := dec.Decode(&roots); err != nil {
-		return nil, fmt.Errorf("read pairs %s: %w", path, err)
+	var entries []pairsEntry
+	if err := dec.Decode(&entries); err != nil {
+		return nil, nil, fmt.Errorf("read pairs %s: %w", path, err)
 	}
-	for i, r := range roots {
-		if r.Native == "" || r.Cross == "" {
-			return nil, fmt.Errorf("read pairs %s: pair %d needs both native and cross", path, i)
+	var roots []pairing.Root
+	var users []pairing.UserPair
+	for i, e := range entries {
+		if e.Native == "" || e.Cross == "" {
+			return nil, nil, fmt.Errorf("read pairs %s: pair %d needs both native and cross", path, i)
+		}
+		if e.Root == nil || *e.Root {
+			roots = append(roots, pairing.Root{Native: e.Native, Cross: e.Cross})
+		} else {
+			users = append(users, pairing.UserPair{Cross: e.Cross, Native: e.Native})
 		}
 	}
-	return roots, nil
+	return roots, users, nil
+}
+
+// parsePair reads CROSS=NATIVE. Store path names may hold "=" but no
+// "/", so the separator is the "=" before the native path's "/".
+func parsePair(s string) (pairing.UserPair, error) {
+	i := strings.Index(s, "=/")
+	if i <= 0 {
+		return pairing.UserPair{}, fmt.Errorf("--pair %q: want CROSS=NATIVE, two store paths", s)
+	}
+	return pairing.UserPair{Cross: s[:i], Native: s[i+1:]}, nil
 }
 
 // writeMapping writes through a temporary file so that a reader never sees
