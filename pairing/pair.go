@@ -200,7 +200,10 @@ func Pair(native, cross *Graph, roots []Root, opts Options) (*Pairing, error) {
 	}
 	if suffix == "" {
 		s, err := inferFromInputs(native, cross, roots)
-		if err != nil {
+		// A static set (pkgsStatic) names a package alike wherever it is
+		// built, host config included: there is no suffix to remove, and
+		// names compare as they are.
+		if _, static := staticRoots(native, cross, roots, opts.HostSystem); err != nil && !static {
 			return nil, fmt.Errorf("pair: cannot infer the host suffix: %w; pass it explicitly", err)
 		}
 		suffix = s

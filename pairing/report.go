@@ -267,12 +267,6 @@ func Map(ctx context.Context, store upstream.Reader, roots []Root, opts Options)
 	}
 	p, err := Pair(native, cross, roots, opts)
 	if err != nil {
-		// A host suffix given for a static set would be removed from
-		// cross names only, and these have equal names: say so rather
-		// than leave "pass it explicitly" to be tried.
-		if c, ok := staticRoots(native, cross, roots, opts.HostSystem); ok {
-			return nil, fmt.Errorf("%w (the roots are named alike on both sides and both carry the host config %s, as a static package set is; pairing such sets needs names compared as they are, without a host suffix)", err, c)
-		}
 		return nil, err
 	}
 	return p.Map(ctx, store, opts)
