@@ -80,6 +80,6 @@ func BenchmarkReplacePadded(b *testing.B) {
 	r := mustNew(b, testRepls, Options{})
 	b.SetBytes(int64(len(data)))
 	for b.Loop() {
-		r.replacePadded(data, true)
+		_, _ = r.replacePadded(data, true)
 	}
 }
