@@ -146,7 +146,8 @@ func New(repls []Replacement, opts Options) (*Rewriter, error) {
 
 	r.states.New = func() any {
 		st := &callState{
-			chunk: make([]byte, r.chunk+r.carry()),
+			// At least sniffLen: the first read decides a file's format.
+			chunk: make([]byte, max(r.chunk+r.carry(), sniffLen)),
 			bw:    bufio.NewWriterSize(nil, writeBufSize),
 			scan:  *refscan.NewScanner(r.forbidden),
 		}
