@@ -417,14 +417,14 @@ func (z *zipFixer) member(m *zipMember, prevEnd int64) (int64, bool, error) {
 	if m.flags&0x1 != 0 {
 		return 0, false, zipRefusal("member %q is encrypted: its CRC-32 cannot be checked or recomputed", m.name)
 	}
-	oldCRC, err := memberCRC(z.orig, data, m)
+	oldCRC, err := memberCRC(z.orig, data, m, z.a)
 	if err != nil {
 		return 0, false, zipRefusal("member %q: %v", m.name, err)
 	}
 	if oldCRC != m.crc {
 		return 0, false, zipRefusal("member %q: its CRC-32 does not match its data in the input", m.name)
 	}
-	newCRC, err := memberCRC(z.out, data, m)
+	newCRC, err := memberCRC(z.out, data, m, z.a)
 	if err != nil {
 		return 0, false, zipRefusal("member %q: after rewriting a store path in its compressed data: %v", m.name, err)
 	}
@@ -469,7 +469,7 @@ func hasExtra(extra []byte, want uint16) bool {
 
 // memberCRC is the CRC-32 of a member's uncompressed data, checking that it
 // has the recorded uncompressed size.
-func memberCRC(r io.ReaderAt, data int64, m *zipMember) (uint32, error) {
+func memberCRC(r io.ReaderAt, data int64, m *zipMember, buf []byte) (uint32, error) {
 	var src io.Reader = io.NewSectionReader(r, data, m.csize)
 	switch m.method {
 	case 0:
@@ -484,7 +484,7 @@ func memberCRC(r io.ReaderAt, data int64, m *zipMember) (uint32, error) {
 		return 0, fmt.Errorf("compressed with method %d, which the rewriter cannot decompress to recompute the CRC-32", m.method)
 	}
 	h := crc32.NewIEEE()
-	n, err := io.Copy(h, io.LimitReader(src, m.usize+1))
+	n, err := io.CopyBuffer(h, io.LimitReader(src, m.usize+1), buf)
 	if err != nil {
 		return 0, fmt.Errorf("decompress: %w", err)
 	}
