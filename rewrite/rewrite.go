@@ -379,7 +379,7 @@ func (r *Rewriter) rewriteLarge(st *callState, hdr *narstream.Header) error {
 	}
 	if lastChange > 0 {
 		if f == formatSealed {
-			return &FormatError{File: file, Format: fname, Reason: "its compressed data holds a store path, and the stream's checksum covers it"}
+			return &FormatError{File: file, Format: fname, Reason: sealedReason}
 		}
 		tail := st.tail[max(-tailStart, 0):]
 		if base := zipEndBase(tail, hdr.Size); base >= 0 && lastChange > base {

@@ -44,15 +44,7 @@ func zipEndBase(tail []byte, size int64) int64 {
 // fixFormat fixes what rewriting broke in a file of format f whose input
 // is orig and whose rewritten bytes are out, or refuses it.
 func (r *Rewriter) fixFormat(f format, fname, file string, orig io.ReaderAt, out readerWriterAt, size int64) error {
-	var err error
-	switch f {
-	case formatZip:
-		err = fixZip(orig, out, out, size)
-	case formatTar:
-		err = fixTar(orig, out, out, size)
-	case formatSealed:
-		err = &FormatError{Format: fname, Reason: "its compressed data holds a store path, and the stream's checksum covers it"}
-	}
+	err := newFixer(orig, out, out, size).fix(f, fname)
 	var fe *FormatError
 	if errors.As(err, &fe) {
 		fe.File = file

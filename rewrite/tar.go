@@ -1,6 +1,7 @@
 package rewrite
 
 import (
+	"archive/tar"
 	"bytes"
 	"fmt"
 	"io"
@@ -15,13 +16,13 @@ func tarRefusal(format string, args ...any) error {
 }
 
 // fixTar recomputes the checksum of every tar header whose bytes rewriting
-// changed (a store path in a name or link target). orig holds the input,
-// out the same bytes after padded replacement; only the name, link name and
-// prefix fields may differ between them, anything else is refused. Member
-// data carries no checksum in tar and is left to the padded rule.
-func fixTar(orig, out io.ReaderAt, patch io.WriterAt, size int64) error {
+// changed (a store path in a name or link target): only the name, link name
+// and prefix fields may differ between input and output, anything else is
+// refused. Member data carries no checksum in tar and is left to the padded
+// rule, unless it is itself an archive.
+func (z *fixer) fixTar() error {
+	orig, out, patch, size := z.orig, z.out, z.patch, z.size
 	var a, b [tarBlock]byte
-	z := &zipFixer{orig: orig, out: out, size: size, a: make([]byte, zipCompareBuf), b: make([]byte, zipCompareBuf)}
 	nextSize := int64(-1) // from a pax header, for the next member
 	off := int64(0)
 	for off+tarBlock <= size {
@@ -77,6 +78,17 @@ func fixTar(orig, out io.ReaderAt, patch io.WriterAt, size int64) error {
 				return tarRefusal("pax header of %q: %v", name, err)
 			}
 			nextSize = s
+		}
+		if (typ == tar.TypeReg || typ == 0 || typ == tar.TypeCont) && n > 0 && data+n <= size {
+			same, err := z.sameAt(data, n)
+			if err != nil {
+				return fmt.Errorf("read tar: %w", err)
+			}
+			if !same {
+				if err := z.nested(data, n, name); err != nil {
+					return nestedRefusal("tar", name, err)
+				}
+			}
 		}
 		off = data + (n+tarBlock-1)/tarBlock*tarBlock
 	}

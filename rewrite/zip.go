@@ -59,17 +59,23 @@ const (
 	zipCompareBuf = 32 << 10
 )
 
-// zipFixer recomputes the CRC-32 of the members of a zip archive whose bytes
-// rewriting changed. orig holds the input, out the same bytes after padded
-// replacement; both are size bytes long. Only fields in out are patched;
-// the structure is read from orig, and every structural field is checked
-// to be the same in both, so a store path that reached into one is refused
+// fixer fixes what padded rewriting broke in one container (an archive,
+// or an archive inside one). orig holds the input, out the same bytes after
+// padded replacement, both size bytes long; patch writes into out. The
+// structure is read from orig, and every structural field is checked to be
+// the same in both, so a store path that reached into one is refused
 // rather than trusted.
-type zipFixer struct {
+type fixer struct {
 	orig, out io.ReaderAt
 	patch     io.WriterAt
 	size      int64
-	a, b      []byte // compare buffers
+	depth     int    // how many containers this one is inside
+	a, b      []byte // compare buffers, shared with nested fixers
+}
+
+func newFixer(orig, out io.ReaderAt, patch io.WriterAt, size int64) *fixer {
+	return &fixer{orig: orig, out: out, patch: patch, size: size,
+		a: make([]byte, zipCompareBuf), b: make([]byte, zipCompareBuf)}
 }
 
 func zipRefusal(format string, args ...any) error {
@@ -77,7 +83,7 @@ func zipRefusal(format string, args ...any) error {
 }
 
 // sameAt reports whether orig and out hold the same n bytes at off.
-func (z *zipFixer) sameAt(off, n int64) (bool, error) {
+func (z *fixer) sameAt(off, n int64) (bool, error) {
 	for n > 0 {
 		k := min(n, int64(len(z.a)))
 		if _, err := z.orig.ReadAt(z.a[:k], off); err != nil {
@@ -96,20 +102,13 @@ func (z *zipFixer) sameAt(off, n int64) (bool, error) {
 }
 
 // read reads n bytes of orig at off into a fresh slice; n is small.
-func (z *zipFixer) read(off int64, n int) ([]byte, error) {
+func (z *fixer) read(off int64, n int) ([]byte, error) {
 	if off < 0 || off+int64(n) > z.size {
 		return nil, io.ErrUnexpectedEOF
 	}
 	b := make([]byte, n)
 	_, err := z.orig.ReadAt(b, off)
 	return b, err
-}
-
-// fixZip patches the CRCs of changed members, or refuses the archive.
-func fixZip(orig, out io.ReaderAt, patch io.WriterAt, size int64) error {
-	z := &zipFixer{orig: orig, out: out, patch: patch, size: size,
-		a: make([]byte, zipCompareBuf), b: make([]byte, zipCompareBuf)}
-	return z.fix()
 }
 
 // zipEnd is what the end of central directory records say.
@@ -121,7 +120,7 @@ type zipEnd struct {
 	recStart int64 // first byte of the end records
 }
 
-func (z *zipFixer) end() (zipEnd, error) {
+func (z *fixer) end() (zipEnd, error) {
 	var e zipEnd
 	tailLen := min(z.size, zipEndLen+zipMaxComment)
 	tail, err := z.read(z.size-tailLen, int(tailLen))
@@ -201,7 +200,9 @@ type zipMember struct {
 	zip64Local bool
 }
 
-func (z *zipFixer) fix() error {
+// fixZip patches the CRC-32 of every member whose data changed, or
+// refuses the archive.
+func (z *fixer) fixZip() error {
 	e, err := z.end()
 	if err != nil {
 		return err
@@ -337,7 +338,7 @@ func isJarSignature(name string) bool {
 // member checks one member's local header and data and, if its data
 // changed, patches its CRC-32 everywhere it is recorded. It returns where
 // the member (with its data descriptor) ends.
-func (z *zipFixer) member(m *zipMember, prevEnd int64) (int64, bool, error) {
+func (z *fixer) member(m *zipMember, prevEnd int64) (int64, bool, error) {
 	if m.local < prevEnd {
 		return 0, false, zipRefusal("member %q: its local header overlaps the previous member (members out of order)", m.name)
 	}
@@ -416,6 +417,13 @@ func (z *zipFixer) member(m *zipMember, prevEnd int64) (int64, bool, error) {
 	}
 	if m.flags&0x1 != 0 {
 		return 0, false, zipRefusal("member %q is encrypted: its CRC-32 cannot be checked or recomputed", m.name)
+	}
+	if m.method == 0 {
+		// A stored archive (a jar in a fat jar) is fixed first: the
+		// outer CRC covers its fixed bytes.
+		if err := z.nested(data, m.csize, m.name); err != nil {
+			return 0, false, nestedRefusal("zip", m.name, err)
+		}
 	}
 	oldCRC, err := memberCRC(z.orig, data, m, z.a)
 	if err != nil {

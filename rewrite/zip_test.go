@@ -1,9 +1,11 @@
 package rewrite
 
 import (
+	"archive/tar"
 	"archive/zip"
 	"bytes"
 	"compress/flate"
+	"compress/gzip"
 	"encoding/binary"
 	"errors"
 	"hash/crc32"
@@ -459,6 +461,69 @@ func TestRewriteZipInsideOtherFile(t *testing.T) {
 					t.Errorf("member %s: %v", f.Name, err)
 				}
 				rc.Close()
+			}
+		})
+	}
+}
+
+// TestRewriteNestedArchives covers archives stored inside archives, as fat
+// jars keep their libraries: the inner archive is fixed before the outer
+// CRC is computed over it, and a refusal names the member it is in.
+func TestRewriteNestedArchives(t *testing.T) {
+	ld := glibcX + "/lib/ld-linux-aarch64.so.1"
+	inner := buildZip(t, member{name: "lib/ld.path", data: ld}, member{name: "x", data: "no path"})
+	var gz bytes.Buffer
+	zw, _ := gzip.NewWriterLevel(&gz, gzip.NoCompression)
+	_, _ = io.WriteString(zw, ld)
+	_ = zw.Close()
+	tests := []struct {
+		name    string
+		file    string
+		archive []byte
+		wantErr string
+	}{
+		{"jar in a jar", "app.jar", buildZip(t, member{name: "BOOT-INF/lib/inner.jar", data: string(inner)}, member{name: "y", data: ld}), ""},
+		{"jar in a jar in a jar", "app.jar", buildZip(t, member{name: "mid.jar", data: string(buildZip(t, member{name: "inner.jar", data: string(inner)}))}), ""},
+		{"jar in a tar", "src.tar", buildTar(t, tarMember{hdr: tar.Header{Name: "inner.jar", Typeflag: tar.TypeReg}, data: string(inner)}), ""},
+		{"gzip in a jar", "app.jar", buildZip(t, member{name: "ld.gz", data: gz.String()}), `member "ld.gz", a gzip file: its compressed data holds a store path`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			for _, opts := range []Options{{TextMax: MaxTextMax}, {TextMax: -1, TempDir: t.TempDir()}} {
+				r := mustNew(t, testRepls, opts)
+				got, err := rewriteFile(t, r, tt.file, tt.archive)
+				if tt.wantErr != "" {
+					var fe *FormatError
+					if !errors.As(err, &fe) || !strings.Contains(fe.Reason, tt.wantErr) {
+						t.Fatalf("TextMax %d: got %v, want a FormatError saying %q", opts.TextMax, err, tt.wantErr)
+					}
+					continue
+				}
+				if err != nil {
+					t.Fatalf("TextMax %d: %v", opts.TextMax, err)
+				}
+				// Every archive at every level reads back with valid
+				// checksums, and its leaves are the padded ReplaceAll.
+				var check func(name string, b []byte)
+				check = func(name string, b []byte) {
+					switch {
+					case bytes.HasPrefix(b, []byte("PK\x03\x04")):
+						ok, bad := zipMembers(t, b)
+						if len(bad) > 0 {
+							t.Errorf("TextMax %d: %s: unreadable members %v", opts.TextMax, name, bad)
+						}
+						for n, data := range ok {
+							check(name+"!"+n, data)
+						}
+					case len(b) >= tarBlock && isTarHeader(b[:tarBlock]):
+						for _, m := range readTar(t, b) {
+							check(name+"!"+m.hdr.Name, []byte(m.data))
+						}
+					case !bytes.Equal(b, paddedAll([]byte(ld), testRepls)) && !bytes.Equal(b, []byte("no path")):
+						t.Errorf("TextMax %d: %s: got %q", opts.TextMax, name, b)
+					}
+				}
+				check(tt.file, got)
 			}
 		})
 	}
