@@ -69,6 +69,14 @@ func formatOf(name string, head []byte) (format, string) {
 		return formatSealed, "zstd"
 	case bytes.HasPrefix(head, []byte("\x89LZO\x00")), bytes.HasPrefix(head, []byte("\x04\x22\x4d\x18")):
 		return formatSealed, "lzo or lz4"
+	case bytes.HasPrefix(head, []byte("BZh")), bytes.HasPrefix(head, []byte("LZIP")):
+		return formatSealed, "bzip2 or lzip"
+	case bytes.HasPrefix(head, []byte("070702")):
+		// cpio's "crc" format sums each member's data.
+		return formatSealed, "cpio"
+	case bytes.HasPrefix(head, []byte("\xed\xab\xee\xdb")):
+		// An RPM's signature header holds digests of the rest.
+		return formatSealed, "rpm"
 	}
 	if keepsLength(name) {
 		return formatKeepLength, "text"

@@ -330,3 +330,29 @@ func TestRewriteCompressed(t *testing.T) {
 		}
 	}
 }
+
+// TestRewriteSealedByMagic checks that the other formats whose checksums
+// or digests cover their data are refused when a path in them changes,
+// whatever their size, and passed through when none does.
+func TestRewriteSealedByMagic(t *testing.T) {
+	for _, tt := range []struct{ magic, format string }{
+		{"\xfd7zXZ\x00", "xz"},
+		{"\x28\xb5\x2f\xfd", "zstd"},
+		{"BZh91AY&SY", "bzip2 or lzip"},
+		{"LZIP\x01", "bzip2 or lzip"},
+		{"070702", "cpio"},
+		{"\xed\xab\xee\xdb", "rpm"},
+	} {
+		for _, textMax := range []int64{0, -1} {
+			r := mustNew(t, testRepls, Options{TextMax: textMax})
+			if _, err := rewriteFile(t, r, "f", []byte(tt.magic+"\x00no path")); err != nil {
+				t.Errorf("%s, TextMax %d, nothing to rewrite: %v", tt.format, textMax, err)
+			}
+			_, err := rewriteFile(t, r, "f", []byte(tt.magic+"\x00"+glibcX))
+			var fe *FormatError
+			if !errors.As(err, &fe) || fe.Format != tt.format {
+				t.Errorf("%s, TextMax %d: got %v, want a FormatError", tt.format, textMax, err)
+			}
+		}
+	}
+}

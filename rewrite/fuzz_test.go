@@ -132,7 +132,7 @@ func checkContents(t *testing.T, file string, in, out []byte) {
 	zipMagic := bytes.HasPrefix(in, []byte("PK\x03\x04")) || bytes.HasPrefix(in, []byte("JM\x01\x00PK\x03\x04"))
 	tarMagic := len(in) >= 512 && isTarHeader(in[:512])
 	sealed := false
-	for _, m := range []string{"\x1f\x8b", "\xfd7zXZ\x00", "\x28\xb5\x2f\xfd", "\x89LZO\x00", "\x04\x22\x4d\x18"} {
+	for _, m := range []string{"\x1f\x8b", "\xfd7zXZ\x00", "\x28\xb5\x2f\xfd", "\x89LZO\x00", "\x04\x22\x4d\x18", "BZh", "LZIP", "070702", "\xed\xab\xee\xdb"} {
 		sealed = sealed || bytes.HasPrefix(in, []byte(m))
 	}
 	keep := keepLengthName.MatchString(path.Base(file))
