@@ -290,16 +290,17 @@ func (r *Rewriter) rewriteSmall(st *callState, hdr *narstream.Header) error {
 		st.out = r.replaceExact(st.out[:0], in)
 		out = st.out
 	} else {
-		if f == formatPlain && zipEndBase(in, hdr.Size) >= 0 {
-			// An archive after a stub (a self-extractor, a jmod):
-			// fixable here, where the whole file is at hand.
-			f, fname = formatZip, "zip"
-		}
-		if f == formatZip || f == formatTar {
-			st.orig = append(st.orig[:0], in...)
-		}
+		// The input, in case a checksum over it must be fixed: a copy
+		// costs less than looking for a zip end in every small binary
+		// that has nothing to rewrite.
+		st.orig = append(st.orig[:0], in...)
 		_, last := r.replacePadded(in, true)
 		if last > 0 {
+			if f == formatPlain && zipEndBase(st.orig, hdr.Size) >= 0 {
+				// An archive after a stub (a self-extractor): fixable
+				// here, where the whole file is at hand.
+				f, fname = formatZip, "zip"
+			}
 			if err := r.fixFormat(f, fname, file, memAt(st.orig), memAt(in), hdr.Size); err != nil {
 				return err
 			}
