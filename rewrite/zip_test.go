@@ -528,3 +528,44 @@ func TestRewriteNestedArchives(t *testing.T) {
 		})
 	}
 }
+
+// TestRewriteSpoolLeavesNothing checks that a spooled archive leaves no
+// file behind, whether it was served, refused or had a leftover, that the
+// leftover check sees spooled output, and that an unusable spool directory
+// is an error.
+func TestRewriteSpoolLeavesNothing(t *testing.T) {
+	ld := glibcX + "/lib/ld-linux-aarch64.so.1"
+	tests := []struct {
+		name    string
+		archive []byte
+		check   func(error) bool
+	}{
+		{"fixed", buildZip(t, member{name: "a", data: ld}), func(err error) bool { return err == nil }},
+		{"refused", buildZip(t, member{name: "a", data: ld, flags: 0x1}), func(err error) bool {
+			var fe *FormatError
+			return errors.As(err, &fe)
+		}},
+		{"leftover", buildZip(t, member{name: "a", data: "\x00" + hashOf(other)}), func(err error) bool {
+			var le *LeftoverError
+			return errors.As(err, &le) && le.File == "/a.jar" && le.HashPart == hashOf(other)
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tmp := t.TempDir()
+			r := mustNew(t, testRepls, Options{TextMax: -1, TempDir: tmp, Forbidden: []string{other}})
+			_, err := rewriteFile(t, r, "a.jar", tt.archive)
+			if !tt.check(err) {
+				t.Fatalf("unexpected result: %v", err)
+			}
+			left, err := os.ReadDir(tmp)
+			if err != nil || len(left) != 0 {
+				t.Errorf("spool directory holds %v (%v)", left, err)
+			}
+		})
+	}
+	r := mustNew(t, testRepls, Options{TextMax: -1, TempDir: filepath.Join(t.TempDir(), "missing")})
+	if _, err := rewriteFile(t, r, "a.jar", tests[0].archive); err == nil || !strings.Contains(err.Error(), "spool /a.jar") {
+		t.Errorf("missing spool directory: got %v", err)
+	}
+}
