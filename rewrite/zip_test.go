@@ -299,6 +299,10 @@ func TestRewriteZip(t *testing.T) {
 			),
 		},
 		{
+			name:    "data descriptor without its signature",
+			archive: stripDescriptorSignature(t, buildZip(t, member{name: "a", data: ld, stream: true})),
+		},
+		{
 			name:    "member of a size beyond the text limit",
 			archive: buildZip(t, member{name: "big", data: big}, member{name: "small", data: ld}),
 		},
@@ -568,4 +572,20 @@ func TestRewriteSpoolLeavesNothing(t *testing.T) {
 	if _, err := rewriteFile(t, r, "a.jar", tests[0].archive); err == nil || !strings.Contains(err.Error(), "spool /a.jar") {
 		t.Errorf("missing spool directory: got %v", err)
 	}
+}
+
+// stripDescriptorSignature drops the optional signature of the data
+// descriptor of a one-member archive, and moves the central directory
+// offset to match.
+func stripDescriptorSignature(t testing.TB, b []byte) []byte {
+	t.Helper()
+	i := bytes.Index(b, []byte("PK\x07\x08"))
+	end := len(b) - zipEndLen
+	if i < 0 || string(b[end:end+4]) != "PK\x05\x06" || binary.LittleEndian.Uint16(b[end+10:]) != 1 {
+		t.Fatal("not a one-member archive with a signed data descriptor")
+	}
+	out := append(bytes.Clone(b[:i]), b[i+4:]...)
+	end -= 4
+	binary.LittleEndian.PutUint32(out[end+16:], binary.LittleEndian.Uint32(out[end+16:])-4)
+	return out
 }
