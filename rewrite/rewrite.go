@@ -49,6 +49,11 @@ type Options struct {
 	// each either a bare 32-character hash part or a store path. The hash
 	// parts of all Replacement.From are always forbidden.
 	Forbidden []string
+	// TempDir is where zip and tar archives too large for TextMax are
+	// spooled while their checksums are fixed: each takes twice its size
+	// there for the time it is rewritten, in a file unlinked as soon as it
+	// is created. Empty means os.TempDir().
+	TempDir string
 }
 
 // LeftoverError reports a forbidden hash part found in the rewritten NAR.
@@ -75,6 +80,7 @@ type Rewriter struct {
 	maxFrom   int
 	forbidden *refscan.Set
 	textMax   int64
+	tempDir   string
 	chunk     int // bytes of a large file scanned per step; tests shrink it
 
 	states sync.Pool // *callState, to keep steady-state rewriting allocation-free
@@ -85,6 +91,7 @@ func New(repls []Replacement, opts Options) (*Rewriter, error) {
 	r := &Rewriter{
 		byHash:  make(map[string]int, len(repls)),
 		textMax: opts.TextMax,
+		tempDir: opts.TempDir,
 		chunk:   chunkSize,
 	}
 	forbidden := make([]string, 0, len(repls)+len(opts.Forbidden))
@@ -139,7 +146,8 @@ func New(repls []Replacement, opts Options) (*Rewriter, error) {
 
 	r.states.New = func() any {
 		st := &callState{
-			chunk: make([]byte, r.chunk+r.carry()),
+			// At least sniffLen: the first read decides a file's format.
+			chunk: make([]byte, max(r.chunk+r.carry(), sniffLen)),
 			bw:    bufio.NewWriterSize(nil, writeBufSize),
 			scan:  *refscan.NewScanner(r.forbidden),
 		}
@@ -175,6 +183,8 @@ type callState struct {
 	chunk []byte
 	text  []byte
 	out   []byte
+	orig  []byte // a small archive's input, kept to fix its checksums
+	tail  []byte // the last zipTail bytes of a large file
 	bw    *bufio.Writer
 	rd    narstream.Reader
 	enc   narEncoder
@@ -275,12 +285,27 @@ func (r *Rewriter) rewriteSmall(st *callState, hdr *narstream.Header) error {
 		return fmt.Errorf("read nar: %s: %w", hdr.Path, unexpected(err))
 	}
 	var out []byte
-	if bytes.IndexByte(in, 0) >= 0 {
-		r.replacePadded(in, true)
-		out = in
-	} else {
+	f, fname := formatOf(path.Base(file), in[:min(len(in), sniffLen)])
+	if f == formatPlain && bytes.IndexByte(in, 0) < 0 {
 		st.out = r.replaceExact(st.out[:0], in)
 		out = st.out
+	} else {
+		// The input, in case a checksum over it must be fixed: a copy
+		// costs less than looking for a zip end in every small binary
+		// that has nothing to rewrite.
+		st.orig = append(st.orig[:0], in...)
+		_, last := r.replacePadded(in, true)
+		if last > 0 {
+			if f == formatPlain && zipEndBase(st.orig, hdr.Size) >= 0 {
+				// An archive after a stub (a self-extractor): fixable
+				// here, where the whole file is at hand.
+				f, fname = formatZip, "zip"
+			}
+			if err := r.fixFormat(f, fname, file, memAt(st.orig), memAt(in), hdr.Size); err != nil {
+				return err
+			}
+		}
+		out = in
 	}
 	if h, ok := r.leftover(out); ok {
 		return &LeftoverError{File: file, HashPart: h}
@@ -297,17 +322,52 @@ func (r *Rewriter) rewriteSmall(st *callState, hdr *narstream.Header) error {
 	return nil
 }
 
-// rewriteLarge streams a file through the chunk buffer, padding in place.
+// rewriteLarge streams a file through the chunk buffer, padding in place;
+// archives whose checksums may need fixing go to rewriteSpooled instead.
 func (r *Rewriter) rewriteLarge(st *callState, hdr *narstream.Header) error {
 	file := narFile(hdr.Path)
+	buf := st.chunk
+	// The first read decides the format, before anything is written.
+	n := int(min(int64(len(buf)), hdr.Size))
+	if _, err := io.ReadFull(&st.rd, buf[:n]); err != nil {
+		return fmt.Errorf("read nar: %s: %w", hdr.Path, unexpected(err))
+	}
+	remaining := hdr.Size - int64(n)
+	f, fname := formatOf(path.Base(file), buf[:min(n, sniffLen)])
+	if f == formatZip || f == formatTar {
+		return r.rewriteSpooled(st, hdr, f, fname, n)
+	}
+
 	if err := st.enc.beginFile(hdr, hdr.Size); err != nil {
 		return fmt.Errorf("write nar: %s: %w", hdr.Path, err)
 	}
 	st.scan.Reset()
-	buf := st.chunk
-	n := 0 // bytes held in buf
-	remaining := hdr.Size
+	if st.tail == nil {
+		st.tail = make([]byte, zipTail)
+	}
+	tailStart := hdr.Size - zipTail // file offset of st.tail[0]
+	var pos, lastChange int64       // file offsets of buf[0], of the end of the last replacement
 	for {
+		final := remaining == 0
+		done, last := r.replacePadded(buf[:n], final)
+		if last > 0 {
+			lastChange = pos + int64(last)
+		}
+		if !st.scan.Write(buf[:done], st.found) {
+			return &LeftoverError{File: file, HashPart: st.hit}
+		}
+		if err := st.enc.write(buf[:done]); err != nil {
+			return fmt.Errorf("write nar: %s: %w", hdr.Path, err)
+		}
+		if end := pos + int64(done); end > tailStart {
+			from := max(pos, tailStart)
+			copy(st.tail[from-tailStart:], buf[from-pos:done])
+		}
+		pos += int64(done)
+		n = copy(buf, buf[done:n])
+		if final && n == 0 {
+			break
+		}
 		want := min(int64(len(buf)-n), remaining)
 		if want > 0 {
 			m, err := io.ReadFull(&st.rd, buf[n:n+int(want)])
@@ -317,22 +377,21 @@ func (r *Rewriter) rewriteLarge(st *callState, hdr *narstream.Header) error {
 			n += m
 			remaining -= int64(m)
 		}
-		final := remaining == 0
-		done := r.replacePadded(buf[:n], final)
-		if !st.scan.Write(buf[:done], st.found) {
-			return &LeftoverError{File: file, HashPart: st.hit}
+	}
+	if lastChange > 0 {
+		if f == formatSealed {
+			return &FormatError{File: file, Format: fname, Reason: sealedReason}
 		}
-		if err := st.enc.write(buf[:done]); err != nil {
-			return fmt.Errorf("write nar: %s: %w", hdr.Path, err)
-		}
-		n = copy(buf, buf[done:n])
-		if final && n == 0 {
-			if err := st.enc.endFile(); err != nil {
-				return fmt.Errorf("write nar: %s: %w", hdr.Path, err)
-			}
-			return nil
+		tail := st.tail[max(-tailStart, 0):]
+		if base := zipEndBase(tail, hdr.Size); base >= 0 && lastChange > base {
+			return &FormatError{File: file, Format: "zip", Reason: fmt.Sprintf(
+				"a store path was rewritten inside the archive that starts at byte %d of the file; only archives at its start (or after a jmod header), or in files of at most the text limit, are fixed", base)}
 		}
 	}
+	if err := st.enc.endFile(); err != nil {
+		return fmt.Errorf("write nar: %s: %w", hdr.Path, err)
+	}
+	return nil
 }
 
 func unexpected(err error) error {
@@ -361,16 +420,17 @@ func (r *Rewriter) match(b []byte) (int, bool) {
 // replacePadded rewrites, in place and keeping lengths, every From that
 // starts in b and is complete. Unless final, a match may still be cut off at
 // the end of b, so only starts before len(b)-carry are decided. It returns
-// how many leading bytes of b are final.
-func (r *Rewriter) replacePadded(b []byte, final bool) int {
+// how many leading bytes of b are final, and where the last replacement
+// ends (0 if there was none).
+func (r *Rewriter) replacePadded(b []byte, final bool) (done, last int) {
 	limit := len(b)
 	if !final {
 		limit = max(len(b)-r.carry(), 0)
 	}
 	if len(r.from) == 0 {
-		return limit
+		return limit, 0
 	}
-	done := limit
+	done = limit
 	for i := 0; i < limit; {
 		k := bytes.Index(b[i:], []byte(storePrefix))
 		if k < 0 {
@@ -388,8 +448,9 @@ func (r *Rewriter) replacePadded(b []byte, final bool) int {
 		copy(b[p:], r.padded[idx])
 		i = p + len(r.padded[idx])
 		done = max(done, i)
+		last = i
 	}
-	return done
+	return done, last
 }
 
 // replaceExact appends src to dst with every From replaced by its To.

@@ -1,10 +1,13 @@
 package rewrite
 
 import (
+	"archive/zip"
 	"bytes"
+	"compress/flate"
 	"errors"
 	"flag"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"os"
 	"path/filepath"
@@ -507,21 +510,22 @@ func TestRewriteNARConcurrent(t *testing.T) {
 // TestGolden pins the exact output bytes of a few representative NARs.
 func TestGolden(t *testing.T) {
 	tests := []struct {
-		name string
-		in   node
+		name    string
+		in      node
+		spooled bool // also spooled (over the text limit), to the same bytes
 	}{
-		{"binary-padded", exe("\x7fELF\x02\x01\x01\x00" + glibcX + "/lib/ld-linux-aarch64.so.1\x00" + glibcX + "/lib:" + helloX + "/lib\x00")},
-		{"script-exact", exe("#!" + bashX + "/bin/sh\nexec " + helloX + "/bin/hello \"$@\"\n")},
-		{"tree", dir(
+		{name: "binary-padded", in: exe("\x7fELF\x02\x01\x01\x00" + glibcX + "/lib/ld-linux-aarch64.so.1\x00" + glibcX + "/lib:" + helloX + "/lib\x00")},
+		{name: "script-exact", in: exe("#!" + bashX + "/bin/sh\nexec " + helloX + "/bin/hello \"$@\"\n")},
+		{name: "tree", in: dir(
 			ent("bin", dir(ent("hello", exe("\x00"+glibcX+"\x00"+helloX)))),
 			ent("lib", dir(ent("ld.so", sym(glibcX+"/lib/ld-linux-aarch64.so.1")))),
 			ent("share", dir(ent("doc", reg("see "+helloX+"/share/doc\n")))),
 		)},
+		{name: "jar", in: dir(ent("share", dir(ent("java", dir(ent("hello.jar", reg(string(goldenJar())))))))), spooled: true},
 	}
-	r := mustNew(t, testRepls, Options{})
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := rewrite(r, narOf(tt.in))
+			got, err := rewrite(mustNew(t, testRepls, Options{}), narOf(tt.in))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -538,6 +542,55 @@ func TestGolden(t *testing.T) {
 			if !bytes.Equal(got, want) {
 				t.Errorf("output differs from %s; if the change is intended, run: go test ./rewrite -run TestGolden -update\n got: %q\nwant: %q", golden, got, want)
 			}
+			for _, e := range listNAR(t, got) {
+				if strings.HasSuffix(e.Path, ".jar") {
+					if _, bad := zipMembers(t, []byte(e.Contents)); len(bad) > 0 {
+						t.Errorf("%s: unreadable members: %v", e.Path, bad)
+					}
+				}
+			}
+			if tt.spooled {
+				spooled, err := rewrite(mustNew(t, testRepls, Options{TextMax: -1, TempDir: t.TempDir()}), narOf(tt.in))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !bytes.Equal(spooled, want) {
+					t.Errorf("spooled output differs from %s\n got: %q\nwant: %q", golden, spooled, want)
+				}
+			}
 		})
 	}
+}
+
+// goldenJar is a small jar built field by field (raw members, fixed times),
+// so its bytes do not depend on archive/zip's choices: a stored class with
+// a cross path, a stored member with a data descriptor, a deflated member
+// hiding a path, and a manifest without one.
+func goldenJar() []byte {
+	var buf bytes.Buffer
+	w := zip.NewWriter(&buf)
+	add := func(name string, method, flags uint16, data string) {
+		raw := []byte(data)
+		if method == zip.Deflate {
+			var c bytes.Buffer
+			fw, _ := flate.NewWriter(&c, flate.BestCompression)
+			_, _ = io.WriteString(fw, data)
+			_ = fw.Close()
+			raw = c.Bytes()
+		}
+		fw, err := w.CreateRaw(&zip.FileHeader{Name: name, Method: method, Flags: flags, Modified: zipModified,
+			CRC32: crc32.ChecksumIEEE([]byte(data)), CompressedSize64: uint64(len(raw)), UncompressedSize64: uint64(len(data))})
+		if err != nil {
+			panic(err)
+		}
+		_, _ = fw.Write(raw)
+	}
+	add("META-INF/MANIFEST.MF", zip.Store, 0, "Manifest-Version: 1.0\r\n\r\n")
+	add("Hello.class", zip.Store, 0, "\xca\xfe\xba\xbe\x00\x00\x00\x34\x01\x00\x50"+helloX+"/share/hello")
+	add("lib.path", zip.Store, 0x8, glibcX+"/lib\n")
+	add("notes.txt", zip.Deflate, 0, strings.Repeat("see "+bashX+"\n", 4))
+	if err := w.Close(); err != nil {
+		panic(err)
+	}
+	return buf.Bytes()
 }
