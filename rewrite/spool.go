@@ -65,7 +65,7 @@ func (r *Rewriter) fixFormat(f format, fname, file string, orig io.ReaderAt, out
 // are in st.chunk already.
 func (r *Rewriter) rewriteSpooled(st *callState, hdr *narstream.Header, f format, fname string, n int) error {
 	file := narFile(hdr.Path)
-	tmp, err := os.CreateTemp(r.tempDir, "decross-rewrite-*")
+	tmp, err := os.CreateTemp(r.tempDir, ".tmp-rewrite-*")
 	if err != nil {
 		return fmt.Errorf("spool %s: %w", hdr.Path, err)
 	}

@@ -167,6 +167,12 @@ func New(cfg Config) (*Store, error) {
 	}
 	opts := cfg.Rewrite
 	opts.Forbidden = append(append([]string(nil), opts.Forbidden...), forbidden...)
+	if opts.TempDir == "" {
+		// Large archives are spooled while their checksums are fixed:
+		// next to the cache they go to anyway, not into a $TMPDIR that
+		// may be a small tmpfs.
+		opts.TempDir = cfg.Cache.Dir()
+	}
 	rw, err := rewrite.New(repls, opts)
 	if err != nil {
 		return nil, fmt.Errorf("new store: %w", err)
@@ -178,7 +184,7 @@ func New(cfg Config) (*Store, error) {
 	}
 	// Bump rewriteVersion whenever the rewriter's output for the same input
 	// changes, so caches from older releases are rebuilt.
-	const rewriteVersion = 1
+	const rewriteVersion = 2 // 2: zip and tar checksums fixed, .py/.elc/.info padded
 	s.cacheKey = fmt.Sprintf("rewrite v%d textMax=%d", rewriteVersion, textMax)
 	return s, nil
 }
