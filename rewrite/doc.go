@@ -71,9 +71,10 @@
 //     member whose bytes changed gets its CRC-32 recomputed in its local
 //     header, its central directory entry and its data descriptor (flag
 //     bit 3, with or without signature); zip64 sizes and offsets are read.
-//     A stored member's CRC is computed over its rewritten bytes; a
-//     deflated member whose compressed bytes showed a store path (a stored
-//     deflate block) is decompressed to compute it. A path hidden by
+//     A stored member's CRC is computed over its rewritten bytes. A store
+//     path showing in compressed bytes (a stored deflate block) is
+//     refused: later blocks may copy from it, so padding it could change
+//     what they decompress to under a recomputed CRC. A path hidden by
 //     compression is not seen, by this rewriter or by Nix's reference
 //     scanner, and is left as it is. The input CRC of a changed member
 //     must match its data: a broken input is not silently made to look

@@ -280,6 +280,15 @@ func (z *fixer) fixZip() error {
 	if prevEnd > e.cdPos {
 		return zipRefusal("member data overlaps the central directory")
 	}
+	// Readers differ on where the central directory ends: some count the
+	// end record's entries (modulo 65536 without zip64), some read its
+	// whole size. Members only some of them see would keep old CRCs.
+	if pos != e.cdPos+e.cdSize {
+		if same, err := z.sameAt(0, z.size); err != nil || same {
+			return err
+		}
+		return zipRefusal("the central directory is %d bytes, but its %d entries take %d: members beyond the count would not be fixed", e.cdSize, e.entries, pos-e.cdPos)
+	}
 	if changed != "" && signed != "" {
 		return zipRefusal("member %q changed, and the archive is signed (%s): its digests would no longer match", changed, signed)
 	}
@@ -418,12 +427,20 @@ func (z *fixer) member(m *zipMember, prevEnd int64) (int64, bool, error) {
 	if m.flags&0x1 != 0 {
 		return 0, false, zipRefusal("member %q is encrypted: its CRC-32 cannot be checked or recomputed", m.name)
 	}
-	if m.method == 0 {
-		// A stored archive (a jar in a fat jar) is fixed first: the
-		// outer CRC covers its fixed bytes.
-		if err := z.nested(data, m.csize, m.name); err != nil {
-			return 0, false, nestedRefusal("zip", m.name, err)
-		}
+	if m.method != 0 {
+		// A store path visible in compressed data sits in a stored
+		// deflate block, which later blocks may copy from: padding it
+		// moves what those copies read, so the member would decompress
+		// to other bytes than the rewrite of its contents, under a CRC
+		// recomputed to match. Checking that, and fixing archives nested
+		// in the member, would mean decompressing (a bomb's worth of
+		// work) and recompressing: refused instead.
+		return 0, false, zipRefusal("member %q: a store path shows in its compressed (method %d) data; rewriting it there could change what later blocks decompress to", m.name, m.method)
+	}
+	// A stored archive (a jar in a fat jar) is fixed first: the outer CRC
+	// covers its fixed bytes.
+	if err := z.nested(data, m.csize, m.name); err != nil {
+		return 0, false, nestedRefusal("zip", m.name, err)
 	}
 	oldCRC, err := memberCRC(z.orig, data, m, z.a)
 	if err != nil {
