@@ -312,7 +312,7 @@ func TestBuildELFPerPlatform(t *testing.T) {
 		{"riscv64-linux", "x86_64-linux", rv, Host},
 		{"armv7l-linux", "x86_64-linux", arm, Host},
 		{"armv6l-linux", "x86_64-linux", arm, Host},
-		{"x86_64-linux", "aarch64-linux", i686, Neutral},
+		{"x86_64-linux", "aarch64-linux", i686, Host},
 		{"x86_64-linux", "aarch64-linux", x86, Host},
 		{"aarch64-linux", "riscv64-linux", rv, Build},
 		{"aarch64-linux", "riscv64-linux", x86, Neutral},

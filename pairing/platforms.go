@@ -32,11 +32,24 @@ func (pl platforms) buildELF() []platform.ELF {
 	return out
 }
 
+// hostELF is the ELF code of the host (an x86_64 host carries i686 code
+// too: grub's i386 modules, multilib libraries) that is not the build
+// platform's own.
+func (pl platforms) hostELF() []platform.ELF {
+	out := []platform.ELF{pl.host.ELF}
+	for _, e := range pl.host.ELFs() {
+		if e != pl.host.ELF && e != pl.build.ELF {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
 // otherFiles describes the code res found that is for neither platform:
 // ELF of other machines, classes or byte orders, Mach-O and PE files.
 func otherFiles(res *classify.Result, pl platforms) []string {
-	known := map[platform.ELF]bool{pl.host.ELF: true}
-	for _, e := range pl.build.ELFs() {
+	known := map[platform.ELF]bool{}
+	for _, e := range append(pl.host.ELFs(), pl.build.ELFs()...) {
 		known[e] = true
 	}
 	var out []string

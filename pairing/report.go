@@ -181,10 +181,13 @@ func classRank(c Class) int {
 // nothing else decides, and platformNotes points them out.
 func classOf(p string, res *classify.Result, pl platforms, g *Graph, buildOnly func(string) bool) (Class, string) {
 	buildELF := buildELFFiles(res, pl)
-	hostELF := ""
-	if f := res.Machines[pl.host.ELF]; f != nil {
-		hostELF = fmt.Sprintf("%s ELF in %s", pl.host.ELF, fileList(*f))
+	var hostFiles []string
+	for _, e := range pl.hostELF() {
+		if f := res.Machines[e]; f != nil {
+			hostFiles = append(hostFiles, fmt.Sprintf("%s ELF in %s", e, fileList(*f)))
+		}
 	}
+	hostELF := strings.Join(hostFiles, ", ")
 	if _, ok := NormalizeName(pathName(p), pl.marker); ok && pl.marker != "" {
 		why := hostELF
 		if why == "" {
