@@ -320,7 +320,7 @@ let
       initialPath = [ bash ];
     };
     perl = debianTool { pname = "perl"; version = "5.40.0"; stdenv = buildStdenv; from = "/usr/bin/perl"; bin = "perl"; };
-    python3 = debianTool { pname = "python3"; version = "3.12.8"; stdenv = buildStdenv; from = "/usr/bin/python3.11"; bin = "python3"; };
+    python3 = debianTool { pname = "python3"; version = "3.12.8"; stdenv = buildStdenv; from = "/usr/bin/python3"; bin = "python3"; };
 
     binutils = drv {
       name = "${hostConfig}-binutils-2.43.1";
