@@ -397,7 +397,18 @@ func (w *walkStep) decide(ci string, cid *derivation.Derivation, pn string) deci
 			}
 		}
 		return decision{native: n, by: Basis{How: ByName, Parent: w.cross}, outs: renamed}
-	case len(drvs) == 1 && (len(cands) == 0 || contains(cands, drvs[0])):
+	case len(drvs) == 1 && len(cands) == 0:
+		// Structure alone: a place in an attribute can be shared by
+		// different packages, so the versions must agree too.
+		nv := ""
+		if nd, ok := p.Native.Derivation(drvs[0]); ok {
+			nv = drvVersion(nd.Name())
+		}
+		if cv := drvVersion(cid.Name()); cv == "" || cv != nv {
+			return fail(fmt.Sprintf("no input of the native derivation is named %q; its place gives %s, whose version %q is not its version %q (settle it with --pair)", pn, explainSlots(p.Native, placed), nv, cv), drvs)
+		}
+		return decision{native: drvs[0], by: placed[0].by, outs: outs}
+	case len(drvs) == 1 && contains(cands, drvs[0]):
 		return decision{native: drvs[0], by: placed[0].by, outs: outs}
 	case len(drvs) > 1:
 		return fail(fmt.Sprintf("its outputs sit where outputs of different native derivations sit: %s", explainSlots(p.Native, placed)), drvs)

@@ -3,6 +3,7 @@ package pairing
 import (
 	"context"
 	"debug/elf"
+	"errors"
 	"slices"
 	"strings"
 	"testing"
@@ -448,5 +449,81 @@ func TestPairingName(t *testing.T) {
 	}
 	if got := nativeAlias("xgcc-13.3.0"); got != "gcc-13.3.0" {
 		t.Errorf("nativeAlias(xgcc-13.3.0) = %q", got)
+	}
+}
+
+// A place shared by different packages must not pair them: dependency
+// lists, a common template, a fixed-output input. The input fails and the
+// failure names the native input found in its place, if any, so the user
+// can settle it with --pair.
+func TestStructureRefusesOtherPackages(t *testing.T) {
+	tests := []struct {
+		name          string
+		native, cross []spec
+		key, nkey     string // cross input that must fail; native candidate ("" for none)
+	}{
+		{
+			name: "singleton dependency list",
+			native: []spec{
+				{key: "idn", name: "libidn2-2.3.7"},
+				{key: "hello", name: "hello-2.12", inputs: []string{"idn"}, env: map[string]string{"buildInputs": "{idn.out}"}},
+			},
+			cross: []spec{
+				{key: "foo", name: "libfoo" + sfx + "1.0"},
+				{key: "hello", name: "hello" + sfx + "2.12", inputs: []string{"foo"}, env: map[string]string{"buildInputs": "{foo.out}"}},
+			},
+			key: "foo",
+		},
+		{
+			name: "common template, versions differ",
+			native: []spec{
+				{key: "zlib", name: "zlib-1.3"},
+				{key: "idn", name: "libidn2-2.3.7"},
+				{key: "hello", name: "hello-2.12", inputs: []string{"zlib", "idn"}, env: map[string]string{
+					"NIX_CFLAGS_COMPILE": "-O2 -I{idn.out}/include", "buildInputs": "{zlib.out} {idn.out}"}},
+			},
+			cross: []spec{
+				{key: "zlib", name: "zlib" + sfx + "1.3"},
+				{key: "foo", name: "libfoo" + sfx + "1.0"},
+				{key: "hello", name: "hello" + sfx + "2.12", inputs: []string{"zlib", "foo"}, env: map[string]string{
+					"NIX_CFLAGS_COMPILE": "-O2 -I{foo.out}/include", "buildInputs": "{zlib.out} {foo.out}"}},
+			},
+			key: "foo", nkey: "idn",
+		},
+		{
+			name: "fixed-output native input",
+			native: []spec{
+				{key: "src", name: "hello-2.12.tar.gz", fod: true},
+				{key: "hello", name: "hello-2.12", inputs: []string{"src"}, env: map[string]string{"src": "{src.out}"}},
+			},
+			cross: []spec{
+				{key: "src", name: "hello-src-patched"},
+				{key: "hello", name: "hello" + sfx + "2.12", inputs: []string{"src"}, env: map[string]string{"src": "{src.out}"}},
+			},
+			key: "src",
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			n, c := graphOf(t, "native", tt.native), graphOf(t, "cross", tt.cross)
+			p, err := Pair(n.Graph, c.Graph, []Root{{Native: n.drv["hello"], Cross: c.drv["hello"]}}, Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := p.NativeOf(c.drv[tt.key])
+			if err == nil {
+				t.Fatalf("%s paired with %s", tt.key, got)
+			}
+			if _, path, by, err := p.OutputOf(c.out[tt.key]["out"]); err == nil {
+				t.Fatalf("%s.out paired with %s by %s", tt.key, path, by)
+			}
+			var f Failure
+			if !errors.As(err, &f) {
+				t.Fatalf("error %v is not a Failure", err)
+			}
+			if tt.nkey != "" && !contains(f.Candidates, n.drv[tt.nkey]) {
+				t.Errorf("candidates %v lack %s: %v", f.Candidates, n.drv[tt.nkey], err)
+			}
+		})
 	}
 }
