@@ -387,16 +387,20 @@ func (w *walkStep) decide(ci string, cid *derivation.Derivation, pn string) deci
 	switch {
 	case len(cands) == 1:
 		n := cands[0]
-		renamed := map[string]slot{}
+		outsByName := map[string]slot{}
 		for o, s := range outs {
 			if s.native.Drv != n {
 				return fail(fmt.Sprintf("its name %q gives %s, but its place gives %s", pn, n, explainSlots(p.Native, placed)), append([]string{n}, drvs...))
 			}
 			if s.native.Output != o {
-				renamed[o] = s
+				outsByName[o] = s
+				continue
 			}
+			// Kept although the name says the same: another parent
+			// may place the output elsewhere, which is a conflict.
+			outsByName[o] = slot{native: s.native, by: Basis{How: ByName, Parent: w.cross}}
 		}
-		return decision{native: n, by: Basis{How: ByName, Parent: w.cross}, outs: renamed}
+		return decision{native: n, by: Basis{How: ByName, Parent: w.cross}, outs: outsByName}
 	case len(drvs) == 1 && len(cands) == 0:
 		// Structure alone: a place in an attribute can be shared by
 		// different packages, so the versions must agree too.

@@ -527,3 +527,31 @@ func TestStructureRefusesOtherPackages(t *testing.T) {
 		})
 	}
 }
+
+// An output placed where the name's output sits by one parent and where
+// another output sits by another is a conflict, not the renamed output.
+func TestStructureOutputConflict(t *testing.T) {
+	n := graphOf(t, "native", []spec{
+		{key: "gcc", name: "gcc-13.3.0", outputs: []string{"out", "lib", "libgcc"}},
+		{key: "glibc", name: "glibc-2.40", inputs: []string{"gcc:libgcc"}, env: map[string]string{"makeFlags": "user-defined-trusted-dirs={gcc.libgcc}/lib"}},
+		{key: "hello", name: "hello-2.12", inputs: []string{"gcc:lib", "glibc"}, env: map[string]string{"LIBSTDCXX": "{gcc.lib}/lib"}},
+	})
+	c := graphOf(t, "cross", []spec{
+		{key: "gcc", name: suffix + "-gcc-13.3.0", outputs: []string{"out", "lib"}},
+		{key: "glibc", name: "glibc" + sfx + "2.40", inputs: []string{"gcc:lib"}, env: map[string]string{"makeFlags": "user-defined-trusted-dirs={gcc.lib}/lib"}},
+		{key: "hello", name: "hello" + sfx + "2.12", inputs: []string{"gcc:lib", "glibc"}, env: map[string]string{"LIBSTDCXX": "{gcc.lib}/lib"}},
+	})
+	p, err := Pair(n.Graph, c.Graph, []Root{{Native: n.drv["hello"], Cross: c.drv["hello"]}}, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref, _, by, err := p.OutputOf(c.out["gcc"]["lib"])
+	if err == nil {
+		t.Fatalf("gcc.lib paired with %s by %s", ref, by)
+	}
+	for _, o := range []string{"lib", "libgcc"} {
+		if !strings.Contains(err.Error(), n.out["gcc"][o]) {
+			t.Errorf("error lacks the candidate %s: %v", n.out["gcc"][o], err)
+		}
+	}
+}
