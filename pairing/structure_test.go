@@ -555,3 +555,46 @@ func TestStructureOutputConflict(t *testing.T) {
 		}
 	}
 }
+
+// The inputs of a derivation that parents pair with several natives fail:
+// which native's inputs they would follow is only the order of the walk.
+// Several key pairs give several .drv hash orders.
+func TestConflictTaintsInputs(t *testing.T) {
+	for _, keys := range [][2]string{{"a", "b"}, {"x", "y"}, {"k1", "k2"}, {"m", "n"}} {
+		a, b := keys[0], keys[1]
+		n := graphOf(t, "native", []spec{
+			{key: "c1", name: "child-1.0"},
+			{key: "c2", name: "child-1.0"},
+			{key: "p1", name: "mid-1.0", inputs: []string{"c1"}},
+			{key: "p2", name: "mid-1.0", inputs: []string{"c2"}},
+			{key: a, name: "aaa-1.0", inputs: []string{"p1"}},
+			{key: b, name: "bbb-1.0", inputs: []string{"p2"}},
+			{key: "hello", name: "hello-2.12", inputs: []string{a, b}},
+		})
+		c := graphOf(t, "cross", []spec{
+			{key: "c", name: "child" + sfx + "1.0"},
+			{key: "p", name: "mid" + sfx + "1.0", inputs: []string{"c"}},
+			{key: a, name: "aaa" + sfx + "1.0", inputs: []string{"p"}},
+			{key: b, name: "bbb" + sfx + "1.0", inputs: []string{"p"}},
+			{key: "hello", name: "hello" + sfx + "2.12", inputs: []string{a, b}},
+		})
+		p, err := Pair(n.Graph, c.Graph, []Root{{Native: n.drv["hello"], Cross: c.drv["hello"]}}, Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, err := p.NativeOf(c.drv["p"]); err == nil {
+			t.Errorf("keys %v: conflicted mid paired with %s", keys, got)
+		}
+		got, err := p.NativeOf(c.drv["c"])
+		if err == nil {
+			t.Errorf("keys %v: child of a conflicted derivation paired with %s", keys, got)
+			continue
+		}
+		if !strings.Contains(err.Error(), "several native derivations") {
+			t.Errorf("keys %v: error does not say why: %v", keys, err)
+		}
+		if _, path, _, err := p.OutputOf(c.out["c"]["out"]); err == nil {
+			t.Errorf("keys %v: child's output paired with %s", keys, path)
+		}
+	}
+}
