@@ -239,7 +239,9 @@ func Pair(native, cross *Graph, roots []Root, opts Options) (*Pairing, error) {
 	}
 	type job struct{ native, cross string }
 	var queue []job
+	children := map[string][]string{} // cross parent ("" for the roots) -> the inputs it proposed
 	propose := func(c, n, parent string, by Basis) {
+		children[parent] = append(children[parent], c)
 		if prev, ok := p.pairs[c]; ok {
 			if prev != n && !contains(p.conflicts[c], n) {
 				p.conflicts[c] = append(p.conflicts[c], n)
@@ -309,6 +311,7 @@ func Pair(native, cross *Graph, roots []Root, opts Options) (*Pairing, error) {
 			}
 		}
 	}
+	p.failTainted(children)
 	for _, c := range sortedKeys(users.given) {
 		if !users.used[c] {
 			p.problems[fmt.Sprintf("--pair %s is never reached: %s is not an input of a paired derivation", users.given[c], c)] = true
@@ -387,17 +390,32 @@ func (w *walkStep) decide(ci string, cid *derivation.Derivation, pn string) deci
 	switch {
 	case len(cands) == 1:
 		n := cands[0]
-		renamed := map[string]slot{}
+		outsByName := map[string]slot{}
 		for o, s := range outs {
 			if s.native.Drv != n {
 				return fail(fmt.Sprintf("its name %q gives %s, but its place gives %s", pn, n, explainSlots(p.Native, placed)), append([]string{n}, drvs...))
 			}
 			if s.native.Output != o {
-				renamed[o] = s
+				outsByName[o] = s
+				continue
 			}
+			// Kept although the name says the same: another parent
+			// may place the output elsewhere, which is a conflict.
+			outsByName[o] = slot{native: s.native, by: Basis{How: ByName, Parent: w.cross}}
 		}
-		return decision{native: n, by: Basis{How: ByName, Parent: w.cross}, outs: renamed}
-	case len(drvs) == 1 && (len(cands) == 0 || contains(cands, drvs[0])):
+		return decision{native: n, by: Basis{How: ByName, Parent: w.cross}, outs: outsByName}
+	case len(drvs) == 1 && len(cands) == 0:
+		// Structure alone: a place in an attribute can be shared by
+		// different packages, so the versions must agree too.
+		nv := ""
+		if nd, ok := p.Native.Derivation(drvs[0]); ok {
+			nv = drvVersion(nd.Name())
+		}
+		if cv := drvVersion(cid.Name()); cv == "" || cv != nv {
+			return fail(fmt.Sprintf("no input of the native derivation is named %q; its place gives %s, whose version %q is not its version %q (settle it with --pair)", pn, explainSlots(p.Native, placed), nv, cv), drvs)
+		}
+		return decision{native: drvs[0], by: placed[0].by, outs: outs}
+	case len(drvs) == 1 && contains(cands, drvs[0]):
 		return decision{native: drvs[0], by: placed[0].by, outs: outs}
 	case len(drvs) > 1:
 		return fail(fmt.Sprintf("its outputs sit where outputs of different native derivations sit: %s", explainSlots(p.Native, placed)), drvs)
@@ -538,6 +556,47 @@ func segmentRemovals(name string, fn func(native string)) {
 			}
 			if wholeSegments(name[a+1 : b]) {
 				fn(name[:a] + name[b:])
+			}
+		}
+	}
+}
+
+// failTainted unpairs the derivations reached only through derivations
+// that parents pair with several natives: their inputs were paired from
+// whichever of those natives the walk took first, which says nothing.
+// A user pair settles a derivation whatever its parents.
+func (p *Pairing) failTainted(children map[string][]string) {
+	clean := map[string]bool{}
+	queue := []string{""}
+	for _, c := range sortedKeys(p.pairs) {
+		if p.pairedBy[c].How == ByUser {
+			clean[c] = true
+			queue = append(queue, c)
+		}
+	}
+	for len(queue) > 0 {
+		par := queue[0]
+		queue = queue[1:]
+		if len(p.conflicts[par]) > 0 {
+			continue
+		}
+		for _, c := range children[par] {
+			if !clean[c] {
+				clean[c] = true
+				queue = append(queue, c)
+			}
+		}
+	}
+	for _, c := range sortedKeys(p.pairs) {
+		if clean[c] || len(p.conflicts[c]) > 0 {
+			continue
+		}
+		p.fail(Failure{Cross: c, Parent: p.via[c], NativeParent: p.pairs[p.via[c]], Candidates: []string{p.pairs[c]},
+			Reason: "reached only through derivations that parents pair with several native derivations; settle those with --pair"})
+		delete(p.pairs, c)
+		if cd, ok := p.Cross.Derivation(c); ok {
+			for _, o := range cd.Outputs {
+				delete(p.outPairs, o.Path)
 			}
 		}
 	}

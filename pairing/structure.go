@@ -166,7 +166,7 @@ func structuralSlots(native, cross *Graph, nd, cd *derivation.Derivation, crossP
 	res := map[string][]slot{}
 	for _, attr := range sortedKeys(ct) {
 		ntm, ok := nt[attr]
-		if !ok {
+		if !ok || isDepList(attr) {
 			continue
 		}
 		ctm := ct[attr]
@@ -185,11 +185,11 @@ func structuralSlots(native, cross *Graph, nd, cd *derivation.Derivation, crossP
 				}
 				for i, cp := range cocc[k].paths {
 					cprod, ok := cross.Producer(cp)
-					if !ok || !usesOutput(cd, cprod) {
+					if !ok || !usesOutput(cd, cprod) || fixedOutputIn(cross, cprod.Drv) {
 						continue
 					}
 					nprod, ok := native.Producer(nocc[k].paths[i])
-					if !ok || !usesOutput(nd, nprod) {
+					if !ok || !usesOutput(nd, nprod) || fixedOutputIn(native, nprod.Drv) {
 						continue
 					}
 					by := Basis{How: ByPosition, Attr: attr, Word: cocc[k].word, Parent: crossParent}
@@ -202,6 +202,38 @@ func structuralSlots(native, cross *Graph, nd, cd *derivation.Derivation, crossP
 		}
 	}
 	return res
+}
+
+// isDepList reports whether attr is a dependency list: its members need
+// not be the same on both sides (a library only one platform needs), so
+// neither a single member nor the place of one says which is which.
+func isDepList(attr string) bool {
+	if contains(buildDepVars, attr) || contains(hostDepVars, attr) || strings.HasPrefix(attr, "propagated") {
+		return true
+	}
+	return attr == "defaultNativeBuildInputs" || attr == "defaultBuildInputs"
+}
+
+// fixedOutputIn reports whether drv of g is a fixed-output derivation: its
+// path is the same on both sides, so it never stands for another one.
+func fixedOutputIn(g *Graph, drv string) bool {
+	d, ok := g.Derivation(drv)
+	return ok && isFixedOutput(d)
+}
+
+// drvVersion returns the version part of a derivation name as Nix splits
+// it: from the first dash followed by a character that is not a letter.
+func drvVersion(name string) string {
+	for i := 0; i+1 < len(name); i++ {
+		if name[i] != '-' {
+			continue
+		}
+		c := name[i+1]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z') {
+			return name[i+1:]
+		}
+	}
+	return ""
 }
 
 // usesOutput reports whether d takes output r as an input.

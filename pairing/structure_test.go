@@ -3,6 +3,7 @@ package pairing
 import (
 	"context"
 	"debug/elf"
+	"errors"
 	"slices"
 	"strings"
 	"testing"
@@ -448,5 +449,152 @@ func TestPairingName(t *testing.T) {
 	}
 	if got := nativeAlias("xgcc-13.3.0"); got != "gcc-13.3.0" {
 		t.Errorf("nativeAlias(xgcc-13.3.0) = %q", got)
+	}
+}
+
+// A place shared by different packages must not pair them: dependency
+// lists, a common template, a fixed-output input. The input fails and the
+// failure names the native input found in its place, if any, so the user
+// can settle it with --pair.
+func TestStructureRefusesOtherPackages(t *testing.T) {
+	tests := []struct {
+		name          string
+		native, cross []spec
+		key, nkey     string // cross input that must fail; native candidate ("" for none)
+	}{
+		{
+			name: "singleton dependency list",
+			native: []spec{
+				{key: "idn", name: "libidn2-2.3.7"},
+				{key: "hello", name: "hello-2.12", inputs: []string{"idn"}, env: map[string]string{"buildInputs": "{idn.out}"}},
+			},
+			cross: []spec{
+				{key: "foo", name: "libfoo" + sfx + "1.0"},
+				{key: "hello", name: "hello" + sfx + "2.12", inputs: []string{"foo"}, env: map[string]string{"buildInputs": "{foo.out}"}},
+			},
+			key: "foo",
+		},
+		{
+			name: "common template, versions differ",
+			native: []spec{
+				{key: "zlib", name: "zlib-1.3"},
+				{key: "idn", name: "libidn2-2.3.7"},
+				{key: "hello", name: "hello-2.12", inputs: []string{"zlib", "idn"}, env: map[string]string{
+					"NIX_CFLAGS_COMPILE": "-O2 -I{idn.out}/include", "buildInputs": "{zlib.out} {idn.out}"}},
+			},
+			cross: []spec{
+				{key: "zlib", name: "zlib" + sfx + "1.3"},
+				{key: "foo", name: "libfoo" + sfx + "1.0"},
+				{key: "hello", name: "hello" + sfx + "2.12", inputs: []string{"zlib", "foo"}, env: map[string]string{
+					"NIX_CFLAGS_COMPILE": "-O2 -I{foo.out}/include", "buildInputs": "{zlib.out} {foo.out}"}},
+			},
+			key: "foo", nkey: "idn",
+		},
+		{
+			name: "fixed-output native input",
+			native: []spec{
+				{key: "src", name: "hello-2.12.tar.gz", fod: true},
+				{key: "hello", name: "hello-2.12", inputs: []string{"src"}, env: map[string]string{"src": "{src.out}"}},
+			},
+			cross: []spec{
+				{key: "src", name: "hello-src-patched"},
+				{key: "hello", name: "hello" + sfx + "2.12", inputs: []string{"src"}, env: map[string]string{"src": "{src.out}"}},
+			},
+			key: "src",
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			n, c := graphOf(t, "native", tt.native), graphOf(t, "cross", tt.cross)
+			p, err := Pair(n.Graph, c.Graph, []Root{{Native: n.drv["hello"], Cross: c.drv["hello"]}}, Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := p.NativeOf(c.drv[tt.key])
+			if err == nil {
+				t.Fatalf("%s paired with %s", tt.key, got)
+			}
+			if _, path, by, err := p.OutputOf(c.out[tt.key]["out"]); err == nil {
+				t.Fatalf("%s.out paired with %s by %s", tt.key, path, by)
+			}
+			var f Failure
+			if !errors.As(err, &f) {
+				t.Fatalf("error %v is not a Failure", err)
+			}
+			if tt.nkey != "" && !contains(f.Candidates, n.drv[tt.nkey]) {
+				t.Errorf("candidates %v lack %s: %v", f.Candidates, n.drv[tt.nkey], err)
+			}
+		})
+	}
+}
+
+// An output placed where the name's output sits by one parent and where
+// another output sits by another is a conflict, not the renamed output.
+func TestStructureOutputConflict(t *testing.T) {
+	n := graphOf(t, "native", []spec{
+		{key: "gcc", name: "gcc-13.3.0", outputs: []string{"out", "lib", "libgcc"}},
+		{key: "glibc", name: "glibc-2.40", inputs: []string{"gcc:libgcc"}, env: map[string]string{"makeFlags": "user-defined-trusted-dirs={gcc.libgcc}/lib"}},
+		{key: "hello", name: "hello-2.12", inputs: []string{"gcc:lib", "glibc"}, env: map[string]string{"LIBSTDCXX": "{gcc.lib}/lib"}},
+	})
+	c := graphOf(t, "cross", []spec{
+		{key: "gcc", name: suffix + "-gcc-13.3.0", outputs: []string{"out", "lib"}},
+		{key: "glibc", name: "glibc" + sfx + "2.40", inputs: []string{"gcc:lib"}, env: map[string]string{"makeFlags": "user-defined-trusted-dirs={gcc.lib}/lib"}},
+		{key: "hello", name: "hello" + sfx + "2.12", inputs: []string{"gcc:lib", "glibc"}, env: map[string]string{"LIBSTDCXX": "{gcc.lib}/lib"}},
+	})
+	p, err := Pair(n.Graph, c.Graph, []Root{{Native: n.drv["hello"], Cross: c.drv["hello"]}}, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref, _, by, err := p.OutputOf(c.out["gcc"]["lib"])
+	if err == nil {
+		t.Fatalf("gcc.lib paired with %s by %s", ref, by)
+	}
+	for _, o := range []string{"lib", "libgcc"} {
+		if !strings.Contains(err.Error(), n.out["gcc"][o]) {
+			t.Errorf("error lacks the candidate %s: %v", n.out["gcc"][o], err)
+		}
+	}
+}
+
+// The inputs of a derivation that parents pair with several natives fail:
+// which native's inputs they would follow is only the order of the walk.
+// Several key pairs give several .drv hash orders.
+func TestConflictTaintsInputs(t *testing.T) {
+	for _, keys := range [][2]string{{"a", "b"}, {"x", "y"}, {"k1", "k2"}, {"m", "n"}} {
+		a, b := keys[0], keys[1]
+		n := graphOf(t, "native", []spec{
+			{key: "c1", name: "child-1.0"},
+			{key: "c2", name: "child-1.0"},
+			{key: "p1", name: "mid-1.0", inputs: []string{"c1"}},
+			{key: "p2", name: "mid-1.0", inputs: []string{"c2"}},
+			{key: a, name: "aaa-1.0", inputs: []string{"p1"}},
+			{key: b, name: "bbb-1.0", inputs: []string{"p2"}},
+			{key: "hello", name: "hello-2.12", inputs: []string{a, b}},
+		})
+		c := graphOf(t, "cross", []spec{
+			{key: "c", name: "child" + sfx + "1.0"},
+			{key: "p", name: "mid" + sfx + "1.0", inputs: []string{"c"}},
+			{key: a, name: "aaa" + sfx + "1.0", inputs: []string{"p"}},
+			{key: b, name: "bbb" + sfx + "1.0", inputs: []string{"p"}},
+			{key: "hello", name: "hello" + sfx + "2.12", inputs: []string{a, b}},
+		})
+		p, err := Pair(n.Graph, c.Graph, []Root{{Native: n.drv["hello"], Cross: c.drv["hello"]}}, Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, err := p.NativeOf(c.drv["p"]); err == nil {
+			t.Errorf("keys %v: conflicted mid paired with %s", keys, got)
+		}
+		got, err := p.NativeOf(c.drv["c"])
+		if err == nil {
+			t.Errorf("keys %v: child of a conflicted derivation paired with %s", keys, got)
+			continue
+		}
+		if !strings.Contains(err.Error(), "several native derivations") {
+			t.Errorf("keys %v: error does not say why: %v", keys, err)
+		}
+		if _, path, _, err := p.OutputOf(c.out["c"]["out"]); err == nil {
+			t.Errorf("keys %v: child's output paired with %s", keys, path)
+		}
 	}
 }
