@@ -24,8 +24,10 @@
 //
 // Role and position pair outputs, not only derivations: the cross output
 // sits where a native output sits, so libgcc's out stands for xgcc's
-// libgcc. A bare path in a list of several (buildInputs) is no evidence:
-// the lists need not have the same members. Evidence must agree; where it
+// libgcc. A place in a dependency list (buildInputs, nativeBuildInputs,
+// propagated...) is no evidence, whatever its length: the lists need not
+// have the same members; nor is a fixed-output input. A pair by structure
+// alone needs the same version on both sides. Evidence must agree; where it
 // does not, or leaves several candidates, the failure lists them and
 // nothing is guessed. An unmarked cross derivation (no suffix, no prefix)
 // named like a marked one is a build-platform namesake (the x86_64
