@@ -153,7 +153,13 @@ func (p *Pairing) OutputOf(c string) (OutputRef, string, Basis, error) {
 			return OutputRef{}, "", Basis{}, fmt.Errorf("cannot pair %s: different parents pair it with several native outputs (%s)", c, strings.Join(all, ", "))
 		}
 		nd, _ := p.Native.Derivation(op.native.Drv)
-		return op.native, nd.Outputs[op.native.Output].Path, op.by, nil
+		by := op.by
+		if n, ok := p.pairs[prod.Drv]; ok && op.by.How != ByUser && n == op.native.Drv && op.native.Output == prod.Output {
+			// A place that only confirms the derivation's own pair (a root
+			// that another root also uses) does not explain it.
+			by = p.pairedBy[prod.Drv]
+		}
+		return op.native, nd.Outputs[op.native.Output].Path, by, nil
 	}
 	n, err := p.NativeOf(prod.Drv)
 	if err != nil {
