@@ -1,6 +1,8 @@
 # Shared by the benchmark scripts: a nix-daemon, an OpenSSH sshd running the
 # real `nix-daemon --stdio` (the baseline), a decross-store server, and
 # timing helpers. Source it from the repository root after setting $work.
+# BENCH_SSHOPTS adds ssh options to every client (both servers), e.g.
+# "-c aes128-gcm@openssh.com" to take the cipher out of the comparison.
 # Debian 12, root.
 
 export PATH=/usr/local/go/bin:$PATH
@@ -20,7 +22,7 @@ bench_setup() {
 	"$work/decross-store" keygen --name bench-1 --secret-key-file "$work/secret.key" --public-key-file "$work/public.key" >/dev/null
 	ssh-keygen -q -t ed25519 -N '' -f "$work/client_key"
 	cp "$work/client_key.pub" "$work/authorized_keys"
-	sshopts="-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -o Compression=no"
+	sshopts="-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -o Compression=no ${BENCH_SSHOPTS:-}"
 	trusted="trusted-public-keys = $(cat "$work/public.key")"
 	start_sshd
 	dport=$(free_port)

@@ -236,3 +236,49 @@ func TestOpenSSHClientToldWhyRefused(t *testing.T) {
 		})
 	}
 }
+
+// TestOpenSSHCipher checks the cipher the system's ssh, with its default
+// preferences (chacha20-poly1305 first), ends up with.
+func TestOpenSSHCipher(t *testing.T) {
+	sshBin, err := exec.LookPath("ssh")
+	if err != nil {
+		testenv.SkipOrFail(t, "OpenSSH client not installed: %v", err)
+	}
+	defaultWant := ssh.CipherChaCha20Poly1305
+	if hasAESGCMHardware() {
+		defaultWant = ssh.CipherAES128GCM
+	}
+	tests := []struct {
+		name    string
+		ciphers []string
+		want    string
+	}{
+		{"default", nil, defaultWant},
+		{"configured", []string{ssh.CipherAES256GCM, ssh.CipherAES128CTR}, ssh.CipherAES128CTR},
+		{"configured aead", []string{ssh.CipherAES256GCM}, ssh.CipherAES256GCM},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			env := startServer(t, reverseHandler, func(s *Server) { s.Ciphers = tt.ciphers })
+			key := writeKey(t, env.priv)
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			cmd := exec.CommandContext(ctx, sshBin, "-F", "/dev/null", "-p", env.port(t), "-i", key,
+				"-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+				"-o", "BatchMode=yes", "-o", "LogLevel=DEBUG1", "nix@127.0.0.1", "nix-daemon --stdio")
+			cmd.Stdin = strings.NewReader("abc")
+			var out, errb bytes.Buffer
+			cmd.Stdout, cmd.Stderr = &out, &errb
+			if err := cmd.Run(); err != nil {
+				t.Fatalf("ssh: %v\n%s", err, errb.String())
+			}
+			if out.String() != "cba" {
+				t.Errorf("stdout %q, want %q", out.String(), "cba")
+			}
+			want := "kex: server->client cipher: " + tt.want + " "
+			if !strings.Contains(errb.String(), want) {
+				t.Errorf("ssh's log lacks %q:\n%s", want, errb.String())
+			}
+		})
+	}
+}

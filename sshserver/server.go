@@ -119,6 +119,12 @@ type Server struct {
 	// means 10s.
 	SessionCloseTimeout time.Duration
 
+	// Ciphers lists the SSH ciphers offered, by x/crypto/ssh name. Nil
+	// means the AES-GCM ciphers alone on a CPU with AES and carry-less
+	// multiply instructions, and x/crypto/ssh's defaults elsewhere; see
+	// DefaultCiphers.
+	Ciphers []string
+
 	// Hooks, when set, is told about connections, sessions and refusals,
 	// for metrics.
 	Hooks Hooks
@@ -638,6 +644,10 @@ func (s *Server) sshConfig(log *slog.Logger) *ssh.ServerConfig {
 		},
 		ServerVersion: serverVersion,
 	}
+	cfg.Ciphers = s.Ciphers
+	if cfg.Ciphers == nil {
+		cfg.Ciphers = DefaultCiphers()
+	}
 	cfg.AddHostKey(s.HostKey)
 	return cfg
 }
@@ -691,7 +701,11 @@ func (s *Server) serveConn(base context.Context, cfg *ssh.ServerConfig, nc net.C
 		s.refuseSessions(sc, chans, err)
 		return
 	}
-	log.Info("authenticated", "client", clip(string(sc.ClientVersion())))
+	var cipher string
+	if a, ok := sc.Conn.(ssh.AlgorithmsConnMetadata); ok {
+		cipher = a.Algorithms().Write.Cipher
+	}
+	log.Info("authenticated", "client", clip(string(sc.ClientVersion())), "cipher", cipher)
 
 	s.mu.Lock()
 	c.idle = time.AfterFunc(s.handshakeTimeout(), func() {
