@@ -224,7 +224,7 @@ func TestShapes(t *testing.T) {
 		t.Fatalf("map: %v\n%s\n%s", mapFail, mapOut, mapErr)
 	}
 	t.Run("map from the roots", func(t *testing.T) {
-		if got := loadMapping(t, mappedFile); !reflect.DeepEqual(got.Entries(), want.Entries()) {
+		if got := loadMapping(t, mappedFile); !reflect.DeepEqual(pairedEntries(got), want.Entries()) {
 			t.Errorf("map from the roots = %v\nwant %v", got.Entries(), want.Entries())
 		}
 		// With -o, the report goes to stderr. The entry of libgcc (native
@@ -243,6 +243,15 @@ func TestShapes(t *testing.T) {
 		}
 		if n := strings.Count(mapErr, "paired by root\n"); n != 4 {
 			t.Errorf("map -v: %d paths paired as roots, want the 4 roots:\n%s", n, mapErr)
+		}
+		// check of what map wrote says the same, from the file.
+		out, stderr, err := runTool(t, "check", "--mapping", mappedFile)
+		if err != nil {
+			t.Fatalf("check: %v\n%s\n%s", err, out, stderr)
+		}
+		if !strings.Contains(out, "paired by position: attribute makeFlags word 1, as an input of ") ||
+			strings.Count(out, "paired by root (as recorded in the mapping file)\n") != 4 {
+			t.Errorf("check of the mapping map wrote does not repeat its reasons:\n%s", out)
 		}
 	})
 

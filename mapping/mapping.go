@@ -20,6 +20,9 @@ type Entry struct {
 	Cross   string `json:"cross"`
 	Deriver string `json:"deriver,omitempty"` // native .drv that would produce Native
 	Output  string `json:"output,omitempty"`  // output name of Native in Deriver
+	// PairedBy is why `map` paired the two (root, name, role, position,
+	// --pair), kept so that `check` can say it again. Serving ignores it.
+	PairedBy string `json:"pairedBy,omitempty"`
 }
 
 type file struct {

@@ -409,7 +409,7 @@ func (p *Pairing) entryFor(c string) (mapping.Entry, Basis, string) {
 	if native == c {
 		return mapping.Entry{}, Basis{}, "it is the same path on both sides but not content-addressed"
 	}
-	return mapping.Entry{Native: native, Cross: c, Deriver: ref.Drv, Output: ref.Output}, by, ""
+	return mapping.Entry{Native: native, Cross: c, Deriver: ref.Drv, Output: ref.Output, PairedBy: by.String()}, by, ""
 }
 
 // servedRefs is the set of paths a served path references (itself
@@ -553,6 +553,9 @@ func Check(ctx context.Context, store upstream.Reader, m *mapping.Mapping, opts 
 		if e, ok := m.ByCross(c); ok {
 			pr.Native = e.Native
 			pr.PairedBy = "the mapping file"
+			if e.PairedBy != "" {
+				pr.PairedBy = e.PairedBy + " (as recorded in the mapping file)"
+			}
 		} else if pr.CA {
 			pr.Problem = caProblem(cl, info)
 		} else {

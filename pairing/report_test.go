@@ -134,8 +134,21 @@ func TestMapAndCheck(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if !reflect.DeepEqual(rep.Mapping.Entries(), want.Entries()) {
-				t.Errorf("mapping =\n%v\nwant\n%v", rep.Mapping.Entries(), want.Entries())
+			// Each entry records why it was made: the report's reason,
+			// which the goldens check.
+			reasons := map[string]string{}
+			for _, p := range rep.Paths {
+				reasons[p.Cross] = p.PairedBy
+			}
+			got := rep.Mapping.Entries()
+			for i, e := range got {
+				if e.PairedBy == "" || e.PairedBy != reasons[e.Cross] {
+					t.Errorf("entry of %s records paired by %q, the report says %q", e.Native, e.PairedBy, reasons[e.Cross])
+				}
+				got[i].PairedBy = ""
+			}
+			if !reflect.DeepEqual(got, want.Entries()) {
+				t.Errorf("mapping =\n%v\nwant\n%v", got, want.Entries())
 			}
 			checkProblems(t, rep.Problems, tt.problems)
 			checkLeak(t, rep, c.out["leaky"]["out"], c.out["bash"]["out"], n.drv["bash"], tt.leakMapped)
@@ -167,6 +180,15 @@ func TestMapAndCheck(t *testing.T) {
 			checkProblems(t, crep.Problems, cp)
 			if len(crep.Paths) != len(rep.Paths) {
 				t.Errorf("check saw %d paths, map %d", len(crep.Paths), len(rep.Paths))
+			}
+			// and says again why map paired each path.
+			for _, p := range crep.Paths {
+				if p.Native == "" {
+					continue
+				}
+				if want := reasons[p.Cross] + " (as recorded in the mapping file)"; p.PairedBy != want {
+					t.Errorf("check: %s paired by %q, want %q", p.Cross, p.PairedBy, want)
+				}
 			}
 		})
 	}
