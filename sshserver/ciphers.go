@@ -13,8 +13,8 @@ import (
 // A client picks the first cipher in its own list that the server offers,
 // and OpenSSH lists chacha20-poly1305 first. x/crypto/ssh implements that
 // cipher with a ChaCha20 that has no amd64 assembly (about 0.8 GB/s here,
-// against 5.7 GB/s for AES-GCM with AES-NI), which made it the bottleneck
-// of serving a large NAR. Where the CPU has AES instructions the server
+// against 5.7 GB/s for AES-GCM with AES-NI): a warm 1 GiB NAR took 4.5 s
+// to copy with it, 3.5 s with AES-GCM. Where the CPU has AES instructions the server
 // therefore offers only AES-GCM, which every OpenSSH since 6.2 (2013)
 // supports; elsewhere it keeps x/crypto/ssh's defaults, where ChaCha20 is
 // the faster choice.
