@@ -192,7 +192,7 @@ func TestCheck(t *testing.T) {
 	ex := BuildExample(t, filepath.Join(work, "example"))
 	bash, leaky, hello := ex.Get(t, "bash"), ex.Get(t, "leaky"), ex.Get(t, "hello")
 	stdout, stderr, err := runTool(t, "check", "--mapping", ex.MappingFile)
-	if err == nil || !strings.Contains(stderr, "1 leaks") {
+	if err == nil || !strings.Contains(stderr, "0 problems, 1 leak\n") {
 		t.Errorf("check: err %v, stderr %q; want a failure for the leak", err, stderr)
 	}
 	for _, want := range []string{

@@ -53,6 +53,7 @@ func listenHTTP(addr string, priority, maxRequests int, st *store.Store, m *metr
 	// those would let a few clients starve the rest.
 	l = netutil.LimitListener(l, maxRequests*connectionsPerRequest)
 	d := &httpDoor{srv: httpcache.NewServer(limitRequests(h, maxRequests), logger), l: l, done: make(chan error, 1)}
+	logger.Info("listening", "door", "http", "addr", l.Addr().String())
 	go func() {
 		err := d.srv.Serve(l)
 		if errors.Is(err, http.ErrServerClosed) {

@@ -21,7 +21,7 @@ type command struct {
 
 func commands() map[string]command {
 	return map[string]command{
-		"serve":    {runServe, "serve native store paths over ssh-ng"},
+		"serve":    {runServe, "serve native store paths over ssh-ng and as an HTTP binary cache"},
 		"keygen":   {runKeygen, "generate a Nix signing key pair"},
 		"map":      {runMap, "build a mapping file from native and cross derivations"},
 		"check":    {runCheck, "dry run: what a mapping would serve, and every problem"},

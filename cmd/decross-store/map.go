@@ -117,7 +117,7 @@ func runMap(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}
 	fmt.Fprintf(stderr, "wrote %d entries to %s (host system %s, build system %s)\n", rep.Mapping.Len(), *out, rep.Mapping.HostSystem(), rep.Mapping.BuildSystem())
 	if *strict && !rep.OK() {
-		return fmt.Errorf("%d problems, %d leaks", len(rep.Problems), len(rep.Leaks))
+		return fmt.Errorf("%s, %s", count(len(rep.Problems), "problem"), count(len(rep.Leaks), "leak"))
 	}
 	return nil
 }
@@ -263,7 +263,15 @@ func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	if !rep.OK() {
-		return fmt.Errorf("%s: %d problems, %d leaks", *mapFile, len(rep.Problems), len(rep.Leaks))
+		return fmt.Errorf("%s: %s, %s", *mapFile, count(len(rep.Problems), "problem"), count(len(rep.Leaks), "leak"))
 	}
 	return nil
+}
+
+// count says "1 leak", "2 leaks".
+func count(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
 }
