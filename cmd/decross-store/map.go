@@ -175,10 +175,28 @@ func parsePair(s string) (pairing.UserPair, error) {
 }
 
 // writeMapping writes through a temporary file so that a reader never sees
-// half a mapping.
+// half a mapping. A path that is not a regular file (/dev/null, a pipe) is
+// written in place: renaming over it would replace the device with a file.
 func writeMapping(m *mapping.Mapping, path string, stdout io.Writer) error {
 	if path == "-" {
 		return m.Write(stdout)
+	}
+	if fi, err := os.Stat(path); err == nil && !fi.Mode().IsRegular() {
+		if fi.IsDir() {
+			return fmt.Errorf("write mapping: %s is a directory", path)
+		}
+		f, err := os.OpenFile(path, os.O_WRONLY, 0)
+		if err != nil {
+			return fmt.Errorf("write mapping: %w", err)
+		}
+		if err := m.Write(f); err != nil {
+			f.Close()
+			return fmt.Errorf("write mapping %s: %w", path, err)
+		}
+		if err := f.Close(); err != nil {
+			return fmt.Errorf("write mapping %s: %w", path, err)
+		}
+		return nil
 	}
 	tmp, err := os.CreateTemp(filepath.Dir(path), ".mapping-*.json")
 	if err != nil {

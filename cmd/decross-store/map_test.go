@@ -3,10 +3,15 @@ package main
 import (
 	"bytes"
 	"context"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
+
+	"github.com/decross-store/decross-store/mapping"
 )
 
 // TestCheckRefusesUnknownSystem: a mapping file naming a system outside
@@ -21,5 +26,65 @@ func TestCheckRefusesUnknownSystem(t *testing.T) {
 	err := runCheck(context.Background(), []string{"--mapping", path, "--upstream", "unix:///nonexistent"}, &stdout, &stderr)
 	if err == nil || !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), `hostSystem: system "sparc64-linux" is not one decross-store knows (known: aarch64-linux`) {
 		t.Errorf("check: %v", err)
+	}
+}
+
+// TestWriteMappingKeepsSpecialFiles: -o /dev/null (or a pipe) is written
+// in place; renaming the temporary file over it would replace the device
+// with a regular file. A pipe stands in for /dev/null here.
+func TestWriteMappingKeepsSpecialFiles(t *testing.T) {
+	m, err := mapping.New([]mapping.Entry{{Native: "/nix/store/00000000000000000000000000000000-a-1", Cross: "/nix/store/11111111111111111111111111111111-a-aarch64-unknown-linux-gnu-1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want bytes.Buffer
+	if err := m.Write(&want); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	fifo := filepath.Join(dir, "pipe")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan []byte, 1)
+	go func() {
+		b, _ := os.ReadFile(fifo)
+		got <- b
+	}()
+	if err := writeMapping(m, fifo, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case b := <-got:
+		if !bytes.Equal(b, want.Bytes()) {
+			t.Errorf("pipe got %q, want %q", b, want.Bytes())
+		}
+	case <-time.After(10 * time.Second):
+		t.Error("nothing was written to the pipe")
+	}
+	fi, err := os.Lstat(fifo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Type() != os.ModeNamedPipe {
+		t.Errorf("%s is now %v, want the named pipe it was", fifo, fi.Mode())
+	}
+	if left, _ := filepath.Glob(filepath.Join(dir, ".mapping-*")); len(left) != 0 {
+		t.Errorf("temporary files left: %v", left)
+	}
+
+	// A regular file is still replaced whole.
+	file := filepath.Join(dir, "m.json")
+	if err := os.WriteFile(file, []byte("old"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := writeMapping(m, file, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(file); !bytes.Equal(b, want.Bytes()) {
+		t.Errorf("%s = %q, want %q", file, b, want.Bytes())
+	}
+	if err := writeMapping(m, dir, io.Discard); err == nil || !strings.Contains(err.Error(), "is a directory") {
+		t.Errorf("writing to a directory: %v", err)
 	}
 }
