@@ -8,6 +8,7 @@ import (
 	"os"
 	"sort"
 	"strings"
+	"unicode"
 
 	"github.com/nix-community/go-nix/pkg/storepath"
 
@@ -57,6 +58,10 @@ func New(entries []Entry) (*Mapping, error) {
 		}
 		if err := checkStorePath(e.Cross); err != nil {
 			return nil, fmt.Errorf("mapping entry %d (cross %q): %w", i, e.Cross, err)
+		}
+		if strings.IndexFunc(e.PairedBy, unicode.IsControl) >= 0 {
+			// check prints it on a line of its own.
+			return nil, fmt.Errorf("mapping entry %d: pairedBy %q has a control character", i, e.PairedBy)
 		}
 		if e.Deriver != "" {
 			if err := checkStorePath(e.Deriver); err != nil {

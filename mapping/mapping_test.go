@@ -17,7 +17,7 @@ const (
 func TestParseValid(t *testing.T) {
 	in := `{"paths": [
 	  {"native": "` + nHello + `", "cross": "` + cHello + `", "deriver": "` + drv + `", "output": "out"},
-	  {"native": "` + nGlibc + `", "cross": "` + cGlibc + `"}]}`
+	  {"native": "` + nGlibc + `", "cross": "` + cGlibc + `", "pairedBy": "name, as an input of ` + drv + `"}]}`
 	m, err := Parse(strings.NewReader(in))
 	if err != nil {
 		t.Fatal(err)
@@ -25,7 +25,7 @@ func TestParseValid(t *testing.T) {
 	if e, ok := m.ByNative(nHello); !ok || e.Cross != cHello || e.Deriver != drv || e.Output != "out" {
 		t.Errorf("ByNative(hello) = %+v, %v", e, ok)
 	}
-	if e, ok := m.ByCross(cGlibc); !ok || e.Native != nGlibc {
+	if e, ok := m.ByCross(cGlibc); !ok || e.Native != nGlibc || e.PairedBy != "name, as an input of "+drv {
 		t.Errorf("ByCross(glibc) = %+v, %v", e, ok)
 	}
 	if _, ok := m.ByNative(cHello); ok {
@@ -37,7 +37,7 @@ func TestParseValid(t *testing.T) {
 	}
 	want := `{"paths": [
   {"native":"` + nHello + `","cross":"` + cHello + `","deriver":"` + drv + `","output":"out"},
-  {"native":"` + nGlibc + `","cross":"` + cGlibc + `"}
+  {"native":"` + nGlibc + `","cross":"` + cGlibc + `","pairedBy":"name, as an input of ` + drv + `"}
 ]}
 `
 	if out.String() != want {
@@ -70,6 +70,7 @@ func TestParseInvalid(t *testing.T) {
 		{"native is another cross", `{"paths": [{"native": "` + nHello + `", "cross": "` + cHello + `"}, {"native": "` + cHello + `", "cross": "` + cGlibc + `"}]}`, "has the hash part of entry 0's cross path"},
 		{"bad deriver", `{"paths": [{"native": "` + nHello + `", "cross": "` + cHello + `", "deriver": "` + nGlibc + `"}]}`, "not a .drv"},
 		{"trailing", `{"paths": []} {}`, "trailing"},
+		{"control character in pairedBy", `{"paths": [{"native": "` + nHello + `", "cross": "` + cHello + `", "pairedBy": "name\nproblems: 0"}]}`, `mapping entry 0: pairedBy "name\nproblems: 0" has a control character`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -6,11 +6,15 @@ import (
 	"crypto/ed25519"
 	"encoding/pem"
 	"errors"
+	"log/slog"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -238,15 +242,33 @@ func TestOpenSSHClientToldWhyRefused(t *testing.T) {
 }
 
 // TestOpenSSHCipher checks the cipher the system's ssh, with its default
-// preferences (chacha20-poly1305 first), ends up with.
+// preferences (chacha20-poly1305 first), ends up with, as ssh reports it
+// and as the server logs it.
 func TestOpenSSHCipher(t *testing.T) {
 	sshBin, err := exec.LookPath("ssh")
 	if err != nil {
 		testenv.SkipOrFail(t, "OpenSSH client not installed: %v", err)
 	}
+	// Expected from the CPU's own description, not from the code under
+	// test.
 	defaultWant := ssh.CipherChaCha20Poly1305
-	if hasAESGCMHardware() {
-		defaultWant = ssh.CipherAES128GCM
+	if runtime.GOARCH == "amd64" {
+		info, err := os.ReadFile("/proc/cpuinfo")
+		if err != nil {
+			t.Fatal(err)
+		}
+		flags := map[string]bool{}
+		for _, line := range strings.Split(string(info), "\n") {
+			if name, value, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(name) == "flags" {
+				for _, f := range strings.Fields(value) {
+					flags[f] = true
+				}
+				break
+			}
+		}
+		if flags["aes"] && flags["pclmulqdq"] {
+			defaultWant = ssh.CipherAES128GCM
+		}
 	}
 	tests := []struct {
 		name    string
@@ -254,12 +276,20 @@ func TestOpenSSHCipher(t *testing.T) {
 		want    string
 	}{
 		{"default", nil, defaultWant},
+		{"empty is the default", []string{}, defaultWant},
+		// The client's order decides: OpenSSH lists aes128-ctr before
+		// the GCM ciphers.
 		{"configured", []string{ssh.CipherAES256GCM, ssh.CipherAES128CTR}, ssh.CipherAES128CTR},
 		{"configured aead", []string{ssh.CipherAES256GCM}, ssh.CipherAES256GCM},
+		{"chacha20 for clients without AES-GCM", []string{ssh.CipherAES128GCM, ssh.CipherChaCha20Poly1305}, ssh.CipherChaCha20Poly1305},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			env := startServer(t, reverseHandler, func(s *Server) { s.Ciphers = tt.ciphers })
+			var logs lockedBuffer
+			env := startServer(t, reverseHandler, func(s *Server) {
+				s.Ciphers = tt.ciphers
+				s.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+			})
 			key := writeKey(t, env.priv)
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
@@ -279,6 +309,72 @@ func TestOpenSSHCipher(t *testing.T) {
 			if !strings.Contains(errb.String(), want) {
 				t.Errorf("ssh's log lacks %q:\n%s", want, errb.String())
 			}
+			if want := "msg=authenticated "; !strings.Contains(logs.String(), want) || !strings.Contains(logs.String(), " cipher="+tt.want+"\n") {
+				t.Errorf("server log does not name cipher %s:\n%s", tt.want, logs.String())
+			}
 		})
 	}
+
+	t.Run("client without the offered ciphers", func(t *testing.T) {
+		var logs lockedBuffer
+		env := startServer(t, reverseHandler, func(s *Server) {
+			s.Ciphers = []string{ssh.CipherAES128GCM}
+			s.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+		})
+		key := writeKey(t, env.priv)
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, sshBin, "-F", "/dev/null", "-p", env.port(t), "-i", key,
+			"-c", ssh.CipherChaCha20Poly1305,
+			"-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+			"-o", "BatchMode=yes", "nix@127.0.0.1", "nix-daemon --stdio")
+		outb, err := cmd.CombinedOutput()
+		if err == nil || !strings.Contains(string(outb), "no matching cipher found") {
+			t.Errorf("ssh -c chacha20-poly1305: %v, %q; want no matching cipher", err, outb)
+		}
+	})
+}
+
+func TestParseCiphers(t *testing.T) {
+	tests := []struct {
+		in      string
+		want    []string
+		wantErr string
+	}{
+		{"", nil, ""},
+		{"aes128-gcm@openssh.com", []string{ssh.CipherAES128GCM}, ""},
+		{"aes256-gcm@openssh.com, chacha20-poly1305@openssh.com,aes256-gcm@openssh.com", []string{ssh.CipherAES256GCM, ssh.CipherChaCha20Poly1305}, ""},
+		{"aes128-cbc", nil, `cipher "aes128-cbc" is not supported (supported: aes128-gcm@openssh.com, `},
+		{"blowfish", nil, `cipher "blowfish" is not supported`},
+	}
+	for _, tt := range tests {
+		got, err := ParseCiphers(tt.in)
+		if tt.wantErr != "" {
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Errorf("ParseCiphers(%q) error %v, want %q", tt.in, err, tt.wantErr)
+			}
+			continue
+		}
+		if err != nil || !slices.Equal(got, tt.want) {
+			t.Errorf("ParseCiphers(%q) = %q, %v; want %q", tt.in, got, err, tt.want)
+		}
+	}
+}
+
+// lockedBuffer is a bytes.Buffer safe for a logger and a reader at once.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }

@@ -29,7 +29,7 @@ type serveFlags struct {
 	shutdownTimeout                                                time.Duration
 	cacheMaxSize                                                   narcache.Size
 	upstream                                                       upstreamFlags
-	http                                                           string
+	http, sshCiphers                                               string
 	httpPriority, httpMaxRequests                                  int
 
 	// SSH limits: see sshserver.Server.
@@ -66,6 +66,7 @@ func newServeFlags(stderr io.Writer) (*flag.FlagSet, *serveFlags) {
 	fs.IntVar(&f.maxQueuePerSource, "max-queue-per-source", 0, "waiting connections of one address (default half of --max-queue)")
 	fs.DurationVar(&f.queueTimeout, "queue-timeout", 30*time.Second, "how long a connection may wait for a handshake slot, or for a connection slot once authenticated")
 	fs.StringVar(&f.metrics, "metrics", "", "`address` (host:port) to serve Prometheus metrics on, over HTTP at /metrics; none: off (default: none)")
+	fs.StringVar(&f.sshCiphers, "ssh-ciphers", "", "SSH ciphers to offer, separated by commas (default: aes128-gcm@openssh.com,aes256-gcm@openssh.com on x86-64 with AES-NI, else Go's defaults; add chacha20-poly1305@openssh.com or aes128-ctr for clients without AES-GCM)")
 	fs.StringVar(&f.remoteStore, "store", "", "with --stdio: what Nix passes for an ssh-ng URL's remote-store= parameter; ignored, the mapping decides what is served")
 	return fs, &f
 }
@@ -138,6 +139,13 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err := f.checkLimits(); err != nil {
 		return err
 	}
+	ciphers, err := sshserver.ParseCiphers(f.sshCiphers)
+	if err != nil {
+		return fmt.Errorf("--ssh-ciphers: %w", err)
+	}
+	if f.stdio && len(ciphers) > 0 {
+		return errors.New("--ssh-ciphers is not available with --stdio: behind OpenSSH, sshd chooses the cipher")
+	}
 	if f.stdio && f.metrics != "" {
 		return errors.New("--metrics is not available with --stdio: each session is a process of its own; serve metrics from the SSH server")
 	}
@@ -209,6 +217,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		MaxQueue:             f.maxQueue,
 		MaxQueuePerSource:    f.maxQueuePerSource,
 		QueueTimeout:         f.queueTimeout,
+		Ciphers:              ciphers,
 	}
 	if m != nil {
 		proto.Hooks = m.Protocol(metrics.DoorSSH)

@@ -233,6 +233,8 @@ func TestServeRejectsBadLimits(t *testing.T) {
 		{[]string{"--max-connections", "0"}, "--max-connections 0: want at least 1"},
 		{[]string{"--max-startups-per-source", "-2"}, "--max-startups-per-source -2: want 0 (half of the total) or more"},
 		{[]string{"--queue-timeout", "0s"}, "--queue-timeout 0s: want positive"},
+		{[]string{"--ssh-ciphers", "aes128-gcm@openssh.com,blowfish"}, `--ssh-ciphers: cipher "blowfish" is not supported (supported: ` + strings.Join(ssh.SupportedAlgorithms().Ciphers, ", ") + ")"},
+		{[]string{"--stdio", "--ssh-ciphers", "aes128-ctr"}, "--ssh-ciphers is not available with --stdio: behind OpenSSH, sshd chooses the cipher"},
 	} {
 		args := append([]string{"--mapping", "m.json", "--signing-key", "k", "--authorized-keys", "a"}, tt.args...)
 		err := runServe(t.Context(), args, io.Discard, io.Discard)
@@ -249,5 +251,50 @@ func TestServeNoneTurnsDoorsOff(t *testing.T) {
 	err := runServe(t.Context(), args, io.Discard, io.Discard)
 	if err == nil || !strings.Contains(err.Error(), "--listen none turns the SSH server off: give --http") {
 		t.Fatalf("serve %v = %v, want the no-door refusal", args, err)
+	}
+}
+
+// ssh-ciphers (here from the configuration file) is what the SSH server
+// offers: a client that knows only ChaCha20 is refused by default on an
+// x86-64 CPU with AES-NI and gets through the cipher negotiation (to fail
+// authentication, having no key) once the list includes it.
+func TestServeSSHCiphers(t *testing.T) {
+	for _, tt := range []struct {
+		name, extra string
+		negotiates  bool
+	}{
+		{"offered", `ssh-ciphers = "aes128-gcm@openssh.com, chacha20-poly1305@openssh.com"`, true},
+		{"not offered", `ssh-ciphers = "aes128-gcm@openssh.com"`, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			fx := newServeFixture(t)
+			logs := newLineWatcher(`msg=serving listen=(\S+)`)
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			go func() { done <- runServe(ctx, []string{"--config", fx.config(t, tt.extra)}, io.Discard, logs) }()
+			defer func() {
+				cancel()
+				<-done
+			}()
+			var addr string
+			select {
+			case addr = <-logs.found:
+			case err := <-done:
+				t.Fatalf("serve exited: %v\n%s", err, logs)
+			case <-time.After(30 * time.Second):
+				t.Fatalf("no serving line\n%s", logs)
+			}
+			cfg := &ssh.ClientConfig{User: "nix", HostKeyCallback: ssh.InsecureIgnoreHostKey(), Timeout: 10 * time.Second}
+			cfg.Ciphers = []string{ssh.CipherChaCha20Poly1305}
+			_, err := ssh.Dial("tcp", addr, cfg)
+			switch {
+			case err == nil:
+				t.Fatal("a client without a key was let in")
+			case tt.negotiates && !strings.Contains(err.Error(), "unable to authenticate"):
+				t.Errorf("dial: %v; want the cipher negotiated and authentication refused", err)
+			case !tt.negotiates && !strings.Contains(err.Error(), "no common algorithm for client to server cipher"):
+				t.Errorf("dial: %v; want no common cipher", err)
+			}
+		})
 	}
 }
