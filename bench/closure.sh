@@ -51,12 +51,15 @@ for i in $(seq 1 "$runs"); do
 done
 m() { printf '%s\n' ${t[$1]} | median; }
 bc=$(m base_copy) cc=$(m cold_copy) wc=$(m warm_copy) bi=$(m base_info) ci=$(m cold_info) wi=$(m warm_info)
-awk -v p="$paths" -v s="$bytes" -v bc="$bc" -v cc="$cc" -v wc="$wc" -v bi="$bi" -v ci="$ci" -v wi="$wi" -v rss="$rss" 'BEGIN {
+rcc=$(round_ratio "${t[base_copy]}" "${t[cold_copy]}") rwc=$(round_ratio "${t[base_copy]}" "${t[warm_copy]}")
+rci=$(round_ratio "${t[base_info]}" "${t[cold_info]}") rwi=$(round_ratio "${t[base_info]}" "${t[warm_info]}")
+awk -v p="$paths" -v s="$bytes" -v bc="$bc" -v cc="$cc" -v wc="$wc" -v bi="$bi" -v ci="$ci" -v wi="$wi" -v rss="$rss" \
+	-v rcc="$rcc" -v rwc="$rwc" -v rci="$rci" -v rwi="$rwi" 'BEGIN {
 	printf "closure                 %d paths, %d bytes of NAR\n", p, s
-	printf "                        nix-daemon+sshd  decross-store  ratio\n"
-	printf "nix copy --from, cold   %8.2fs        %8.2fs      %.2f\n", bc, cc, cc / bc
-	printf "nix copy --from, warm   %8.2fs        %8.2fs      %.2f\n", bc, wc, wc / bc
-	printf "nix path-info -r, cold  %8.2fs        %8.2fs      %.2f\n", bi, ci, ci / bi
-	printf "nix path-info -r, warm  %8.2fs        %8.2fs      %.2f\n", bi, wi, wi / bi
+	printf "                        nix-daemon+sshd  decross-store  ratio  ratio per round\n"
+	printf "nix copy --from, cold   %8.2fs        %8.2fs      %.2f   %.2f\n", bc, cc, cc / bc, rcc
+	printf "nix copy --from, warm   %8.2fs        %8.2fs      %.2f   %.2f\n", bc, wc, wc / bc, rwc
+	printf "nix path-info -r, cold  %8.2fs        %8.2fs      %.2f   %.2f\n", bi, ci, ci / bi, rci
+	printf "nix path-info -r, warm  %8.2fs        %8.2fs      %.2f   %.2f\n", bi, wi, wi / bi, rwi
 	printf "server peak RSS         %.1f MiB (last run)\n", rss / 1024
 }'

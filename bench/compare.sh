@@ -48,10 +48,11 @@ done
 b=$(printf '%s\n' "${base[@]}" | median)
 c=$(printf '%s\n' "${cold[@]}" | median)
 w=$(printf '%s\n' "${warm[@]}" | median)
-awk -v b="$b" -v c="$c" -v w="$w" -v s="$nar_size" -v rss="$rss" 'BEGIN {
+rc=$(round_ratio "${base[*]}" "${cold[*]}") rw=$(round_ratio "${base[*]}" "${warm[*]}")
+awk -v b="$b" -v c="$c" -v w="$w" -v s="$nar_size" -v rss="$rss" -v rc="$rc" -v rw="$rw" 'BEGIN {
 	printf "NAR size        %d bytes\n", s
 	printf "nix-daemon+sshd %.3fs (%.0f MB/s)\n", b, s / b / 1e6
-	printf "decross cold    %.3fs  ratio %.2f\n", c, c / b
-	printf "decross warm    %.3fs  ratio %.2f\n", w, w / b
+	printf "decross cold    %.3fs  ratio %.2f (per round: %.2f)\n", c, c / b, rc
+	printf "decross warm    %.3fs  ratio %.2f (per round: %.2f)\n", w, w / b, rw
 	printf "server peak RSS %.1f MiB (last run)\n", rss / 1024
 }'

@@ -84,3 +84,9 @@ pathinfo() { # port path: seconds for nix path-info -r of path
 }
 
 median() { sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
+# round_ratio "BASE TIMES" "TIMES": the median of the per-round ratios. Rounds
+# interleave baseline and decross-store, so a machine that drifts during a
+# run (page-cache writeback, a neighbour) moves both sides of each ratio.
+round_ratio() {
+	paste <(printf '%s\n' $1) <(printf '%s\n' $2) | awk '{ print $2 / $1 }' | median
+}

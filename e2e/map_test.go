@@ -150,8 +150,20 @@ func TestMap(t *testing.T) {
 				t.Errorf("map stderr lacks %q:\n%s", want, stderr)
 			}
 		}
-		if _, _, err := runTool(t, "map", "--pairs", pairs, "--strict", "-o", out); err == nil {
-			t.Error("map --strict succeeded despite the leak")
+		// A failed --strict run leaves the file it would write as it was.
+		before, err := os.ReadFile(out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(out, append(before, ' '), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		_, stderr, err = runTool(t, "map", "--pairs", pairs, "--strict", "-o", out)
+		if err == nil || !strings.Contains(stderr, "; "+out+" left as it was") {
+			t.Errorf("map --strict despite the leak: %v\n%s", err, stderr)
+		}
+		if after, _ := os.ReadFile(out); !bytes.Equal(after, append(before, ' ')) {
+			t.Errorf("map --strict changed %s although it failed", out)
 		}
 	})
 

@@ -105,8 +105,13 @@ func runMap(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err != nil {
 		return err
 	}
-	if err := writeMapping(rep.Mapping, *out, stdout); err != nil {
-		return err
+	// With --strict a failed map writes nothing: the file may hold the
+	// last good mapping, which a server is serving.
+	failed := *strict && !rep.OK()
+	if !failed {
+		if err := writeMapping(rep.Mapping, *out, stdout); err != nil {
+			return err
+		}
 	}
 	if *verbose {
 		if err := rep.WriteText(stderr); err != nil {
@@ -115,10 +120,10 @@ func runMap(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	} else if err := rep.WriteSummary(stderr); err != nil {
 		return err
 	}
-	fmt.Fprintf(stderr, "wrote %d entries to %s (host system %s, build system %s)\n", rep.Mapping.Len(), *out, rep.Mapping.HostSystem(), rep.Mapping.BuildSystem())
-	if *strict && !rep.OK() {
-		return fmt.Errorf("%s, %s", count(len(rep.Problems), "problem"), count(len(rep.Leaks), "leak"))
+	if failed {
+		return fmt.Errorf("%s, %s; %s left as it was", count(len(rep.Problems), "problem"), count(len(rep.Leaks), "leak"), *out)
 	}
+	fmt.Fprintf(stderr, "wrote %d entries to %s (host system %s, build system %s)\n", rep.Mapping.Len(), *out, rep.Mapping.HostSystem(), rep.Mapping.BuildSystem())
 	return nil
 }
 
@@ -148,6 +153,9 @@ func readPairs(path string) ([]pairing.Root, []pairing.UserPair, error) {
 	var entries []pairsEntry
 	if err := dec.Decode(&entries); err != nil {
 		return nil, nil, fmt.Errorf("read pairs %s: %w", path, err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, nil, fmt.Errorf("read pairs %s: trailing data after the JSON list", path)
 	}
 	var roots []pairing.Root
 	var users []pairing.UserPair
@@ -181,6 +189,14 @@ func writeMapping(m *mapping.Mapping, path string, stdout io.Writer) error {
 	if path == "-" {
 		return m.Write(stdout)
 	}
+	// Through a symlink, replace what it points to, not the link.
+	if real, err := filepath.EvalSymlinks(path); err == nil {
+		path = real
+	}
+	mode := os.FileMode(0o644)
+	if fi, err := os.Stat(path); err == nil && fi.Mode().IsRegular() {
+		mode = fi.Mode().Perm() // an existing file keeps its mode
+	}
 	if fi, err := os.Stat(path); err == nil && !fi.Mode().IsRegular() {
 		if fi.IsDir() {
 			return fmt.Errorf("write mapping: %s is a directory", path)
@@ -207,7 +223,7 @@ func writeMapping(m *mapping.Mapping, path string, stdout io.Writer) error {
 		tmp.Close()
 		return fmt.Errorf("write mapping %s: %w", path, err)
 	}
-	if err := tmp.Chmod(0o644); err != nil {
+	if err := tmp.Chmod(mode); err != nil {
 		tmp.Close()
 		return fmt.Errorf("write mapping %s: %w", path, err)
 	}

@@ -87,4 +87,27 @@ func TestWriteMappingKeepsSpecialFiles(t *testing.T) {
 	if err := writeMapping(m, dir, io.Discard); err == nil || !strings.Contains(err.Error(), "is a directory") {
 		t.Errorf("writing to a directory: %v", err)
 	}
+
+	// Through a symlink the target is replaced and the link kept; an
+	// existing file keeps its mode.
+	target := filepath.Join(dir, "target.json")
+	if err := os.WriteFile(target, []byte("old"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(dir, "link.json")
+	if err := os.Symlink("target.json", link); err != nil {
+		t.Fatal(err)
+	}
+	if err := writeMapping(m, link, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Lstat(link); err != nil || fi.Mode().Type() != os.ModeSymlink {
+		t.Errorf("%s is no longer a symlink: %v, %v", link, fi, err)
+	}
+	if b, _ := os.ReadFile(target); !bytes.Equal(b, want.Bytes()) {
+		t.Errorf("%s = %q, want the mapping", target, b)
+	}
+	if fi, err := os.Stat(target); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("%s: %v, %v; want mode 0600 kept", target, fi, err)
+	}
 }

@@ -51,6 +51,9 @@ func TestReadPairs(t *testing.T) {
 		},
 		{name: "unknown field", file: `[{"native": "n.drv", "cross": "c.drv", "why": 1}]`, wantErr: "unknown field"},
 		{name: "half a pair", file: `[{"native": "n.drv", "root": false}]`, wantErr: "pair 0 needs both native and cross"},
+		{name: "two lists", file: `[{"native": "n.drv", "cross": "c.drv"}]` + "\n" + `[{"native": "m.drv", "cross": "d.drv"}]`, wantErr: "trailing data after the JSON list"},
+		{name: "junk after the list", file: `[{"native": "n.drv", "cross": "c.drv"}] junk`, wantErr: "trailing data after the JSON list"},
+		{name: "trailing space", file: "[{\"native\": \"n.drv\", \"cross\": \"c.drv\"}]\n\n", roots: []pairing.Root{{Native: "n.drv", Cross: "c.drv"}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
