@@ -37,6 +37,11 @@ func loadSecretKey(path string) (signature.SecretKey, error) {
 	if err != nil {
 		return signature.SecretKey{}, fmt.Errorf("signing key %s: %w", path, err)
 	}
+	// A byte-order mark from an editor would end up in every signature's
+	// name, which no client's trusted-public-keys matches.
+	if err := checkKeyName(k.ToPublicKey().Name); err != nil {
+		return signature.SecretKey{}, fmt.Errorf("signing key %s: %w", path, err)
+	}
 	return k, nil
 }
 

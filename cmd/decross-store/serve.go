@@ -139,6 +139,9 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err := f.checkLimits(); err != nil {
 		return err
 	}
+	if f.shutdownTimeout < 0 {
+		return fmt.Errorf("--shutdown-timeout %s: want 0 or more", f.shutdownTimeout)
+	}
 	ciphers, err := sshserver.ParseCiphers(f.sshCiphers)
 	if err != nil {
 		return fmt.Errorf("--ssh-ciphers: %w", err)

@@ -15,6 +15,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -233,6 +234,7 @@ func TestServeRejectsBadLimits(t *testing.T) {
 		{[]string{"--max-connections", "0"}, "--max-connections 0: want at least 1"},
 		{[]string{"--max-startups-per-source", "-2"}, "--max-startups-per-source -2: want 0 (half of the total) or more"},
 		{[]string{"--queue-timeout", "0s"}, "--queue-timeout 0s: want positive"},
+		{[]string{"--shutdown-timeout", "-5s"}, "--shutdown-timeout -5s: want 0 or more"},
 		{[]string{"--ssh-ciphers", "aes128-gcm@openssh.com,blowfish"}, `--ssh-ciphers: cipher "blowfish" is not supported (supported: ` + strings.Join(ssh.SupportedAlgorithms().Ciphers, ", ") + ")"},
 		{[]string{"--stdio", "--ssh-ciphers", "aes128-ctr"}, "--ssh-ciphers is not available with --stdio: behind OpenSSH, sshd chooses the cipher"},
 	} {
@@ -296,5 +298,52 @@ func TestServeSSHCiphers(t *testing.T) {
 				t.Errorf("dial: %v; want no common cipher", err)
 			}
 		})
+	}
+}
+
+// Key names a signature cannot usefully carry are refused, by keygen and
+// when a signing key is loaded (a byte-order mark an editor added).
+func TestKeyNames(t *testing.T) {
+	for _, tt := range []struct{ name, want string }{
+		{"a:b", `--name: key name "a:b" has U+003A at byte 1; Nix cannot use a key whose name holds a colon, white space or an invisible character`},
+		{"a b", `--name: key name "a b" has U+0020 at byte 1`},
+		{"\ufeffk-1", `--name: key name "\ufeffk-1" has U+FEFF at byte 0`},
+	} {
+		dir := t.TempDir()
+		sk, pk := filepath.Join(dir, "s"), filepath.Join(dir, "p")
+		err := runKeygen(context.Background(), []string{"--name", tt.name, "--secret-key-file", sk, "--public-key-file", pk}, io.Discard, io.Discard)
+		if err == nil || !strings.HasPrefix(err.Error(), tt.want) {
+			t.Errorf("keygen --name %q: %v, want %q", tt.name, err, tt.want)
+		}
+		if _, err := os.Stat(sk); !os.IsNotExist(err) {
+			t.Errorf("keygen --name %q left %s", tt.name, sk)
+		}
+	}
+
+	key, _, err := signature.GenerateKeypair("k-1", rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := writeFile(t, t.TempDir(), "secret.key", "\ufeff"+key.String(), 0o600)
+	if _, err := loadSecretKey(p); err == nil || !strings.Contains(err.Error(), `key name "\ufeffk-1" has U+FEFF at byte 0`) {
+		t.Errorf("load a key with a byte-order mark: %v", err)
+	}
+}
+
+// A key file keygen could not finish (a full disk) is removed, so that the
+// next run does not fail on "file exists".
+func TestWriteNewRemovesPartialFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "s")
+	err := createWith(path, 0o600, func(f *os.File) error {
+		if _, err := f.WriteString("k-1:"); err != nil {
+			return err
+		}
+		return syscall.ENOSPC
+	})
+	if err == nil || !strings.Contains(err.Error(), "no space left on device") {
+		t.Fatalf("createWith: %v", err)
+	}
+	if _, err := os.Stat(path); !os.IsNotExist(err) {
+		t.Errorf("%s left behind: %v", path, err)
 	}
 }
