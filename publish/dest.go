@@ -30,16 +30,17 @@ type Destination interface {
 	// Get returns a small file (at most 1 MiB), or an error wrapping
 	// fs.ErrNotExist when the key is absent.
 	Get(ctx context.Context, key string) ([]byte, error)
-	// Exists reports whether key is there.
-	Exists(ctx context.Context, key string) (bool, error)
+	// Size returns the size of key, -1 when it is absent.
+	Size(ctx context.Context, key string) (int64, error)
 	// Put writes data under key, replacing what was there.
 	Put(ctx context.Context, key, contentType string, data []byte) error
 	// Spool returns an empty temporary file to write a NAR into, and a
 	// function that removes it if it was not committed.
 	Spool() (f *os.File, discard func(), err error)
 	// Commit makes the spooled file f, of size bytes, visible under key;
-	// f is closed. A key that exists already is left as it is: keys of
-	// NARs are named by their content.
+	// f is closed. A key that exists already with that size is left as it
+	// is (keys of NARs are named by their content); one of another size,
+	// cut short by a crash or an accident, is replaced.
 	Commit(ctx context.Context, key, contentType string, f *os.File, size int64) error
 	// Where names key for messages: a file name or URL.
 	Where(key string) string
@@ -126,18 +127,20 @@ func (d *fileDest) Get(_ context.Context, key string) ([]byte, error) {
 	return readSmall(f, name)
 }
 
-func (d *fileDest) Exists(_ context.Context, key string) (bool, error) {
+func (d *fileDest) Size(_ context.Context, key string) (int64, error) {
 	name, err := d.file(key)
 	if err != nil {
-		return false, err
+		return 0, err
 	}
-	switch _, err := os.Lstat(name); {
+	switch fi, err := os.Lstat(name); {
+	case err == nil && fi.Mode().IsRegular():
+		return fi.Size(), nil
 	case err == nil:
-		return true, nil
+		return 0, fmt.Errorf("%s is not a regular file", name)
 	case errors.Is(err, fs.ErrNotExist):
-		return false, nil
+		return -1, nil
 	default:
-		return false, err
+		return 0, err
 	}
 }
 
@@ -166,14 +169,15 @@ func (d *fileDest) Put(_ context.Context, key, _ string, data []byte) error {
 		os.Remove(f.Name())
 		return fmt.Errorf("write %s: %w", f.Name(), err)
 	}
-	return d.publish(f, name, true)
+	return d.publish(f, name, -1)
 }
 
 // publish makes the complete temporary file f visible as name: flushed to
 // disk first, so that a crash cannot leave a visible name with missing
 // bytes, and readable by a web server running as another user. With
-// replace false an existing name is kept and f is removed.
-func (d *fileDest) publish(f *os.File, name string, replace bool) error {
+// keepSize 0 or more, an existing regular file of that size is kept and f
+// is removed.
+func (d *fileDest) publish(f *os.File, name string, keepSize int64) error {
 	tmp := f.Name()
 	err := f.Chmod(0o644)
 	if err == nil {
@@ -182,8 +186,8 @@ func (d *fileDest) publish(f *os.File, name string, replace bool) error {
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
-	if err == nil && !replace {
-		if _, serr := os.Lstat(name); serr == nil {
+	if err == nil && keepSize >= 0 {
+		if fi, serr := os.Lstat(name); serr == nil && fi.Mode().IsRegular() && fi.Size() == keepSize {
 			os.Remove(tmp)
 			return nil
 		}
@@ -216,7 +220,7 @@ func (d *fileDest) Spool() (*os.File, func(), error) {
 	return f, func() { f.Close(); os.Remove(f.Name()) }, nil
 }
 
-func (d *fileDest) Commit(_ context.Context, key, _ string, f *os.File, _ int64) error {
+func (d *fileDest) Commit(_ context.Context, key, _ string, f *os.File, size int64) error {
 	name, err := d.file(key)
 	if err != nil {
 		f.Close()
@@ -228,7 +232,7 @@ func (d *fileDest) Commit(_ context.Context, key, _ string, f *os.File, _ int64)
 		os.Remove(f.Name())
 		return fmt.Errorf("commit %s: spooled in another directory", key)
 	}
-	return d.publish(f, name, false)
+	return d.publish(f, name, size)
 }
 
 func (d *fileDest) Close() error { return nil }
@@ -307,15 +311,15 @@ func absent(err error) bool {
 	return resp.StatusCode == http.StatusNotFound
 }
 
-func (d *s3Dest) Exists(ctx context.Context, key string) (bool, error) {
-	_, err := d.client.StatObject(ctx, d.bucket, key, minio.StatObjectOptions{})
+func (d *s3Dest) Size(ctx context.Context, key string) (int64, error) {
+	st, err := d.client.StatObject(ctx, d.bucket, key, minio.StatObjectOptions{})
 	switch {
 	case err == nil:
-		return true, nil
+		return st.Size, nil
 	case absent(err):
-		return false, nil
+		return -1, nil
 	}
-	return false, fmt.Errorf("stat %s: %w", d.Where(key), err)
+	return 0, fmt.Errorf("stat %s: %w", d.Where(key), err)
 }
 
 func (d *s3Dest) Put(ctx context.Context, key, contentType string, data []byte) error {
@@ -336,9 +340,9 @@ func (d *s3Dest) Spool() (*os.File, func(), error) {
 
 func (d *s3Dest) Commit(ctx context.Context, key, contentType string, f *os.File, size int64) error {
 	defer func() { f.Close(); os.Remove(f.Name()) }()
-	if ok, err := d.Exists(ctx, key); err != nil {
+	if have, err := d.Size(ctx, key); err != nil {
 		return err
-	} else if ok {
+	} else if have == size {
 		return nil // named by its content: already there
 	}
 	if _, err := f.Seek(0, io.SeekStart); err != nil {

@@ -500,12 +500,13 @@ func signedBy(key signature.PublicKey, fingerprint string, sigs []signature.Sign
 
 // narinfoFields are the fields read back from a published narinfo; any
 // other line (a field another tool added) is ignored, as Nix does.
-var narinfoFields = []string{"StorePath", "URL", "NarHash", "NarSize", "References", "Sig"}
+var narinfoFields = []string{"StorePath", "URL", "FileSize", "NarHash", "NarSize", "References", "Sig"}
 
 // alreadyPublished reports whether the destination's narinfo for key is
-// signed by key over fingerprint and the NAR file it names is there. A
-// narinfo that cannot be parsed, or is not ours, is replaced; so is one
-// whose NAR was deleted, which would otherwise never be repaired.
+// signed by key over fingerprint and the NAR file it names is there, of
+// the size it gives. A narinfo that cannot be parsed, or is not ours, is
+// replaced; so is one whose NAR was deleted or cut short, which would
+// otherwise never be repaired.
 func alreadyPublished(ctx context.Context, dst Destination, infoKey string, key signature.PublicKey, fingerprint string) (bool, error) {
 	data, err := dst.Get(ctx, infoKey)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -535,11 +536,14 @@ func alreadyPublished(ctx context.Context, dst Destination, infoKey string, key 
 	if !fs.ValidPath(ni.URL) || !strings.HasPrefix(ni.URL, "nar/") {
 		return false, nil
 	}
-	ok, err := dst.Exists(ctx, ni.URL)
+	size, err := dst.Size(ctx, ni.URL)
 	if err != nil {
 		return false, fmt.Errorf("%s: %w", infoKey, err)
 	}
-	return ok, nil
+	if ni.FileSize > 0 {
+		return size == int64(ni.FileSize), nil
+	}
+	return size > 0, nil
 }
 
 // extensions of the NAR files, by compression, as Nix names them.

@@ -498,28 +498,52 @@ func TestPublishInterruptedClosed(t *testing.T) {
 	checkClosed(t, dir)
 }
 
-// TestPublishRepairsMissingNar: a narinfo whose NAR file is gone is not
-// taken as published; the path is written again.
+// TestPublishRepairsMissingNar: a narinfo whose NAR file is gone, empty
+// or cut short is not taken as published; the path is written again.
 func TestPublishRepairsMissingNar(t *testing.T) {
-	sk, pk := keypair(t, "decross-test-1")
-	upSK, _ := keypair(t, "upstream-1")
-	src := newSource(t, sk, upSK)
-	dir := t.TempDir()
-	if _, err := Publish(t.Context(), src, openFile(t, dir), Options{Key: pk}); err != nil {
-		t.Fatal(err)
+	for _, tt := range []struct {
+		name   string
+		damage func(name string) error
+	}{
+		{"removed", os.Remove},
+		{"emptied", func(name string) error { return os.Truncate(name, 0) }},
+		{"cut short", func(name string) error {
+			fi, err := os.Stat(name)
+			if err != nil {
+				return err
+			}
+			return os.Truncate(name, fi.Size()-1)
+		}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			sk, pk := keypair(t, "decross-test-1")
+			upSK, _ := keypair(t, "upstream-1")
+			src := newSource(t, sk, upSK)
+			dir := t.TempDir()
+			if _, err := Publish(t.Context(), src, openFile(t, dir), Options{Key: pk}); err != nil {
+				t.Fatal(err)
+			}
+			nar := filepath.Join(dir, filepath.FromSlash(narURL(t, dir, appPath)))
+			whole, err := os.ReadFile(nar)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := tt.damage(nar); err != nil {
+				t.Fatal(err)
+			}
+			res, err := Publish(t.Context(), src, openFile(t, dir), Options{Key: pk})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.Published != 1 || res.Skipped != 2 {
+				t.Errorf("second run: %+v, want the app published again and 2 skipped", res)
+			}
+			if got, err := os.ReadFile(nar); err != nil || !bytes.Equal(got, whole) {
+				t.Errorf("%s after the second run: %d bytes, %v; want the %d bytes of the first", nar, len(got), err, len(whole))
+			}
+			checkCache(t, "file://"+dir, pk, src, appPath, libPath, caPath)
+		})
 	}
-	nar := narURL(t, dir, appPath)
-	if err := os.Remove(filepath.Join(dir, filepath.FromSlash(nar))); err != nil {
-		t.Fatal(err)
-	}
-	res, err := Publish(t.Context(), src, openFile(t, dir), Options{Key: pk})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if res.Published != 1 || res.Skipped != 2 {
-		t.Errorf("second run: %+v, want the app published again and 2 skipped", res)
-	}
-	checkCache(t, "file://"+dir, pk, src, appPath, libPath, caPath)
 }
 
 // narURL is the URL of p's NAR in its narinfo in dir.
