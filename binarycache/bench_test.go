@@ -2,6 +2,7 @@ package binarycache
 
 import (
 	"bytes"
+	"context"
 	"io"
 	"math/rand/v2"
 	"os/exec"
@@ -63,7 +64,7 @@ func BenchmarkNarFromPath(b *testing.B) {
 				}
 			}
 			writeCache(b, dir, e)
-			c, err := Open("file://"+dir, Options{TrustedKeys: []signature.PublicKey{pk}})
+			c, err := Open(context.Background(), "file://"+dir, Options{TrustedKeys: []signature.PublicKey{pk}})
 			if err != nil {
 				b.Fatal(err)
 			}

@@ -91,7 +91,7 @@ type Cache struct {
 // region); credentials come from AWS_ACCESS_KEY_ID and
 // AWS_SECRET_ACCESS_KEY, else from the AWS shared credentials file
 // (profile=NAME picks a profile), else requests are anonymous.
-func Open(rawURL string, opts Options) (*Cache, error) {
+func Open(ctx context.Context, rawURL string, opts Options) (*Cache, error) {
 	c := &Cache{
 		url:         rawURL,
 		keys:        opts.TrustedKeys,
@@ -150,9 +150,8 @@ func Open(rawURL string, opts Options) (*Cache, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open binary cache %s: %w", rawURL, err)
 	}
-	// Open has no context of its own; this bounds it like the retries of
-	// one file would.
-	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(c.attempts)*c.reqTimeout+c.backoff<<c.attempts)
+	// Bounded like the retries of one file would be.
+	ctx, cancel := context.WithTimeout(ctx, time.Duration(c.attempts)*c.reqTimeout+c.backoff<<c.attempts)
 	defer cancel()
 	if err := c.checkCacheInfo(ctx); err != nil {
 		c.b.close()

@@ -37,7 +37,7 @@ func open(t *testing.T, url string, opts Options) *Cache {
 	if opts.Backoff == 0 {
 		opts.Backoff = time.Millisecond
 	}
-	c, err := Open(url, opts)
+	c, err := Open(t.Context(), url, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -338,7 +338,7 @@ func TestOpenErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			c, err := Open(tt.url, tt.opts)
+			c, err := Open(t.Context(), tt.url, tt.opts)
 			if err == nil {
 				c.Close()
 				t.Fatal("Open succeeded")

@@ -1,6 +1,7 @@
 package binarycache
 
 import (
+	"context"
 	"testing"
 
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
@@ -35,7 +36,7 @@ func BenchmarkColdRewrite(b *testing.B) {
 		b.Run(comp, func(b *testing.B) {
 			dir := b.TempDir()
 			writeCache(b, dir, &entry{path: cross, nar: nar, compression: comp, refs: []string{cross}, signers: []signature.SecretKey{sk}})
-			up, err := Open("file://"+dir, Options{TrustedKeys: []signature.PublicKey{pk}})
+			up, err := Open(context.Background(), "file://"+dir, Options{TrustedKeys: []signature.PublicKey{pk}})
 			if err != nil {
 				b.Fatal(err)
 			}

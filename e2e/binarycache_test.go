@@ -105,7 +105,7 @@ func TestBinaryCache(t *testing.T) {
 		checkBinaryCache(t, "s3://nix-cache?endpoint=http://"+endpoint+"&region=us-east-1", trusted, closure, want, nars)
 
 		t.Setenv("AWS_SECRET_ACCESS_KEY", "wrong")
-		if c, err := binarycache.Open("s3://nix-cache?endpoint=http://"+endpoint, trusted); err == nil {
+		if c, err := binarycache.Open(t.Context(), "s3://nix-cache?endpoint=http://"+endpoint, trusted); err == nil {
 			c.Close()
 			t.Error("Open with a wrong secret key succeeded")
 		} else {
@@ -117,7 +117,7 @@ func TestBinaryCache(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		c, err := binarycache.Open("file://"+caches["xz"], binarycache.Options{TrustedKeys: []signature.PublicKey{other}})
+		c, err := binarycache.Open(t.Context(), "file://"+caches["xz"], binarycache.Options{TrustedKeys: []signature.PublicKey{other}})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -134,7 +134,7 @@ func TestBinaryCache(t *testing.T) {
 func checkBinaryCache(t *testing.T, url string, opts binarycache.Options, closure []string, want map[string]jsonPathInfo, nars map[string][]byte) {
 	t.Helper()
 	ctx := testContext(t, time.Minute)
-	c, err := binarycache.Open(url, opts)
+	c, err := binarycache.Open(t.Context(), url, opts)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -179,14 +179,14 @@ func TestPublish(t *testing.T) {
 		if stdout, stderr, err := publish(t, clean, url, "--compression", "xz"); err != nil {
 			t.Fatalf("publish to S3: %v\n%s%s", err, stdout, stderr)
 		}
-		c, err := binarycache.Open(url, binarycache.Options{TrustedKeys: []signature.PublicKey{pk}})
+		c, err := binarycache.Open(t.Context(), url, binarycache.Options{TrustedKeys: []signature.PublicKey{pk}})
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer c.Close()
 		// Every path of the file:// cache, from S3: the same path info,
 		// and a NAR that verifies against it.
-		local, err := binarycache.Open("file://"+dir, binarycache.Options{TrustedKeys: []signature.PublicKey{pk}})
+		local, err := binarycache.Open(t.Context(), "file://"+dir, binarycache.Options{TrustedKeys: []signature.PublicKey{pk}})
 		if err != nil {
 			t.Fatal(err)
 		}

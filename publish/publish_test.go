@@ -149,7 +149,7 @@ func snapshot(t *testing.T, dir string) map[string]string {
 func checkCache(t *testing.T, url string, pk signature.PublicKey, src *fakeSource, paths ...string) {
 	t.Helper()
 	ctx := t.Context()
-	c, err := binarycache.Open(url, binarycache.Options{TrustedKeys: []signature.PublicKey{pk}})
+	c, err := binarycache.Open(t.Context(), url, binarycache.Options{TrustedKeys: []signature.PublicKey{pk}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -61,6 +61,13 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	// The first signal asks the command to stop cleanly; a second one
+	// kills it, even if it is stuck where no context reaches (opening a
+	// FIFO, say).
+	go func() {
+		<-ctx.Done()
+		stop()
+	}()
 	if err := cmd.run(ctx, os.Args[2:], os.Stdout, os.Stderr); err != nil && !errors.Is(err, errHelp) {
 		fmt.Fprintf(os.Stderr, "decross-store %s: %v\n", os.Args[1], err)
 		os.Exit(1)

@@ -93,7 +93,7 @@ func runMap(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if len(roots) == 0 {
 		return errors.New("no derivations to pair: give --native and --cross, or --pairs")
 	}
-	store, closeUpstream, err := up.open(slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
+	store, closeUpstream, err := up.open(ctx, slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
 	if err != nil {
 		return err
 	}
@@ -283,7 +283,7 @@ func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
-	store, closeUpstream, err := up.open(slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
+	store, closeUpstream, err := up.open(ctx, slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
 	if err != nil {
 		return err
 	}

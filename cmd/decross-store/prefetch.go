@@ -66,7 +66,7 @@ func runPrefetch(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	if err != nil {
 		return err
 	}
-	st, closeStore, err := openStore(storeOptions{mapping: f.mapping, upstream: f.upstream, cacheDir: f.cacheDir, cacheMaxSize: f.cacheMaxSize, noReadAhead: true}, logger)
+	st, closeStore, err := openStore(ctx, storeOptions{mapping: f.mapping, upstream: f.upstream, cacheDir: f.cacheDir, cacheMaxSize: f.cacheMaxSize, noReadAhead: true}, logger)
 	if err != nil {
 		return err
 	}

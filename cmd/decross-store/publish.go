@@ -78,7 +78,7 @@ func runPublish(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return err
 	}
 	defer dst.Close()
-	st, closeStore, err := openStore(storeOptions{mapping: f.mapping, upstream: f.upstream, cacheDir: f.cacheDir, signingKey: f.signingKey, noReadAhead: true}, logger)
+	st, closeStore, err := openStore(ctx, storeOptions{mapping: f.mapping, upstream: f.upstream, cacheDir: f.cacheDir, signingKey: f.signingKey, noReadAhead: true}, logger)
 	if err != nil {
 		return err
 	}

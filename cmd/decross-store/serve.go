@@ -175,7 +175,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	defer stopMetrics()
-	st, closeStore, err := openStore(storeOptions{mapping: f.mapping, upstream: f.upstream, cacheDir: f.cacheDir, cacheMaxSize: f.cacheMaxSize, signingKey: f.signingKey, metrics: m}, logger)
+	st, closeStore, err := openStore(ctx, storeOptions{mapping: f.mapping, upstream: f.upstream, cacheDir: f.cacheDir, cacheMaxSize: f.cacheMaxSize, signingKey: f.signingKey, metrics: m}, logger)
 	if err != nil {
 		return err
 	}
@@ -289,7 +289,7 @@ type storeOptions struct {
 const cacheMaxSizeUsage = "evict the least recently served cache entries once the cache holds more than `SIZE` (such as 50GiB or 500MiB; default: unbounded)"
 
 // openStore assembles the store.
-func openStore(o storeOptions, logger *slog.Logger) (*store.Store, func(), error) {
+func openStore(ctx context.Context, o storeOptions, logger *slog.Logger) (*store.Store, func(), error) {
 	m, err := mapping.Load(o.mapping)
 	if err != nil {
 		return nil, nil, err
@@ -302,7 +302,7 @@ func openStore(o storeOptions, logger *slog.Logger) (*store.Store, func(), error
 		}
 		key = &k
 	}
-	up, closeUpstream, err := o.upstream.open(logger)
+	up, closeUpstream, err := o.upstream.open(ctx, logger)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -39,7 +40,7 @@ func isBinaryCache(addr string) bool {
 }
 
 // open opens the upstream; close releases it.
-func (u *upstreamFlags) open(logger *slog.Logger) (r upstream.Reader, closeFn func(), err error) {
+func (u *upstreamFlags) open(ctx context.Context, logger *slog.Logger) (r upstream.Reader, closeFn func(), err error) {
 	if !isBinaryCache(u.addr) {
 		if len(u.trustedKeys) > 0 || u.noCheckSigs {
 			return nil, nil, fmt.Errorf("--trusted-public-key and --upstream-no-check-sigs apply to binary-cache upstreams, not to %q (a nix-daemon checks its own)", u.addr)
@@ -53,7 +54,7 @@ func (u *upstreamFlags) open(logger *slog.Logger) (r upstream.Reader, closeFn fu
 	if len(u.trustedKeys) == 0 && !u.noCheckSigs {
 		return nil, nil, fmt.Errorf("upstream %s: give the key its paths are signed with (--trusted-public-key NAME:BASE64), or --upstream-no-check-sigs for a cache you wrote yourself", u.addr)
 	}
-	c, err := binarycache.Open(u.addr, binarycache.Options{TrustedKeys: u.trustedKeys, NoCheckSigs: u.noCheckSigs, Logger: logger})
+	c, err := binarycache.Open(ctx, u.addr, binarycache.Options{TrustedKeys: u.trustedKeys, NoCheckSigs: u.noCheckSigs, Logger: logger})
 	if err != nil {
 		return nil, nil, err
 	}

@@ -1,10 +1,15 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"flag"
 	"io"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 )
@@ -61,7 +66,7 @@ func TestUpstreamFlags(t *testing.T) {
 // which checks its own: a mistake to point out, not to ignore.
 func TestUpstreamFlagsDaemonRefusesKeys(t *testing.T) {
 	u := upstreamFlags{addr: "daemon", noCheckSigs: true}
-	if _, _, err := u.open(nil); err == nil || !strings.Contains(err.Error(), "binary-cache upstreams") {
+	if _, _, err := u.open(t.Context(), nil); err == nil || !strings.Contains(err.Error(), "binary-cache upstreams") {
 		t.Fatalf("open = %v, want a refusal naming binary-cache upstreams", err)
 	}
 }
@@ -75,5 +80,35 @@ func TestIsBinaryCache(t *testing.T) {
 		if got := isBinaryCache(addr); got != want {
 			t.Errorf("isBinaryCache(%q) = %v, want %v", addr, got, want)
 		}
+	}
+}
+
+// Opening a binary-cache upstream that never answers ends when the
+// command's context does (Ctrl-C), not after every retry has timed out.
+func TestUpstreamOpenHonoursCancel(t *testing.T) {
+	release := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}))
+	defer srv.Close()
+	defer close(release)
+	ctx, cancel := context.WithCancel(t.Context())
+	time.AfterFunc(200*time.Millisecond, cancel)
+	u := upstreamFlags{addr: srv.URL, noCheckSigs: true}
+	done := make(chan error, 1)
+	go func() {
+		_, _, err := u.open(ctx, nil)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.Canceled) {
+			t.Errorf("open = %v, want context.Canceled", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("open did not return after its context was cancelled")
 	}
 }
