@@ -153,7 +153,7 @@ func (r *recorder) NarSent(n int64) {
 
 func (f *fixture) client(t *testing.T) *binarycache.Cache {
 	t.Helper()
-	c, err := binarycache.Open(f.url+"/", binarycache.Options{TrustedKeys: []signature.PublicKey{f.pub}, Attempts: 1})
+	c, err := binarycache.Open(t.Context(), f.url+"/", binarycache.Options{TrustedKeys: []signature.PublicKey{f.pub}, Attempts: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -399,7 +399,7 @@ func TestConcurrentClients(t *testing.T) {
 	for i := range 32 {
 		wg.Go(func() {
 			p := []string{nativeHello, nativeBig}[i%2]
-			c, err := binarycache.Open(f.url+"/", binarycache.Options{TrustedKeys: []signature.PublicKey{f.pub}, Attempts: 1})
+			c, err := binarycache.Open(t.Context(), f.url+"/", binarycache.Options{TrustedKeys: []signature.PublicKey{f.pub}, Attempts: 1})
 			if err != nil {
 				errs <- err
 				return
