@@ -30,7 +30,8 @@ type Destination interface {
 	// Get returns a small file (at most 1 MiB), or an error wrapping
 	// fs.ErrNotExist when the key is absent.
 	Get(ctx context.Context, key string) ([]byte, error)
-	// Size returns the size of key, -1 when it is absent.
+	// Size returns the size of key, -1 when it is absent (or, in a
+	// directory, not a regular file).
 	Size(ctx context.Context, key string) (int64, error)
 	// Put writes data under key, replacing what was there.
 	Put(ctx context.Context, key, contentType string, data []byte) error
@@ -136,7 +137,7 @@ func (d *fileDest) Size(_ context.Context, key string) (int64, error) {
 	case err == nil && fi.Mode().IsRegular():
 		return fi.Size(), nil
 	case err == nil:
-		return 0, fmt.Errorf("%s is not a regular file", name)
+		return -1, nil // a symlink or other stray entry: written over
 	case errors.Is(err, fs.ErrNotExist):
 		return -1, nil
 	default:

@@ -157,6 +157,31 @@ func TestPublishS3(t *testing.T) {
 		t.Errorf("run after removing %s: %+v, want it written again", nar, res)
 	}
 	checkCache(t, url, pk, src, appPath, libPath, caPath)
+	// So is one cut short: the object of the wrong size is replaced.
+	read := func(key string) []byte {
+		t.Helper()
+		o, err := mc.GetObject(t.Context(), "cache", key, minio.GetObjectOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer o.Close()
+		b, err := io.ReadAll(o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	whole := read(nar)
+	if _, err := mc.PutObject(t.Context(), "cache", nar, strings.NewReader("cut"), 3, minio.PutObjectOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if res := publish(); res.Published != 1 || res.Skipped != 2 {
+		t.Errorf("run after cutting %s short: %+v, want it written again", nar, res)
+	}
+	if got := read(nar); !bytes.Equal(got, whole) {
+		t.Errorf("%s after the run: %d bytes, want the %d first written", nar, len(got), len(whole))
+	}
+	checkCache(t, url, pk, src, appPath, libPath, caPath)
 	if left, _ := os.ReadDir(spool); len(left) != 0 {
 		t.Errorf("spooled files left behind: %v", left)
 	}

@@ -11,7 +11,9 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 
 	"github.com/decross-store/decross-store/mapping"
 	"github.com/decross-store/decross-store/pairing"
@@ -183,21 +185,46 @@ func parsePair(s string) (pairing.UserPair, error) {
 }
 
 // writeMapping writes through a temporary file so that a reader never sees
-// half a mapping. A path that is not a regular file (/dev/null, a pipe) is
-// written in place: renaming over it would replace the device with a file.
+// half a mapping. A path that is not a regular file (/dev/null, a pipe),
+// or any path under /dev or /proc, is written in place: renaming over it
+// would replace the device, or the file behind a descriptor, with a new
+// file. A path naming one of this process's descriptors (/dev/stdout,
+// /dev/fd/N, /proc/self/fd/N) is written to that descriptor, at its
+// position, as a shell redirection would.
 func writeMapping(m *mapping.Mapping, path string, stdout io.Writer) error {
-	if path == "-" {
+	if path == "-" || path == "/dev/stdout" {
 		return m.Write(stdout)
 	}
+	if fd, ok := descriptor(path); ok {
+		if fd == 1 {
+			return m.Write(stdout)
+		}
+		// A duplicate shares the descriptor's file position; closing it
+		// leaves the descriptor itself open.
+		dup, err := syscall.Dup(fd)
+		if err != nil {
+			return fmt.Errorf("write mapping %s: %w", path, err)
+		}
+		f := os.NewFile(uintptr(dup), path)
+		err = m.Write(f)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return fmt.Errorf("write mapping %s: %w", path, err)
+		}
+		return nil
+	}
+	inPlace := strings.HasPrefix(path, "/dev/") || strings.HasPrefix(path, "/proc/")
 	// Through a symlink, replace what it points to, not the link.
-	if real, err := filepath.EvalSymlinks(path); err == nil {
+	if real, err := filepath.EvalSymlinks(path); err == nil && !inPlace {
 		path = real
 	}
 	mode := os.FileMode(0o644)
 	if fi, err := os.Stat(path); err == nil && fi.Mode().IsRegular() {
 		mode = fi.Mode().Perm() // an existing file keeps its mode
 	}
-	if fi, err := os.Stat(path); err == nil && !fi.Mode().IsRegular() {
+	if fi, err := os.Stat(path); err == nil && (inPlace || !fi.Mode().IsRegular()) {
 		if fi.IsDir() {
 			return fmt.Errorf("write mapping: %s is a directory", path)
 		}
@@ -308,4 +335,23 @@ func count(n int, noun string) string {
 		return "1 " + noun
 	}
 	return fmt.Sprintf("%d %ss", n, noun)
+}
+
+// descriptor reports which of this process's file descriptors path names.
+func descriptor(path string) (int, bool) {
+	switch path {
+	case "/dev/stdin":
+		return 0, true
+	case "/dev/stdout":
+		return 1, true
+	case "/dev/stderr":
+		return 2, true
+	}
+	for _, dir := range []string{"/dev/fd/", "/proc/self/fd/"} {
+		if n, ok := strings.CutPrefix(path, dir); ok {
+			fd, err := strconv.Atoi(n)
+			return fd, err == nil && fd >= 0
+		}
+	}
+	return 0, false
 }

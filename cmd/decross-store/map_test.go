@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -86,6 +87,35 @@ func TestWriteMappingKeepsSpecialFiles(t *testing.T) {
 	}
 	if err := writeMapping(m, dir, io.Discard); err == nil || !strings.Contains(err.Error(), "is a directory") {
 		t.Errorf("writing to a directory: %v", err)
+	}
+
+	// A descriptor of this process (a redirection such as >> log) is
+	// written at its position; the file behind it is neither replaced nor
+	// truncated.
+	for _, name := range []string{"/proc/self/fd/%d", "/dev/fd/%d"} {
+		logName := filepath.Join(dir, "log")
+		logFile, err := os.OpenFile(logName, os.O_CREATE|os.O_TRUNC|os.O_WRONLY|os.O_APPEND, 0o644)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := logFile.WriteString("earlier line\n"); err != nil {
+			t.Fatal(err)
+		}
+		before, _ := os.Stat(logName)
+		if err := writeMapping(m, fmt.Sprintf(name, logFile.Fd()), io.Discard); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := logFile.WriteString("later line\n"); err != nil {
+			t.Fatalf("the descriptor no longer works after writing the mapping through %s: %v", name, err)
+		}
+		logFile.Close()
+		after, _ := os.Stat(logName)
+		if !os.SameFile(before, after) {
+			t.Errorf("%s: the file behind the descriptor was replaced", name)
+		}
+		if b, _ := os.ReadFile(logName); string(b) != "earlier line\n"+want.String()+"later line\n" {
+			t.Errorf("%s: file behind the descriptor = %q", name, b)
+		}
 	}
 
 	// Through a symlink the target is replaced and the link kept; an
