@@ -228,7 +228,11 @@ func writeMapping(m *mapping.Mapping, path string, stdout io.Writer) error {
 		if fi.IsDir() {
 			return fmt.Errorf("write mapping: %s is a directory", path)
 		}
-		f, err := os.OpenFile(path, os.O_WRONLY, 0)
+		flags := os.O_WRONLY
+		if fi.Mode().IsRegular() {
+			flags |= os.O_TRUNC // a file under /dev/shm, say
+		}
+		f, err := os.OpenFile(path, flags, 0)
 		if err != nil {
 			return fmt.Errorf("write mapping: %w", err)
 		}

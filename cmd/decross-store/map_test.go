@@ -118,6 +118,22 @@ func TestWriteMappingKeepsSpecialFiles(t *testing.T) {
 		}
 	}
 
+	// An existing regular file under /dev (/dev/shm) is written in place,
+	// and nothing of its old, longer content stays behind.
+	if fi, err := os.Stat("/dev/shm"); err == nil && fi.IsDir() {
+		shm := filepath.Join("/dev/shm", fmt.Sprintf("decross-test-%d.json", os.Getpid()))
+		t.Cleanup(func() { os.Remove(shm) })
+		if err := os.WriteFile(shm, bytes.Repeat([]byte("x"), want.Len()+100), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := writeMapping(m, shm, io.Discard); err != nil {
+			t.Fatal(err)
+		}
+		if b, _ := os.ReadFile(shm); !bytes.Equal(b, want.Bytes()) {
+			t.Errorf("%s = %q, want the mapping alone", shm, b)
+		}
+	}
+
 	// Through a symlink the target is replaced and the link kept; an
 	// existing file keeps its mode.
 	target := filepath.Join(dir, "target.json")
