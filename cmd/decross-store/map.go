@@ -123,7 +123,7 @@ func runMap(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return err
 	}
 	if failed {
-		return fmt.Errorf("%s, %s; %s left as it was", count(len(rep.Problems), "problem"), count(len(rep.Leaks), "leak"), *out)
+		return fmt.Errorf("%s, %s; %s left as it was", plural(len(rep.Problems), "problem"), plural(len(rep.Leaks), "leak"), *out)
 	}
 	fmt.Fprintf(stderr, "wrote %d entries to %s (host system %s, build system %s)\n", rep.Mapping.Len(), *out, rep.Mapping.HostSystem(), rep.Mapping.BuildSystem())
 	return nil
@@ -192,7 +192,7 @@ func parsePair(s string) (pairing.UserPair, error) {
 // /dev/fd/N, /proc/self/fd/N) is written to that descriptor, at its
 // position, as a shell redirection would.
 func writeMapping(m *mapping.Mapping, path string, stdout io.Writer) error {
-	if path == "-" || path == "/dev/stdout" {
+	if path == "-" {
 		return m.Write(stdout)
 	}
 	if fd, ok := descriptor(path); ok {
@@ -205,15 +205,7 @@ func writeMapping(m *mapping.Mapping, path string, stdout io.Writer) error {
 		if err != nil {
 			return fmt.Errorf("write mapping %s: %w", path, err)
 		}
-		f := os.NewFile(uintptr(dup), path)
-		err = m.Write(f)
-		if cerr := f.Close(); err == nil {
-			err = cerr
-		}
-		if err != nil {
-			return fmt.Errorf("write mapping %s: %w", path, err)
-		}
-		return nil
+		return writeAndClose(m, os.NewFile(uintptr(dup), path), path)
 	}
 	inPlace := strings.HasPrefix(path, "/dev/") || strings.HasPrefix(path, "/proc/")
 	// Through a symlink, replace what it points to, not the link.
@@ -221,29 +213,23 @@ func writeMapping(m *mapping.Mapping, path string, stdout io.Writer) error {
 		path = real
 	}
 	mode := os.FileMode(0o644)
-	if fi, err := os.Stat(path); err == nil && fi.Mode().IsRegular() {
-		mode = fi.Mode().Perm() // an existing file keeps its mode
-	}
-	if fi, err := os.Stat(path); err == nil && (inPlace || !fi.Mode().IsRegular()) {
-		if fi.IsDir() {
+	if fi, err := os.Stat(path); err == nil {
+		switch {
+		case fi.IsDir():
 			return fmt.Errorf("write mapping: %s is a directory", path)
+		case inPlace || !fi.Mode().IsRegular():
+			flags := os.O_WRONLY
+			if fi.Mode().IsRegular() {
+				flags |= os.O_TRUNC // a file under /dev/shm, say
+			}
+			f, err := os.OpenFile(path, flags, 0)
+			if err != nil {
+				return fmt.Errorf("write mapping: %w", err)
+			}
+			return writeAndClose(m, f, path)
+		default:
+			mode = fi.Mode().Perm() // an existing file keeps its mode
 		}
-		flags := os.O_WRONLY
-		if fi.Mode().IsRegular() {
-			flags |= os.O_TRUNC // a file under /dev/shm, say
-		}
-		f, err := os.OpenFile(path, flags, 0)
-		if err != nil {
-			return fmt.Errorf("write mapping: %w", err)
-		}
-		if err := m.Write(f); err != nil {
-			f.Close()
-			return fmt.Errorf("write mapping %s: %w", path, err)
-		}
-		if err := f.Close(); err != nil {
-			return fmt.Errorf("write mapping %s: %w", path, err)
-		}
-		return nil
 	}
 	tmp, err := os.CreateTemp(filepath.Dir(path), ".mapping-*.json")
 	if err != nil {
@@ -328,17 +314,9 @@ func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	if !rep.OK() {
-		return fmt.Errorf("%s: %s, %s", *mapFile, count(len(rep.Problems), "problem"), count(len(rep.Leaks), "leak"))
+		return fmt.Errorf("%s: %s, %s", *mapFile, plural(len(rep.Problems), "problem"), plural(len(rep.Leaks), "leak"))
 	}
 	return nil
-}
-
-// count says "1 leak", "2 leaks".
-func count(n int, noun string) string {
-	if n == 1 {
-		return "1 " + noun
-	}
-	return fmt.Sprintf("%d %ss", n, noun)
 }
 
 // descriptor reports which of this process's file descriptors path names.
@@ -358,4 +336,17 @@ func descriptor(path string) (int, bool) {
 		}
 	}
 	return 0, false
+}
+
+// writeAndClose writes m to f, which it closes, for writeMapping's
+// in-place cases.
+func writeAndClose(m *mapping.Mapping, f *os.File, path string) error {
+	err := m.Write(f)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("write mapping %s: %w", path, err)
+	}
+	return nil
 }
