@@ -124,16 +124,7 @@ func TestServeConfigOnly(t *testing.T) {
 			logs := newLineWatcher(tt.re)
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
-			done := make(chan error, 1)
-			go func() { done <- runServe(ctx, []string{"--config", cfg}, io.Discard, logs) }()
-			var addr string
-			select {
-			case addr = <-logs.found:
-			case err := <-done:
-				t.Fatalf("serve exited: %v\n%s", err, logs)
-			case <-time.After(30 * time.Second):
-				t.Fatalf("no serving line\n%s", logs)
-			}
+			addr, done := startServe(t, ctx, cfg, logs)
 			conn, err := net.DialTimeout("tcp", addr, 10*time.Second)
 			if err != nil {
 				t.Fatal(err)
@@ -167,6 +158,24 @@ func TestServeConfigOnly(t *testing.T) {
 			}
 		})
 	}
+}
+
+// startServe runs `serve --config cfg` until ctx ends and returns the
+// address its log line gives (logs captures it), and the channel serve's
+// result arrives on.
+func startServe(t *testing.T, ctx context.Context, cfg string, logs *lineWatcher) (string, <-chan error) {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() { done <- runServe(ctx, []string{"--config", cfg}, io.Discard, logs) }()
+	select {
+	case addr := <-logs.found:
+		return addr, done
+	case err := <-done:
+		t.Fatalf("serve exited: %v\n%s", err, logs)
+	case <-time.After(30 * time.Second):
+		t.Fatalf("no serving line\n%s", logs)
+	}
+	return "", done
 }
 
 // Like sshd, serve refuses keys that group or others have any permission
@@ -272,20 +281,12 @@ func TestServeSSHCiphers(t *testing.T) {
 			fx := newServeFixture(t)
 			logs := newLineWatcher(`msg=serving listen=(\S+)`)
 			ctx, cancel := context.WithCancel(context.Background())
-			done := make(chan error, 1)
-			go func() { done <- runServe(ctx, []string{"--config", fx.config(t, tt.extra)}, io.Discard, logs) }()
+			defer cancel() // also when startServe fails the test
+			addr, done := startServe(t, ctx, fx.config(t, tt.extra), logs)
 			defer func() {
 				cancel()
 				<-done
 			}()
-			var addr string
-			select {
-			case addr = <-logs.found:
-			case err := <-done:
-				t.Fatalf("serve exited: %v\n%s", err, logs)
-			case <-time.After(30 * time.Second):
-				t.Fatalf("no serving line\n%s", logs)
-			}
 			cfg := &ssh.ClientConfig{User: "nix", HostKeyCallback: ssh.InsecureIgnoreHostKey(), Timeout: 10 * time.Second}
 			cfg.Ciphers = []string{ssh.CipherChaCha20Poly1305}
 			_, err := ssh.Dial("tcp", addr, cfg)
